@@ -1,0 +1,39 @@
+"""Packaging for tinymaskrcnn.
+
+`kernels/` lives at the top of the repository (it is its own chapter) but is installed as the
+subpackage `tinymaskrcnn.kernels` through `package_dir`, so `pip install -e .` and a wheel both
+import it under that name and nothing called plain `kernels` is installed.
+"""
+from setuptools import setup
+
+setup(
+    name="tinymaskrcnn",
+    version="0.1.0",
+    description="Mask R-CNN from scratch in NumPy and Numba, proven equal to torchvision",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "tinymaskrcnn",
+        "tinymaskrcnn.ops",
+        "tinymaskrcnn.models",
+        "tinymaskrcnn.data",
+        "tinymaskrcnn.kernels",
+    ],
+    package_dir={"tinymaskrcnn.kernels": "kernels"},
+    install_requires=[
+        "numpy>=1.24",
+        "numba>=0.59",
+        "scipy>=1.10",
+        "pycocotools>=2.0.7",
+        "matplotlib>=3.7",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25"],
+        "reference": ["torch==2.14.1", "torchvision==0.29.1"],
+        "gpu": ["cupy-cuda12x", "numba-cuda"],
+    },
+    entry_points={"console_scripts": ["tinymaskrcnn=tinymaskrcnn.cli:main"]},
+)

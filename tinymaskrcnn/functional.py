@@ -1,0 +1,20 @@
+"""torch.nn.functional-style entry points: the ops with torch's names and signatures.
+
+Each function here takes Tensors (or plain arrays, treated as constants) and returns a Tensor
+recorded on the tape. The forward and backward passes live in ``tinymaskrcnn/ops/``, one file
+per family, derivation in each docstring.
+"""
+from .autograd import cat, stack
+from .ops.activation import log_softmax, relu, sigmoid, softmax
+from .ops.conv import conv2d, conv_transpose2d
+from .ops.interpolate import interpolate
+from .ops.linear import linear
+from .ops.loss import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
+from .ops.norm import batch_norm, frozen_batch_norm
+from .ops.pool import max_pool2d
+
+__all__ = [
+    "batch_norm", "binary_cross_entropy_with_logits", "cat", "conv2d", "conv_transpose2d",
+    "cross_entropy", "frozen_batch_norm", "interpolate", "linear", "log_softmax", "max_pool2d",
+    "relu", "sigmoid", "smooth_l1_loss", "softmax", "stack",
+]

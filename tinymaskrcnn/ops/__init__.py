@@ -1,0 +1,1 @@
+"""The ops: one file per family, forward and backward side by side."""

@@ -1,0 +1,5 @@
+"""(being written)"""
+def max_pool2d(*args, **kwargs):
+    raise NotImplementedError("max_pool2d is being written")
+
+
