@@ -1,0 +1,122 @@
+"""The whole Mask R-CNN against torchvision's, with the same weights, in float64.
+
+torchvision's model is built in the test with random weights whose activations stay of order
+one (every FrozenBatchNorm2d calibrated to the statistics of its input on a forward pass), saved
+with torch.save and read back by our torch-free loader. Inference must give the same
+detections; one training step with every candidate sampled (no randomness) the same five
+losses and the same gradient for every trainable parameter.
+"""
+import numpy as np
+import pytest
+from helpers import calibrate_frozen_batchnorm
+
+import tinymaskrcnn as tm
+from tinymaskrcnn.gradcheck import rel_error
+
+NUM_CLASSES = 5
+SMALL = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
+             rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=60, box_detections_per_img=12)
+TAKE_ALL = dict(rpn_batch_size_per_image=10 ** 7, box_batch_size_per_image=10 ** 7)
+
+
+def _images(rng, dtype):
+    return [rng.uniform(0, 1, (3, 120, 168)).astype(dtype), rng.uniform(0, 1, (3, 150, 128)).astype(dtype)]
+
+
+def _targets(rng):
+    def one(h, w, boxes, labels):
+        masks = np.zeros((len(boxes), h, w), dtype=np.uint8)
+        for m, (x1, y1, x2, y2) in zip(masks, boxes):
+            m[int(y1):int(y2), int(x1):int(x2)] = 1
+            m[int(y1):int(y1 + (y2 - y1) / 3), int(x1):int(x1 + (x2 - x1) / 2)] = 0  # not a plain box
+        return {"boxes": np.array(boxes, dtype=np.float64), "labels": np.array(labels, dtype=np.int64), "masks": masks}
+
+    return [one(120, 168, [[10.5, 20, 80, 100], [60, 5.25, 160, 70], [100, 60, 150, 115]], [1, 3, 4]),
+            one(150, 128, [[20, 30, 90, 140]], [2])]
+
+
+def _build_pair(torch, tmp_path, **kw):
+    """torchvision's Mask R-CNN (calibrated random weights) and ours loaded from its .pth."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3)
+    theirs = MaskRCNN(backbone, num_classes=NUM_CLASSES, **SMALL, **kw).double()
+    rng = np.random.default_rng(1)
+    calibrate_frozen_batchnorm(theirs.backbone, torch.tensor(rng.uniform(-2, 2, (2, 3, 160, 224))))
+    path = tmp_path / "maskrcnn.pth"
+    torch.save(theirs.state_dict(), path)
+
+    ours = tm.models.maskrcnn_resnet50_fpn(num_classes=NUM_CLASSES, **SMALL, **kw)
+    tm.weights.load_torchvision(ours, str(path))
+    ours.to(dtype=np.float64)
+    return theirs, ours
+
+
+def test_inference_matches_torchvision_float64(torch, tmp_path):
+    theirs, ours = _build_pair(torch, tmp_path)
+    theirs.eval()
+    ours.eval()
+    images = _images(np.random.default_rng(2), np.float64)
+    with torch.no_grad():
+        expected = theirs([torch.tensor(i) for i in images])
+    with tm.no_grad():
+        got = ours(images)
+    for g, e in zip(got, expected):
+        assert len(g["boxes"]) == len(e["boxes"]) > 0
+        np.testing.assert_array_equal(g["labels"], e["labels"].numpy())
+        for key in ("boxes", "scores", "masks"):
+            assert g[key].shape == tuple(e[key].shape), key
+            assert rel_error(g[key], e[key].numpy()) <= 1e-9, key
+
+
+def test_training_step_matches_torchvision_float64(torch, tmp_path):
+    theirs, ours = _build_pair(torch, tmp_path, **TAKE_ALL)
+    theirs.train()
+    ours.train()
+    images = _images(np.random.default_rng(3), np.float64)
+    targets = _targets(np.random.default_rng(4))
+    expected = theirs([torch.tensor(i) for i in images],
+                      [{k: torch.tensor(v) for k, v in t.items()} for t in targets])
+    stats = {}
+    got = ours(images, targets, stats=stats)
+    assert set(got) == set(expected) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                                         "loss_rpn_box_reg"}
+    for key in expected:
+        assert rel_error(got[key].data, expected[key].item()) <= 1e-9, key
+    assert 0.0 <= stats["rpn_fg_accuracy"] <= 1.0 and 0.0 <= stats["mask_accuracy"] <= 1.0
+
+    sum(expected.values()).backward()
+    total = got["loss_classifier"]
+    for key in ("loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):
+        total = total + got[key]
+    total.backward()
+    their_params = dict(theirs.named_parameters())
+    our_params = dict(ours.named_parameters())
+    trainable = {n for n, p in their_params.items() if p.requires_grad}
+    assert trainable == {n for n, p in our_params.items() if p.requires_grad}
+    for name in sorted(trainable):
+        g_ref = their_params[name].grad
+        g_ref = np.zeros(our_params[name].shape) if g_ref is None else g_ref.numpy()
+        g = our_params[name].grad
+        g = np.zeros(our_params[name].shape) if g is None else g
+        assert rel_error(g, g_ref) <= 1e-7, name
+
+
+def test_inference_matches_torchvision_float32(torch, tmp_path):
+    theirs, ours = _build_pair(torch, tmp_path)
+    theirs.float().eval()
+    ours.to(dtype=np.float32).eval()
+    images = _images(np.random.default_rng(5), np.float32)
+    with torch.no_grad():
+        expected = theirs([torch.tensor(i) for i in images])
+    with tm.no_grad():
+        got = ours(images)
+    for g, e in zip(got, expected):
+        assert len(g["boxes"]) == len(e["boxes"]) > 0
+        # match each of our boxes to the nearest of theirs: the order may swap where scores tie in float32
+        dist = np.abs(g["boxes"][:, None, :] - e["boxes"].numpy()[None]).max(-1)
+        assert dist.min(axis=1).max() <= 1e-3

@@ -1,0 +1,115 @@
+"""Mask R-CNN: transform → backbone (ResNet-FPN) → RPN → RoI heads → postprocess.
+
+Each stage is a module of its own and can be called alone; ``MaskRCNN.forward`` only wires them
+and, on request, hands back every intermediate (``intermediates=dict``) and the training
+statistics (``stats=dict``), so a notebook can stop after any stage and draw it.
+"""
+from collections import OrderedDict
+
+
+from .. import nn
+from .anchors import AnchorGenerator
+from .backbone import resnet_fpn_backbone
+from .poolers import MultiScaleRoIAlign
+from .roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
+from .rpn import RegionProposalNetwork, RPNHead
+from .transform import GeneralizedRCNNTransform
+
+
+class MaskRCNN(nn.Module):
+    """torchvision's MaskRCNN, with its keyword arguments and defaults.
+
+    Args:
+        backbone: a module with ``out_channels`` returning an ordered dict of feature maps.
+        num_classes: classes including background (a custom ``box_predictor`` instead leaves it None).
+        min_size, max_size, image_mean, image_std, size_divisible, fixed_size: the transform.
+        rpn_*: the RPN (anchor generator, head, top-n before/after NMS for train/test, NMS and
+            matching thresholds, sampling).
+        box_*: the box branch (pooler, head, predictor, score/NMS thresholds, detections per
+            image, matching thresholds, sampling), bbox_reg_weights.
+        mask_roi_pool, mask_head, mask_predictor: the mask branch.
+    """
+
+    def __init__(self, backbone, num_classes=None, min_size=800, max_size=1333, image_mean=None, image_std=None,
+                 rpn_anchor_generator=None, rpn_head=None, rpn_pre_nms_top_n_train=2000, rpn_pre_nms_top_n_test=1000,
+                 rpn_post_nms_top_n_train=2000, rpn_post_nms_top_n_test=1000, rpn_nms_thresh=0.7,
+                 rpn_fg_iou_thresh=0.7, rpn_bg_iou_thresh=0.3, rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
+                 rpn_score_thresh=0.0, box_roi_pool=None, box_head=None, box_predictor=None, box_score_thresh=0.05,
+                 box_nms_thresh=0.5, box_detections_per_img=100, box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
+                 box_batch_size_per_image=512, box_positive_fraction=0.25, bbox_reg_weights=None,
+                 mask_roi_pool=None, mask_head=None, mask_predictor=None, size_divisible=32, fixed_size=None):
+        super().__init__()
+        if not hasattr(backbone, "out_channels"):
+            raise ValueError("the backbone needs an `out_channels` attribute (the number of channels of its maps)")
+        if (num_classes is None) == (box_predictor is None):
+            raise ValueError("give exactly one of num_classes and box_predictor")
+        if mask_predictor is not None and num_classes is not None:
+            raise ValueError("num_classes should be None when mask_predictor is given")
+        channels = backbone.out_channels
+
+        anchor_generator = rpn_anchor_generator or AnchorGenerator(
+            sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+        rpn_head = rpn_head or RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
+        rpn = RegionProposalNetwork(
+            anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+            rpn_positive_fraction, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
+            score_thresh=rpn_score_thresh)
+
+        box_roi_pool = box_roi_pool or MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+        resolution = box_roi_pool.output_size[0]
+        box_head = box_head or TwoMLPHead(channels * resolution ** 2, 1024)
+        box_predictor = box_predictor or FastRCNNPredictor(1024, num_classes)
+        mask_roi_pool = mask_roi_pool or MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+        mask_head = mask_head or MaskRCNNHeads(channels, (256, 256, 256, 256), 1)
+        mask_predictor = mask_predictor or MaskRCNNPredictor(256, 256, num_classes)
+        roi_heads = RoIHeads(
+            box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
+            box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
+            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+
+        self.transform = GeneralizedRCNNTransform(
+            min_size, max_size, image_mean or (0.485, 0.456, 0.406), image_std or (0.229, 0.224, 0.225),
+            size_divisible=size_divisible, fixed_size=fixed_size)
+        self.backbone = backbone
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+
+    def forward(self, images, targets=None, intermediates=None, stats=None):
+        """Inference: a list of dicts (boxes, labels, scores, masks) per image. Training: the
+        five losses. ``images`` is a list of (3, H, W) float arrays in [0, 1]; ``targets`` a
+        list of dicts with boxes (K, 4) xyxy, labels (K,) int64 and masks (K, H, W) uint8.
+
+        Pass a dict as ``intermediates`` to receive every stage's output (the transformed
+        batch, feature maps, anchors, objectness, proposals before and after NMS, sampled RoIs
+        and their targets, raw detections) and as ``stats`` for the training statistics.
+        """
+        if self.training and targets is None:
+            raise ValueError("training mode needs targets: call model.eval() for inference")
+        if not isinstance(images, (list, tuple)):
+            raise TypeError(f"images must be a list of (3, H, W) arrays, got {type(images).__name__}")
+        original_sizes = [tuple(getattr(img, "shape")[-2:]) for img in images]
+        batch, targets = self.transform(images, targets)
+        features = self.backbone(batch.tensors)
+        if isinstance(features, (list, tuple)):
+            features = OrderedDict((str(i), f) for i, f in enumerate(features))
+        proposals, rpn_losses = self.rpn(batch, features, targets, intermediates=intermediates, stats=stats)
+        detections, roi_losses = self.roi_heads(features, proposals, batch.image_sizes, targets,
+                                                intermediates=intermediates, stats=stats)
+        if intermediates is not None:
+            intermediates.update(images=batch, features=features, detections_before_postprocess=detections)
+        if self.training:
+            return {**roi_losses, **rpn_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_layer=None, **kwargs):
+    """Mask R-CNN with a ResNet-50-FPN backbone in torchvision's detection configuration
+    (FrozenBatchNorm2d, layers 2..4 trainable); ``kwargs`` are MaskRCNN's keyword arguments.
+
+    Load torchvision's COCO weights with
+    ``tm.weights.load_torchvision(model, "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")``.
+    """
+    backbone = resnet_fpn_backbone("resnet50", trainable_layers=trainable_backbone_layers,
+                                   norm_layer=norm_layer or nn.FrozenBatchNorm2d)
+    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)

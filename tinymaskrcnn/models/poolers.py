@@ -1,0 +1,72 @@
+"""MultiScaleRoIAlign: crop a fixed-size feature patch for each box from the FPN level that suits it.
+
+A box of side sqrt(area) = s goes to level k = floor(4 + log2(s / 224) + 1e-6), clamped to the
+levels present (2..5 for P2..P5): a 224-pixel box — an ImageNet-sized object — is read from
+P4, and each halving of the side moves one level finer (FPN paper, eq. 1).
+"""
+import math
+
+import numpy as np
+
+from .. import nn
+from ..autograd import cat
+from ..backend import get_array_module
+from ..boxes import box_area
+from ..ops.roi_align import roi_align
+
+
+def boxes_to_rois(boxes):
+    """Per-image (Ki, 4) boxes → (sum Ki, 5) rows [image index, x1, y1, x2, y2]."""
+    xp = get_array_module(boxes[0])
+    ids = [xp.full((len(b), 1), i, dtype=b.dtype) for i, b in enumerate(boxes)]
+    return xp.concatenate([xp.concatenate(ids), xp.concatenate(boxes)], axis=1)
+
+
+def infer_scale(feature_size, image_size):
+    """The power of two nearest to feature height / image height (torchvision reads the height)."""
+    return 2.0 ** round(math.log2(feature_size[0] / image_size[0]))
+
+
+def map_levels(boxes, k_min, k_max, canonical_scale=224, canonical_level=4, eps=1e-6):
+    """The FPN level index (0 = k_min) of every box of every image."""
+    xp = get_array_module(boxes[0])
+    s = xp.sqrt(xp.concatenate([box_area(b) for b in boxes]))
+    k = xp.floor(canonical_level + xp.log2(s / canonical_scale) + eps)
+    return (xp.clip(k, k_min, k_max) - k_min).astype(np.int64)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """RoIAlign from the FPN maps named ``featmap_names`` into (K, C, *output_size) patches.
+
+    The scale of each map relative to the (largest unpadded) image is inferred from the shapes;
+    each box is pooled from one level chosen by ``map_levels``. The result keeps the order of
+    the boxes, and the gradient flows back into each level's feature map.
+    """
+
+    def __init__(self, featmap_names, output_size, sampling_ratio, canonical_scale=224, canonical_level=4):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        self.sampling_ratio = sampling_ratio
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def forward(self, features, boxes, image_sizes):
+        maps = [features[name] for name in self.featmap_names]
+        largest = (max(h for h, _ in image_sizes), max(w for _, w in image_sizes))
+        scales = [infer_scale(m.shape[-2:], largest) for m in maps]
+        rois = boxes_to_rois(boxes)
+        if len(maps) == 1:
+            return roi_align(maps[0], rois, self.output_size, scales[0], self.sampling_ratio)
+        k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
+        levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level)
+        xp = get_array_module(rois)
+        pooled, order = [], []
+        for level, (feature_map, scale) in enumerate(zip(maps, scales)):
+            idx = xp.nonzero(levels == level)[0]
+            pooled.append(roi_align(feature_map, rois[idx], self.output_size, scale, self.sampling_ratio))
+            order.append(idx)
+        # patches come out grouped by level; gathering with the inverse permutation restores
+        # the box order (and its backward scatters gradients back to each level's rows)
+        inverse = xp.argsort(xp.concatenate(order), kind="stable")
+        return cat(pooled, dim=0)[inverse]
