@@ -47,33 +47,3 @@ def assert_matches_torch(tm_fn, torch_fn, arrays, dtype, requires_grad=None, see
     for i, e in enumerate(grad_errs):
         assert e <= tol, f"gradient {i} relative error {e:.3g} > {tol:g}"
 
-
-def calibrate_frozen_batchnorm(module, x, seed=0):
-    """Give every torchvision FrozenBatchNorm2d in ``module`` the statistics of its own input.
-
-    A forward pass on ``x`` visits the layers in order; just before each frozen BN runs, its
-    running mean and variance are set to its input's per-channel mean and variance, and its
-    affine weight and bias to random values near 1 and 0. Every BN output is then of order one,
-    so a 50-layer network with random weights neither explodes nor vanishes, and a comparison
-    of its outputs means something.
-    """
-    import torch
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    gen = torch.Generator().manual_seed(seed)
-
-    def set_statistics(bn, args):
-        inp = args[0]
-        c = inp.shape[1]
-        bn.running_mean.copy_(inp.mean(dim=(0, 2, 3)))
-        bn.running_var.copy_(inp.var(dim=(0, 2, 3), unbiased=False))
-        bn.weight.copy_(0.5 + torch.rand(c, generator=gen, dtype=bn.weight.dtype))
-        bn.bias.copy_(0.2 * torch.randn(c, generator=gen, dtype=bn.bias.dtype))
-
-    handles = [m.register_forward_pre_hook(set_statistics) for m in module.modules() if isinstance(m, FrozenBatchNorm2d)]
-    try:
-        with torch.no_grad():
-            module(x.to(next(module.parameters()).dtype))
-    finally:
-        for h in handles:
-            h.remove()

@@ -8,10 +8,10 @@ losses and the same gradient for every trainable parameter.
 """
 import numpy as np
 import pytest
-from helpers import calibrate_frozen_batchnorm
 
 import tinymaskrcnn as tm
 from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
 
 NUM_CLASSES = 5
 SMALL = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
@@ -37,21 +37,9 @@ def _targets(rng):
 
 def _build_pair(torch, tmp_path, **kw):
     """torchvision's Mask R-CNN (calibrated random weights) and ours loaded from its .pth."""
-    from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
-                                   trainable_layers=3)
-    theirs = MaskRCNN(backbone, num_classes=NUM_CLASSES, **SMALL, **kw).double()
-    rng = np.random.default_rng(1)
-    calibrate_frozen_batchnorm(theirs.backbone, torch.tensor(rng.uniform(-2, 2, (2, 3, 160, 224))))
-    path = tmp_path / "maskrcnn.pth"
-    torch.save(theirs.state_dict(), path)
-
+    theirs = torchvision_maskrcnn(num_classes=NUM_CLASSES, calibration_size=(160, 224), **SMALL, **kw).double()
     ours = tm.models.maskrcnn_resnet50_fpn(num_classes=NUM_CLASSES, **SMALL, **kw)
-    tm.weights.load_torchvision(ours, str(path))
+    tm.weights.load_torchvision(ours, save_state_dict(theirs, tmp_path))
     ours.to(dtype=np.float64)
     return theirs, ours
 
