@@ -29,6 +29,7 @@ setup(
         "matplotlib>=3.7",
         "pillow>=10.0",
         "tqdm>=4.60",
+        "contourpy>=1.0",
     ],
     extras_require={
         "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25"],

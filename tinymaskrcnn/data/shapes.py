@@ -2,11 +2,26 @@
 
 The masks are computed analytically on the pixel grid (pixel centres at integer + 0.5), so a
 shape's mask, box and area agree by construction. The detection data set of later chapters
-and the classification set of the demo both draw with ``shape_mask``.
+(``make_shapes_dataset``, a COCO-format set on disk) and the classification set of the demo
+both draw with ``shape_mask``.
 """
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from collections import namedtuple
+from pathlib import Path
+
 import numpy as np
 
 SHAPES = ("circle", "square", "triangle")
+CATEGORIES = tuple({"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES))
+STAMP = "shapes_dataset.json"  # written last inside the temporary folder: its presence means complete
+FORMAT_VERSION = 1  # bump when the drawing changes, so cached sets are regenerated
+SPLITS = ("train", "val")
+
+SplitPaths = namedtuple("SplitPaths", ["ann_file", "image_dir"])
 
 
 def shape_mask(kind, cx, cy, size, height, width, angle=0.0):
@@ -48,3 +63,270 @@ def classification_set(n, size=32, seed=0, dtype=np.float32):
         img = np.where(mask[None], colour[:, None, None], img)
         images[i] = np.clip(img, 0, 1)
     return images, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks to COCO segmentations
+# ---------------------------------------------------------------------------------------------
+
+def mask_to_polygons(mask):
+    """COCO polygons ([[x0, y0, x1, y1, ...], ...]) tracing a boolean mask, or None.
+
+    The 0.5 level line of the zero-padded mask, sampled at pixel centres, runs between inside
+    and outside pixel centres, so pycocotools' rasteriser (which tests pixel centres) gives the
+    mask back. Polygons cannot express holes (pycocotools unions them), so the result is
+    decoded and compared; None means "not representable: use RLE".
+    """
+    import contourpy
+    from pycocotools import mask as mask_utils
+
+    height, width = mask.shape
+    z = np.pad(mask, 1).astype(np.float64)
+    lines = contourpy.contour_generator(z=z, name="serial", line_type=contourpy.LineType.Separate).lines(0.5)
+    polygons = []
+    for loop in lines:
+        loop = loop[:-1] - 1.0 + 0.5  # drop the repeated closing point; padded index → pixel centre
+        # keep corners only: a point where the direction does not change adds nothing
+        before, after = loop - np.roll(loop, 1, axis=0), np.roll(loop, -1, axis=0) - loop
+        loop = loop[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]
+        if len(loop) >= 3:
+            polygons.append([float(c) for c in loop.ravel()])
+    if not polygons:
+        return None
+    decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+    return polygons if np.array_equal(decoded.astype(bool), mask) else None
+
+
+def mask_to_rle(mask, compressed=True):
+    """COCO run-length encoding of a boolean mask: ``{"size": [h, w], "counts": ...}``.
+
+    Runs go down the columns (Fortran order) and start with a run of zeros. ``compressed``
+    gives pycocotools' string form; otherwise counts is the plain list of run lengths.
+    """
+    from pycocotools import mask as mask_utils
+
+    height, width = mask.shape
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    flat = mask.ravel(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1  # positions where a new run starts
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0] + counts  # the first run counts zeros, so it is empty here
+    return {"size": [height, width], "counts": counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing one image
+# ---------------------------------------------------------------------------------------------
+
+def _distinct_colour(rng, others, min_distance=0.35, tries=100):
+    """A random RGB colour at least ``min_distance`` from every colour in ``others`` (so each
+    object stands out from the background and from the objects it may touch)."""
+    for _ in range(tries):
+        colour = rng.uniform(0, 1, 3)
+        if all(np.linalg.norm(colour - o) >= min_distance for o in others):
+            break
+    return colour
+
+
+def _background(rng, height, width):
+    """(height, width, 3) plain colour or linear gradient, and the colours used (to avoid)."""
+    a = rng.uniform(0, 1, 3)
+    if rng.random() < 0.5:
+        return np.broadcast_to(a, (height, width, 3)).copy(), [a]
+    b = rng.uniform(0, 1, 3)
+    theta = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:height, 0:width]
+    t = xs * np.cos(theta) + ys * np.sin(theta)
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-9)
+    return a * (1 - t[..., None]) + b * t[..., None], [a, b]
+
+
+def draw_scene(rng, height, width, max_objects, min_visible=0.3, min_area=20):
+    """One image and its objects: (uint8 (height, width, 3), [(category_id, visible mask)]).
+
+    Objects are drawn in order, so later ones occlude earlier ones; an object whose visible
+    part is under ``min_visible`` of its own area or under ``min_area`` pixels is left out of
+    the picture entirely (so nothing visible goes unannotated). Leaving one out only uncovers
+    the others, so one pass of checks suffices, and the last object drawn always survives.
+    """
+    image, used_colours = _background(rng, height, width)
+    objects = []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        kind = int(rng.integers(len(SHAPES)))
+        size = rng.uniform(0.08, 0.25) * min(height, width)
+        extent = size * (np.sqrt(2) if SHAPES[kind] == "square" else 1.0)  # reach from the centre
+        cx = rng.uniform(extent + 1, width - extent - 1)
+        cy = rng.uniform(extent + 1, height - extent - 1)
+        mask = shape_mask(SHAPES[kind], cx, cy, size, height, width, angle=rng.uniform(0, 2 * np.pi))
+        colour = _distinct_colour(rng, used_colours + [o[2] for o in objects])
+        objects.append((kind + 1, mask, colour))
+    objects = [o for o, vis in zip(objects, _visible_masks([o[1] for o in objects]))
+               if vis.sum() >= max(min_area, min_visible * o[1].sum())]
+    for _, mask, colour in objects:
+        image[mask] = colour
+    image = image + rng.normal(0, 0.03, image.shape)
+    image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    visible = _visible_masks([o[1] for o in objects])
+    return image, [(o[0], v) for o, v in zip(objects, visible)]
+
+
+def _visible_masks(masks):
+    """Each mask minus the union of the masks drawn after it."""
+    covered = np.zeros_like(masks[0]) if masks else None
+    visible = []
+    for mask in reversed(masks):
+        visible.append(mask & ~covered)
+        covered = covered | mask
+    return visible[::-1]
+
+
+def _annotation(ann_id, image_id, category_id, mask):
+    """A COCO annotation for a visible mask; every 4th is written as RLE (alternately
+    compressed and uncompressed) and so is any mask polygons cannot express (holes)."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    bbox = [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]  # pixel edges: tight box
+    segmentation = None if ann_id % 4 == 0 else mask_to_polygons(mask)
+    if segmentation is None:
+        segmentation = mask_to_rle(mask, compressed=ann_id % 8 != 4)
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": segmentation,
+            "area": float(mask.sum()), "bbox": bbox, "iscrowd": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# The data set on disk
+# ---------------------------------------------------------------------------------------------
+
+def _parse_image_size(image_size):
+    """(H, W) or ((h_min, h_max), (w_min, w_max)) → ((h_min, h_max), (w_min, w_max))."""
+    try:
+        h, w = image_size
+        ranges = tuple((int(s), int(s)) if np.isscalar(s) else tuple(int(v) for v in s) for s in (h, w))
+        ok = all(len(r) == 2 and 32 <= r[0] <= r[1] for r in ranges)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"image_size={image_size!r}: expected (H, W) or ((h_min, h_max), (w_min, w_max)) "
+                         "with sizes of at least 32 pixels")
+    return ranges
+
+
+def _check_count(name, value, minimum):
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+    return int(value)
+
+
+def _parameters(num_train, num_val, image_size, max_objects, seed, min_visible, min_area):
+    """The generation parameters, checked and in the JSON form the stamp stores."""
+    if not 0 <= min_visible <= 1:
+        raise ValueError(f"min_visible={min_visible!r}: expected a fraction in [0, 1]")
+    return {"format": FORMAT_VERSION, "num_train": _check_count("num_train", num_train, 0),
+            "num_val": _check_count("num_val", num_val, 0),
+            "image_size": [list(r) for r in _parse_image_size(image_size)],
+            "max_objects": _check_count("max_objects", max_objects, 1), "seed": _check_count("seed", seed, 0),
+            "min_visible": float(min_visible), "min_area": _check_count("min_area", min_area, 1)}
+
+
+def shapes_paths(root):
+    """{"train": SplitPaths(ann_file, image_dir), "val": ...} of a shapes set under ``root``."""
+    root = Path(root)
+    return {s: SplitPaths(str(root / "annotations" / f"instances_{s}.json"), str(root / "images" / s))
+            for s in SPLITS}
+
+
+def _read_stamp(root):
+    try:
+        return json.loads((Path(root) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_split(folder, split, split_index, params, progress):
+    from PIL import Image
+    from tqdm import tqdm
+
+    (h_min, h_max), (w_min, w_max) = params["image_size"]
+    image_dir = folder / "images" / split
+    image_dir.mkdir(parents=True)
+    images, annotations = [], []
+    count = params[f"num_{split}"]
+    for image_id in tqdm(range(1, count + 1), desc=f"shapes {split}", disable=not progress):
+        # each image has its own stream, so it does not depend on how many came before
+        rng = np.random.default_rng([params["seed"], split_index, image_id])
+        height, width = int(rng.integers(h_min, h_max + 1)), int(rng.integers(w_min, w_max + 1))
+        pixels, objects = draw_scene(rng, height, width, params["max_objects"], params["min_visible"],
+                                     params["min_area"])
+        file_name = f"{image_id:06d}.png"
+        Image.fromarray(pixels).save(image_dir / file_name)
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        for category_id, mask in objects:
+            annotations.append(_annotation(len(annotations) + 1, image_id, category_id, mask))
+    coco = {"info": {"description": "tinymaskrcnn synthetic shapes", "version": str(FORMAT_VERSION)},
+            "licenses": [], "images": images, "annotations": annotations, "categories": list(CATEGORIES)}
+    (folder / "annotations").mkdir(exist_ok=True)
+    (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
+
+
+def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192), (128, 192)), max_objects=4,
+                        seed=0, min_visible=0.3, min_area=20, progress=False):
+    """Write the synthetic shapes set in COCO format under ``root`` and return its paths.
+
+    Layout: ``root/images/{train,val}/NNNNNN.png`` and
+    ``root/annotations/instances_{train,val}.json`` (categories 1..3: circle, square,
+    triangle). ``image_size`` is (H, W) or ((h_min, h_max), (w_min, w_max)), drawn per image;
+    each image holds 1..``max_objects`` shapes before occluded ones are left out. The same
+    arguments give byte-identical files. The set is written to a temporary folder next to
+    ``root`` and renamed into place, so an interrupted run never leaves a set that looks
+    complete; an existing shapes set at ``root`` is replaced, anything else there is an error.
+    Returns ``{"train": SplitPaths(ann_file, image_dir), "val": ...}``.
+    """
+    params = _parameters(num_train, num_val, image_size, max_objects, seed, min_visible, min_area)
+    root = Path(root)
+    _check_replaceable(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # mkdtemp gives a private name; the set is built in a plain subfolder of it so that the
+    # renamed folder gets the usual permissions, and the old set is parked there to be deleted
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    try:
+        build = tmp / "new"
+        build.mkdir()
+        for split_index, split in enumerate(SPLITS):
+            _write_split(build, split, split_index, params, progress)
+        (build / STAMP).write_text(json.dumps(params, indent=1))
+        if _read_stamp(root) == params:  # another process finished the same set meanwhile
+            return shapes_paths(root)
+        _check_replaceable(root)
+        if root.exists():
+            os.replace(root, tmp / "old")
+        os.replace(build, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return shapes_paths(root)
+
+
+def _check_replaceable(root):
+    """Only an earlier shapes set (it has the stamp) or an empty folder may be replaced."""
+    if root.exists() and not (root / STAMP).is_file() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root} exists and is not a shapes data set (it has no {STAMP}): "
+                              "choose another root or remove it")
+
+
+def ensure_shapes_dataset(root, **kwargs):
+    """The shapes set under ``root``, generated on the first call and reused afterwards.
+
+    Takes ``make_shapes_dataset``'s keywords; the set is regenerated when they differ from
+    the ones stamped in ``root/shapes_dataset.json``.
+    """
+    bound = inspect.signature(make_shapes_dataset).bind(root, **kwargs)  # TypeError names a bad keyword
+    bound.apply_defaults()
+    args = dict(bound.arguments)
+    del args["root"]
+    progress = args.pop("progress")
+    if _read_stamp(root) == _parameters(**args):
+        return shapes_paths(root)
+    return make_shapes_dataset(root, progress=progress, **args)
