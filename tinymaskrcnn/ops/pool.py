@@ -1,5 +1,117 @@
-"""(being written)"""
-def max_pool2d(*args, **kwargs):
-    raise NotImplementedError("max_pool2d is being written")
+"""2-D max pooling, torch's rules: output size, padding, dilation, ceil_mode and ties.
+
+forward   y[n, c, i, j] = max over the window of x, where the window of output (i, j) holds
+          the input positions (i*s_h - p_h + a*d_h,  j*s_w - p_w + b*d_w),
+          a < k_h, b < k_w, that fall inside the image (padding counts as -inf).
+          Output size per axis (torch's pooling_output_shape):
+              out = floor((L + 2p - d(k-1) - 1 + (s-1 if ceil_mode)) / s) + 1,
+          minus one if ceil_mode put the last window's start past the input and left padding.
+backward  y is one of the x in its window, so dL/dx = dL/dy at the position that won, 0
+          elsewhere; windows overlap when s < k, so one x can win several windows and its
+          gradient is the sum (a scatter-add).
+
+Which position wins matters for the gradient when values tie. torch scans a window row by row
+and takes a value when it is greater than the best so far or NaN, starting from the first
+position inside the image. So the first of equal maxima wins, the last NaN wins, and a window
+of -inf values routes its gradient to its first in-image position. The forward here runs the
+same scan, vectorised over every window at once: one step per kernel tap (a, b). (A window
+wholly in the padding, which torch's checks let through for some dilations, is refused here:
+torch indexes outside the image for it.)
+"""
+import numpy as np
+
+from ..autograd import Function
+from ..backend import get_array_module
 
 
+def _pair(value, name):
+    """An int or a pair of ints as a pair (height, width)."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"max_pool2d: {name} must be an int or a pair of ints, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """torch's pooling output length along one axis (see the module docstring)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1  # floor division, as torch's div_rtn, also for negative spans
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1  # the last window must start inside the image or its left padding
+    return out
+
+
+def _first_inside(starts, kernel, dilation, size):
+    """For windows starting at ``starts`` (maybe negative), the offset of their first in-image tap."""
+    xp = get_array_module(starts)
+    first = (xp.maximum(-starts, 0) + dilation - 1) // dilation
+    if bool(((first >= kernel) | (starts + first * dilation >= size)).any()):
+        raise ValueError(f"max_pool2d: a window of kernel {kernel} with dilation {dilation} lies wholly in the "
+                         f"padding of an axis of length {size}; reduce padding or dilation")
+    return first
+
+
+class MaxPool2d(Function):
+    """Max pooling over (N, C, H, W); backward scatters dL/dy to each window's winning position."""
+
+    def forward(self, x, kernel, stride, padding, dilation, out_size):
+        xp = get_array_module(x)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
+        # -inf padding never wins; ceil_mode's last window may reach past the right/bottom edge
+        rows_needed, cols_needed = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
+        padded = xp.full((n, c, max(rows_needed, ph + h), max(cols_needed, pw + w)), -np.inf, dtype=x.dtype)
+        padded[:, :, ph:ph + h, pw:pw + w] = x
+
+        self.top, self.left = xp.arange(oh) * sh - ph, xp.arange(ow) * sw - pw  # window origins in x
+        best = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
+        # the winner as the tap a * kw + b within its window, starting at the first in-image tap
+        first = _first_inside(self.top, kh, dh, h)[:, None] * kw + _first_inside(self.left, kw, dw, w)[None, :]
+        winner = xp.broadcast_to(first.astype(np.int32), best.shape).copy()
+        has_nan = bool(xp.isnan(x).any())  # only then is the NaN test worth a pass per tap
+        for a in range(kh):
+            for b in range(kw):
+                v = padded[:, :, a * dh:a * dh + (oh - 1) * sh + 1:sh, b * dw:b * dw + (ow - 1) * sw + 1:sw]
+                take = v > best
+                if has_nan:
+                    take |= v != v  # torch lets a NaN replace the best so far
+                xp.copyto(best, v, where=take)
+                xp.copyto(winner, a * kw + b, where=take)
+        self.winner, self.in_shape, self.kernel_w, self.dilation = winner, x.shape, kw, (dh, dw)
+        return best
+
+    def backward(self, g):
+        xp = get_array_module(g)
+        n, c, h, w = self.in_shape
+        a, b = xp.divmod(self.winner, self.kernel_w)
+        rows = self.top[:, None] + a * self.dilation[0]
+        cols = self.left[None, :] + b * self.dilation[1]
+        # one flat index per output into the whole input, then a scatter-add of dL/dy there
+        flat = (xp.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
+        dx = xp.bincount(flat.ravel(), weights=g.ravel(), minlength=n * c * h * w)
+        return (dx.astype(g.dtype, copy=False).reshape(self.in_shape),)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """torch.nn.functional.max_pool2d on a 4-D input (N, C, H, W).
+
+    ``stride`` defaults to ``kernel_size``; ints or (height, width) pairs everywhere.
+    """
+    if input.ndim != 4:
+        raise ValueError(f"max_pool2d: expected a 4-D input (N, C, H, W), got shape {tuple(input.shape)}; "
+                         f"add a batch axis with x[None] for a single (C, H, W) map")
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+    for name, pair in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
+        if min(pair) <= 0:
+            raise ValueError(f"max_pool2d: {name} must be positive, got {pair}")
+    if min(padding) < 0 or padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"max_pool2d: padding {padding} must be between 0 and half the kernel size {kernel}")
+    out_size = tuple(pool_output_size(*args, ceil_mode)
+                     for args in zip(input.shape[2:], kernel, stride, padding, dilation))
+    if min(out_size) < 1:
+        raise ValueError(f"max_pool2d: input of shape {tuple(input.shape)} is too small for kernel_size={kernel}, "
+                         f"stride={stride}, padding={padding}, dilation={dilation}: output size {out_size}")
+    return MaxPool2d.apply(input, kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                           out_size=out_size)

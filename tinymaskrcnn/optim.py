@@ -1,0 +1,300 @@
+"""Stochastic gradient descent with torch.optim.SGD's exact update, learning-rate schedules and
+gradient clipping.
+
+SGD, for each parameter p with gradient g, at learning rate lr (torch's order of operations):
+
+    g   <- g + weight_decay * p                       (L2 penalty, added to the gradient)
+    buf <- g                                          (first step: the buffer starts at g)
+    buf <- momentum * buf + (1 - dampening) * g       (every later step)
+    g   <- g + momentum * buf   if nesterov   else   buf
+    p   <- p - lr * g
+
+The schedules set each parameter group's ``lr`` once per ``step()`` (call it once per
+iteration, after ``optimizer.step()``), as torch's schedulers do; each value is the closed
+form at the current iteration, so resuming from ``state_dict`` continues exactly.
+"""
+import copy
+import math
+from bisect import bisect_right
+
+from .autograd import Tensor
+from .backend import get_array_module, to_device, device_of
+
+
+class Optimizer:
+    """Parameter groups and per-parameter state, as torch.optim.Optimizer.
+
+    ``params`` is an iterable of Tensors, or of dicts ``{"params": [...], "lr": ...}`` whose
+    other keys override ``defaults`` for that group (e.g. a smaller lr for the backbone).
+    """
+
+    def __init__(self, params, defaults):
+        self.defaults = dict(defaults)
+        self.state = {}  # Parameter -> dict of arrays (e.g. momentum_buffer)
+        self.param_groups = []
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list: pass model.parameters() of a model with parameters")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, group):
+        """Add a group: ``{"params": [...], **hyperparameters}``; missing ones come from defaults."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"a parameter group must be a dict with a 'params' key, got {group!r:.80}")
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizers take Tensors (Parameters), got {type(p).__name__}")
+        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in params}) != len(params) or taken & {id(p) for p in params}:
+            raise ValueError("a parameter appears twice in the optimizer's groups: each may belong to one group once")
+        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(f"unknown hyperparameters {sorted(unknown)} in a parameter group; "
+                             f"{type(self).__name__} takes {sorted(self.defaults)}")
+        self.param_groups.append({**self.defaults, **group, "params": params})
+
+    def zero_grad(self, set_to_none=True):
+        """Forget the gradients of every parameter (set to None, or zero them in place)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
+
+    def state_dict(self):
+        """``{"state": {index: {name: array}}, "param_groups": [{hyperparameters, "params": [indices]}]}``
+        with parameters numbered across groups in order, torch's layout. Arrays are the
+        optimizer's own (no copy)."""
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": [index[id(p)] for p in group["params"]]})
+        state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and per-parameter state saved by ``state_dict``, copied and
+        converted to each parameter's dtype and device; the groups must have the same sizes."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"the state has {len(saved_groups)} parameter groups, the optimizer "
+                             f"{len(self.param_groups)}: build the optimizer as the saved one was built")
+        sizes = [len(g["params"]) for g in saved_groups], [len(g["params"]) for g in self.param_groups]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"parameter group sizes differ: state {sizes[0]}, optimizer {sizes[1]}")
+        by_index = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            by_index.update(zip(saved["params"], group["params"]))
+        self.state = {}
+        for i, entries in state_dict["state"].items():
+            p = by_index[int(i)]
+            # astype copies: the loaded state must not share memory with the dict it came from
+            self.state[p] = {k: to_device(v, device_of(p.data)).astype(p.dtype) if hasattr(v, "shape")
+                             else copy.deepcopy(v) for k, v in entries.items()}
+        for saved, group in zip(saved_groups, self.param_groups):
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; ``closure`` (optional)
+        re-evaluates and returns the loss."""
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def _update(self, p, group):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: plain, momentum, dampened or Nesterov steps with L2 weight decay (see
+    the module docstring for the update)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}: must be >= 0")
+        if momentum < 0:
+            raise ValueError(f"invalid momentum {momentum}: must be >= 0")
+        if weight_decay < 0:
+            raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov))
+
+    def _update(self, p, group):
+        g = p.grad
+        if group["weight_decay"] != 0:
+            g = g + group["weight_decay"] * p.data
+        momentum = group["momentum"]
+        if momentum != 0:
+            state = self.state.setdefault(p, {})
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()  # a copy: g may be p.grad itself
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * g
+            g = g + momentum * buf if group["nesterov"] else buf
+        p.data -= group["lr"] * g  # in place: state_dict arrays and views stay this parameter's
+
+
+# ----- learning-rate schedules ------------------------------------------------------------------
+
+
+class LRScheduler:
+    """Base of the schedules (torch.optim.lr_scheduler.LRScheduler's protocol).
+
+    Construction records each group's starting ``lr`` as ``initial_lr`` and applies the value
+    for iteration 0; every ``step()`` advances ``last_epoch`` (the iteration count, torch's
+    name) and sets each group's lr to ``lr_at(base_lr, last_epoch)``.
+    """
+
+    def __init__(self, optimizer, last_epoch=-1):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__} needs an Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            if last_epoch == -1:
+                group.setdefault("initial_lr", group["lr"])
+            elif "initial_lr" not in group:
+                raise KeyError("resuming a schedule (last_epoch != -1) needs 'initial_lr' in every parameter "
+                               "group: load the optimizer's state_dict first")
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.last_epoch = last_epoch
+        self.step()
+
+    def lr_at(self, base_lr, step):
+        raise NotImplementedError
+
+    def get_lr(self):
+        return [self.lr_at(base, self.last_epoch) for base in self.base_lrs]
+
+    def step(self):
+        self.last_epoch += 1
+        self._last_lr = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr
+
+    def get_last_lr(self):
+        """The learning rates the last ``step()`` set, one per parameter group."""
+        return list(self._last_lr)
+
+    def state_dict(self):
+        """Everything but the optimizer (which has its own state_dict)."""
+        return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(copy.deepcopy(state_dict))
+
+
+def _warmup_factor(step, warmup_iters, warmup_factor, method):
+    """The multiplier during warmup: ``warmup_factor`` rising linearly to 1 at ``warmup_iters``
+    (method 'linear', torch's LinearLR), or held at ``warmup_factor`` ('constant', ConstantLR)."""
+    if step >= warmup_iters:
+        return 1.0
+    if method == "constant":
+        return warmup_factor
+    alpha = step / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
+def _check_warmup(method, warmup_iters):
+    if method not in ("linear", "constant"):
+        raise ValueError(f"warmup_method must be 'linear' or 'constant', got {method!r}")
+    if warmup_iters < 0:
+        raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
+
+
+class WarmupMultiStepLR(LRScheduler):
+    """The detection recipe: warmup over ``warmup_iters`` iterations, then the lr multiplied by
+    ``gamma`` at each milestone (iteration numbers, increasing):
+
+        lr(t) = base_lr · warmup(t) · gamma^(number of milestones <= t)
+
+    The same as torch's ChainedScheduler([LinearLR(warmup_factor, total_iters=warmup_iters),
+    MultiStepLR(milestones, gamma)]) stepped once per iteration.
+    """
+
+    def __init__(self, optimizer, milestones, gamma=0.1, warmup_factor=1.0 / 1000, warmup_iters=1000,
+                 warmup_method="linear", last_epoch=-1):
+        milestones = list(milestones)
+        if milestones != sorted(milestones):
+            raise ValueError(f"milestones must be increasing, got {milestones}")
+        _check_warmup(warmup_method, warmup_iters)
+        self.milestones, self.gamma = milestones, gamma
+        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def lr_at(self, base_lr, step):
+        warmup = _warmup_factor(step, self.warmup_iters, self.warmup_factor, self.warmup_method)
+        return base_lr * warmup * self.gamma ** bisect_right(self.milestones, step)
+
+
+class WarmupCosineLR(LRScheduler):
+    """Warmup over ``warmup_iters`` iterations, then half a cosine from base_lr down to
+    ``eta_min`` at ``total_iters`` (held there afterwards):
+
+        lr(t) = base_lr · warmup(t)                                        t < warmup_iters
+        lr(t) = eta_min + (base_lr - eta_min) · (1 + cos(pi · s)) / 2,      s = (t - W) / (T - W) <= 1
+
+    The same as torch's CosineAnnealingLR(T_max=T - W, eta_min) after a LinearLR warmup
+    (SequentialLR with milestone W).
+    """
+
+    def __init__(self, optimizer, total_iters, warmup_factor=1.0 / 1000, warmup_iters=0, eta_min=0.0,
+                 warmup_method="linear", last_epoch=-1):
+        _check_warmup(warmup_method, warmup_iters)
+        if total_iters <= warmup_iters:
+            raise ValueError(f"total_iters ({total_iters}) must exceed warmup_iters ({warmup_iters})")
+        self.total_iters, self.eta_min = total_iters, eta_min
+        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def lr_at(self, base_lr, step):
+        if step < self.warmup_iters:
+            return base_lr * _warmup_factor(step, self.warmup_iters, self.warmup_factor, self.warmup_method)
+        s = min(step - self.warmup_iters, self.total_iters - self.warmup_iters) / (self.total_iters - self.warmup_iters)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * s)) / 2
+
+
+# ----- gradient clipping ---------------------------------------------------------------------------
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    """Scale all gradients together so that their joint norm is at most ``max_norm``
+    (torch.nn.utils.clip_grad_norm_).
+
+    total = || (||g_1||_p, ..., ||g_n||_p) ||_p  (the p-norm of all gradients as one vector);
+    every gradient is multiplied in place by min(1, max_norm / (total + 1e-6)). Returns total
+    (before clipping) as a float.
+    """
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = get_array_module(grads[0])
+    norm_type = float(norm_type)
+    if norm_type == math.inf:
+        total = max(float(xp.max(xp.abs(g))) if g.size else 0.0 for g in grads)
+    else:
+        total = sum(float(xp.sum(xp.abs(g) ** norm_type)) for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of order {norm_type} of the gradients is {total}, so they cannot be "
+                           "clipped; pass error_if_nonfinite=False to skip this check")
+    scale = min(max_norm / (total + 1e-6), 1.0)
+    for g in grads:
+        g *= scale
+    return total
