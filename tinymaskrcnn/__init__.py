@@ -1,7 +1,17 @@
 """tinymaskrcnn: Mask R-CNN from scratch in NumPy and Numba, proven equal to torchvision."""
-from . import backend, functional, random
+from . import backend, functional, nn, optim, random, weights
 from .autograd import Function, Tensor, cat, no_grad, stack, tensor
 from .backend import get_array_module, get_default_dtype, set_default_dtype
 from .random import manual_seed
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The detector (models) and its ops load on first use: the foundation chapter's users
+    # should not pay for compiling the detection kernels.
+    if name in ("models", "ops"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'tinymaskrcnn' has no attribute {name!r}")
