@@ -11,7 +11,8 @@ def compare_with_torch(tm_fn, torch_fn, arrays, dtype, requires_grad=None, seed=
     """Run ``tm_fn`` on Tensors and ``torch_fn`` on torch tensors made from the same ``arrays``.
 
     Floating arrays are cast to ``dtype``; integer arrays (labels, indices) are passed as they
-    are and get no gradient. A random cotangent is pulled back through both. Returns
+    are and get no gradient. A random cotangent (seeded apart from the `rng` fixture, so it is
+    never a copy of the input, which can cancel a gradient) is pulled back through both. Returns
     ``(output_error, [gradient_error per input that requires a gradient])``, relative errors
     measured in float64.
     """
