@@ -3,3 +3,5 @@
 ``tm.ops`` also holds the detection ops under torchvision.ops names.
 """
 from .boxes import batched_nms, box_iou, nms
+from .paste_masks import paste_masks_in_image
+from .roi_align import roi_align

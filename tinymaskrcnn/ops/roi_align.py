@@ -1,0 +1,122 @@
+r"""RoIAlign: a fixed-size feature patch for each box, by bilinear sampling (torchvision.ops.roi_align).
+
+Forward
+-------
+For RoI k (image b, box scaled to the map and, when ``aligned``, shifted by -1/2) cut into
+ph × pw bins, each bin holding a grid of sample points s = (y_s, x_s):
+
+    out[k, c, i, j] = (1 / count_k) Σ_{s in bin (i, j)} f(b, c, y_s, x_s)
+
+where f reads the map by bilinear interpolation. With y0 = floor(y), y1 = y0 + 1, ly = y - y0,
+hy = 1 - ly (x likewise),
+
+    f(b, c, y, x) = hy·hx·X[b,c,y0,x0] + hy·lx·X[b,c,y0,x1] + ly·hx·X[b,c,y1,x0] + ly·lx·X[b,c,y1,x1]
+
+(samples more than a pixel outside the map read 0; at the last row or column y1 = y0, x1 = x0;
+see ``tinymaskrcnn/kernels/roi_align.py`` for torchvision's exact rules). So the output is
+*linear* in the input: out = A X for a sparse matrix A whose row (k, c, i, j) holds the weights
+w_{s,t} / count_k of the four taps t of each sample s, in the columns of the pixels they read.
+
+Backward
+--------
+A linear map's gradient is its transpose: dL/dX = Aᵀ dL/dout, i.e. every tap hands its share
+back to the pixel it read,
+
+    dL/dX[b_k, c, y_t, x_t]  +=  (w_{s,t} / count_k) · dL/dout[k, c, i, j]     for all k, i, j, s, t.
+
+Overlapping RoIs and neighbouring samples read the same pixels, so the contributions add up (a
+scatter-add). The sample positions depend only on the boxes, never on X, which is why X is not
+saved for the backward. The box coordinates enter only through the positions (piecewise
+smooth, through floor); like torchvision, no gradient is given to the boxes.
+"""
+import numpy as np
+
+from ..autograd import Function, Tensor
+from ..backend import get_array_module, is_cupy
+from ..kernels.roi_align import roi_align_backward, roi_align_forward
+
+
+def _array(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _pair(output_size):
+    """output_size as (height, width) of positive ints."""
+    if isinstance(output_size, (int, np.integer)):
+        output_size = (output_size, output_size)
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else ()
+    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
+        raise ValueError(f"output_size must be a positive int or a (height, width) pair of positive ints, "
+                         f"got {output_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _as_rois(boxes, dtype, xp):
+    """(K, 5) rows [batch_index, x1, y1, x2, y2] from a (K, 5) array or a list of per-image (Ki, 4)."""
+    if isinstance(boxes, (list, tuple)):
+        parts = []
+        for i, b in enumerate(boxes):
+            b = xp.asarray(_array(b))
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes[{i}] has shape {tuple(b.shape)}; a list of boxes needs one (Ki, 4) array "
+                                 f"of (x1, y1, x2, y2) per image")
+            parts.append(xp.concatenate([xp.full((len(b), 1), i, dtype=dtype), b.astype(dtype)], axis=1))
+        return xp.concatenate(parts, axis=0) if parts else xp.zeros((0, 5), dtype=dtype)
+    rois = xp.asarray(_array(boxes))
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"boxes has shape {tuple(rois.shape)}; give a (K, 5) array of rows "
+                         f"[batch_index, x1, y1, x2, y2] or a list of per-image (Ki, 4) arrays")
+    return rois.astype(dtype)
+
+
+class RoIAlign(Function):
+    """out = A(rois) X (forward), dL/dX = A(rois)ᵀ dL/dout (backward); see the module docstring."""
+
+    def forward(self, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        # the scale in the input's dtype keeps float32 box arithmetic in float32, as torchvision
+        self.params = (input.dtype.type(spatial_scale), int(sampling_ratio), bool(aligned))
+        self.rois, self.input_shape = rois, input.shape
+        return roi_align_forward(np.ascontiguousarray(input), rois, *output_size, *self.params)
+
+    def backward(self, grad_output):
+        N, _, H, W = self.input_shape
+        grad = roi_align_backward(np.ascontiguousarray(grad_output), self.rois, N, H, W, *self.params)
+        return grad, None
+
+
+def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """torchvision.ops.roi_align: (K, C, *output_size) patches of ``input`` (N, C, H, W).
+
+    ``boxes`` is a (K, 5) array of rows [batch_index, x1, y1, x2, y2] or a list of (Ki, 4)
+    arrays, one per image (image i's boxes get batch index i); coordinates are in the image,
+    mapped to the feature map by ``spatial_scale``. ``sampling_ratio`` > 0 takes that many
+    samples per bin along each axis, ≤ 0 an adaptive ceil(roi_size / output_size).
+    ``aligned=False`` is the legacy rule of torchvision's Mask R-CNN; ``aligned=True`` shifts by
+    half a pixel (detectron2's ROIAlignV2). Boxes are cast to the input's dtype; the gradient
+    flows to ``input`` only.
+    """
+    x = _array(input)
+    if is_cupy(x):
+        raise NotImplementedError("roi_align has no CUDA kernel yet: move the input to the CPU with "
+                                  "tinymaskrcnn.backend.to_numpy")
+    if not hasattr(x, "dtype") or x.ndim != 4:
+        raise ValueError(f"input must be an (N, C, H, W) array, got shape {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"input must be float32 or float64, got dtype {x.dtype}: use .astype(np.float32)")
+    N, _, H, W = x.shape
+    if H == 0 or W == 0:
+        raise ValueError(f"input has an empty feature map, shape {x.shape}: H and W must be > 0")
+    output_size = _pair(output_size)
+    if not isinstance(sampling_ratio, (int, np.integer)):
+        raise TypeError(f"sampling_ratio must be an int (samples per bin and axis; <= 0 for adaptive), "
+                        f"got {sampling_ratio!r}")
+    xp = get_array_module(x)
+    rois = _as_rois(boxes, x.dtype, xp)
+    if not xp.isfinite(rois).all():
+        raise ValueError("boxes contain NaN or infinity: remove or clip them first")
+    batch = rois[:, 0].astype(np.int64)  # truncated, as torchvision reads the index
+    if len(rois) and (batch.min() < 0 or batch.max() >= N):
+        raise ValueError(f"box batch indices must lie in [0, {N}) for an input of {N} images, "
+                         f"got values in [{batch.min()}, {batch.max()}]")
+    return RoIAlign.apply(input, xp.ascontiguousarray(rois), output_size=output_size, spatial_scale=spatial_scale,
+                          sampling_ratio=sampling_ratio, aligned=aligned)
