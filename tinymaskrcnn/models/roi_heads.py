@@ -16,6 +16,7 @@ from .. import functional as F
 from .. import nn
 from ..backend import get_array_module
 from ..boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou, clip_boxes_to_image, remove_small_boxes
+from ..ops.activation import stable_sigmoid
 from ..ops.boxes import batched_nms
 from ..ops.roi_align import roi_align
 
@@ -124,7 +125,7 @@ def maskrcnn_inference(mask_logits, labels):
     """Per image, (Ki, 1, M, M) probabilities: the sigmoid of each detection's class channel."""
     xp = get_array_module(mask_logits)
     all_labels = xp.concatenate(labels)
-    probs = 1.0 / (1.0 + xp.exp(-mask_logits[xp.arange(all_labels.shape[0]), all_labels]))[:, None]
+    probs = stable_sigmoid(mask_logits[xp.arange(all_labels.shape[0]), all_labels])[:, None]
     return xp.split(probs, np.cumsum([len(l) for l in labels])[:-1])
 
 

@@ -15,6 +15,7 @@ from ..autograd import cat
 from ..backend import get_array_module
 from ..boxes import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou, clip_boxes_to_image,
                      remove_small_boxes)
+from ..ops.activation import stable_sigmoid
 from ..ops.boxes import batched_nms
 
 
@@ -117,7 +118,7 @@ class RegionProposalNetwork(nn.Module):
         top_idx = xp.concatenate(top_idx, axis=1)
         levels = xp.concatenate(level_ids)
         rows = xp.arange(num_images)[:, None]
-        probs = 1.0 / (1.0 + xp.exp(-objectness[rows, top_idx]))
+        probs = stable_sigmoid(objectness[rows, top_idx])
         boxes_top = proposals[rows, top_idx]
 
         final_boxes, final_scores = [], []

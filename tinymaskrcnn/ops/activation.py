@@ -26,7 +26,7 @@ from ..autograd import Function
 from ..backend import get_array_module
 
 
-def _stable_sigmoid(x):
+def stable_sigmoid(x):
     """1 / (1 + e^-x) without overflow: only e^-|x| <= 1 is ever formed."""
     xp = get_array_module(x)
     e = xp.exp(-abs(x))
@@ -62,7 +62,7 @@ class Sigmoid(Function):
     """y = 1 / (1 + e^-x); dL/dx = dL/dy * (1 - y) * y."""
 
     def forward(self, x):
-        self.y = _stable_sigmoid(x)
+        self.y = stable_sigmoid(x)
         return self.y
 
     def backward(self, g):
