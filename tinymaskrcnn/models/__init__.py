@@ -2,7 +2,7 @@
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN, resnet_fpn_backbone
 from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
-from .mask_rcnn import MaskRCNN, maskrcnn_resnet50_fpn
+from .mask_rcnn import MaskRCNN, maskrcnn_resnet18_fpn, maskrcnn_resnet50_fpn
 from .poolers import MultiScaleRoIAlign
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead

@@ -9,8 +9,9 @@ from collections import OrderedDict
 
 from .. import nn
 from .anchors import AnchorGenerator
-from .backbone import resnet_fpn_backbone
+from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_backbone
 from .poolers import MultiScaleRoIAlign
+from .resnet import resnet18
 from .roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
@@ -47,22 +48,22 @@ class MaskRCNN(nn.Module):
             raise ValueError("num_classes should be None when mask_predictor is given")
         channels = backbone.out_channels
 
-        anchor_generator = rpn_anchor_generator or AnchorGenerator(
+        anchor_generator = rpn_anchor_generator if rpn_anchor_generator is not None else AnchorGenerator(
             sizes=((32,), (64,), (128,), (256,), (512,)), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
-        rpn_head = rpn_head or RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
+        rpn_head = rpn_head if rpn_head is not None else RPNHead(channels, anchor_generator.num_anchors_per_location()[0])
         rpn = RegionProposalNetwork(
             anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
             rpn_positive_fraction, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
             {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
             score_thresh=rpn_score_thresh)
 
-        box_roi_pool = box_roi_pool or MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
+        box_roi_pool = box_roi_pool if box_roi_pool is not None else MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)
         resolution = box_roi_pool.output_size[0]
-        box_head = box_head or TwoMLPHead(channels * resolution ** 2, 1024)
-        box_predictor = box_predictor or FastRCNNPredictor(1024, num_classes)
-        mask_roi_pool = mask_roi_pool or MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
-        mask_head = mask_head or MaskRCNNHeads(channels, (256, 256, 256, 256), 1)
-        mask_predictor = mask_predictor or MaskRCNNPredictor(256, 256, num_classes)
+        box_head = box_head if box_head is not None else TwoMLPHead(channels * resolution ** 2, 1024)
+        box_predictor = box_predictor if box_predictor is not None else FastRCNNPredictor(1024, num_classes)
+        mask_roi_pool = mask_roi_pool if mask_roi_pool is not None else MultiScaleRoIAlign(["0", "1", "2", "3"], 14, 2)
+        mask_head = mask_head if mask_head is not None else MaskRCNNHeads(channels, (256, 256, 256, 256), 1)
+        mask_predictor = mask_predictor if mask_predictor is not None else MaskRCNNPredictor(256, 256, num_classes)
         roi_heads = RoIHeads(
             box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
             box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
@@ -113,3 +114,41 @@ def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_laye
     backbone = resnet_fpn_backbone("resnet50", trainable_layers=trainable_backbone_layers,
                                    norm_layer=norm_layer or nn.FrozenBatchNorm2d)
     return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+
+
+def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=256, mask_channels=128,
+                          min_size=160, max_size=256, anchor_sizes=(16, 32, 64, 128, 256), norm_layer=None, **kwargs):
+    """A Mask R-CNN small enough to train from scratch on a laptop CPU.
+
+    Same architecture and recipe as ``maskrcnn_resnet50_fpn``, scaled down:
+
+    * backbone ResNet-18 with BatchNorm2d (batch statistics train; no ImageNet weights are
+      assumed), every layer trainable, FPN with ``fpn_channels`` (128) channels;
+    * images resized to a short side of ``min_size`` (160, long side ≤ ``max_size`` 256);
+    * anchors of ``anchor_sizes`` (16..256 px, one size per level, ratios 0.5, 1, 2);
+    * box head of ``representation_size`` (256) units, mask head of ``mask_channels`` (128);
+    * fewer proposals (600/300 before/after NMS in training, 300/100 at test time) and a
+      box sample of 128 RoIs per image.
+
+    Any MaskRCNN keyword in ``kwargs`` overrides these.
+    """
+    from .. import nn as nn_
+
+    body = resnet18(norm_layer=norm_layer or nn_.BatchNorm2d)
+    freeze_resnet_layers(body, 5)  # only the unused classifier is frozen
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               [64, 128, 256, 512], fpn_channels)
+    defaults = dict(
+        min_size=min_size, max_size=max_size,
+        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=128,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+        mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
+    )
+    defaults.update(kwargs)
+    if "box_predictor" not in defaults:
+        defaults["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
+    if "mask_predictor" not in defaults:
+        defaults["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
+    return MaskRCNN(backbone, num_classes=None, **defaults)
