@@ -1,11 +1,17 @@
 """The ``tinymaskrcnn`` command line.
 
-``tinymaskrcnn demo`` is the foundation chapter's main job: it checks the hand-written
-gradients of every layer against finite differences, then trains a small convolutional
-network on synthetic shapes with progress and prints a report. Later chapters add training and
-evaluation of the full detector.
+    tinymaskrcnn demo                      check every layer's gradients, train a small conv net
+    tinymaskrcnn shapes                    write the synthetic shapes set (COCO format)
+    tinymaskrcnn train                     train Mask R-CNN (no arguments: on the shapes set, CPU)
+    tinymaskrcnn evaluate CHECKPOINT       COCO AP of a trained model on a val set
+    tinymaskrcnn predict CHECKPOINT IMG... one PNG and one JSON of detections per image
+    tinymaskrcnn coco-subset ANN OUT       a smaller COCO instances file (some images/categories)
+
+Each subcommand has ``--help``. The work itself lives in ``tinymaskrcnn.engine``; this file
+only turns flags into its calls and prints reports.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -21,6 +27,7 @@ def _gradient_report():
     rng = np.random.default_rng(0)
     T = lambda *shape, grad=True: tm.Tensor(rng.standard_normal(shape), requires_grad=grad)
     labels = np.array([0, 2, 1])
+    probabilities, regression_targets = rng.uniform(size=(3, 4)), rng.standard_normal((3, 4))
     checks = [
         ("conv2d (stride 2, padding 1)", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [T(2, 3, 7, 6), T(4, 3, 3, 3), T(4)]),
         ("conv_transpose2d (stride 2)", lambda x, w: F.conv_transpose2d(x, w, stride=2), [T(1, 3, 4, 5), T(3, 2, 2, 2)]),
@@ -30,8 +37,8 @@ def _gradient_report():
         ("interpolate (bilinear x2)", lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), [T(1, 2, 3, 4)]),
         ("linear", lambda x, w, b: F.linear(x, w, b), [T(3, 5), T(4, 5), T(4)]),
         ("cross_entropy", lambda x: F.cross_entropy(x, labels), [T(3, 4)]),
-        ("binary_cross_entropy_with_logits", lambda x: F.binary_cross_entropy_with_logits(x, rng.uniform(size=(3, 4))), [T(3, 4)]),
-        ("smooth_l1_loss (beta 1/9)", lambda x: F.smooth_l1_loss(x, rng.standard_normal((3, 4)), beta=1 / 9), [T(3, 4)]),
+        ("binary_cross_entropy_with_logits", lambda x: F.binary_cross_entropy_with_logits(x, probabilities), [T(3, 4)]),
+        ("smooth_l1_loss (beta 1/9)", lambda x: F.smooth_l1_loss(x, regression_targets, beta=1 / 9), [T(3, 4)]),
     ]
     rows = []
     for name, fn, inputs in checks:
@@ -78,7 +85,7 @@ def demo(args):
     print(f"training {n_params} parameters on {len(train_x)} images of {', '.join(SHAPES)} "
           f"({args.steps} steps, batch {args.batch_size}, float32)")
     opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    sched = optim.WarmupCosineLR(opt, max_iters=args.steps, warmup_iters=min(20, args.steps // 5))
+    sched = optim.WarmupCosineLR(opt, total_iters=args.steps, warmup_iters=min(20, args.steps // 5))
     rng = np.random.default_rng(args.seed)
     order, pos = rng.permutation(len(train_x)), 0
     t0 = time.perf_counter()
@@ -111,23 +118,206 @@ def demo(args):
     return 0
 
 
+def _print_metrics(metrics):
+    for iou_type, values in metrics.items():
+        name = {"bbox": "box", "segm": "mask"}.get(iou_type, iou_type)
+        print(f"  {name:4s} AP {values['AP']:.3f}   AP50 {values['AP50']:.3f}   AP75 {values['AP75']:.3f}")
+
+
+def _config_from_args(args):
+    from tinymaskrcnn.engine import TrainConfig
+
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.min_size is not None or args.max_size is not None:
+        values["model_kwargs"] = {k: getattr(args, k) for k in ("min_size", "max_size") if getattr(args, k) is not None}
+    values["progress"] = not args.no_progress
+    return TrainConfig(**values)
+
+
+def train_command(args):
+    from tinymaskrcnn import engine
+
+    config = _config_from_args(args)
+    t0 = time.perf_counter()
+    result = engine.train(config)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\nreport ({config.iterations} iterations, {minutes:.1f} min)")
+    if result["metrics"] is not None:
+        _print_metrics(result["metrics"])
+    print(f"  run folder:  {result['out_dir']}")
+    print(f"  checkpoint:  {result['checkpoint']}")
+    print(f"  metrics:     {result['metrics_jsonl']}" + (f", {result['metrics_json']}" if result["metrics"] else ""))
+    if "loss_curve" in result:
+        print(f"  loss curve:  {result['loss_curve']}")
+    if result["predictions"]:
+        print(f"  predictions: {os.path.dirname(result['predictions'][0])} ({len(result['predictions']) // 2} images)")
+    return 0
+
+
+def _val_split(args, saved_config):
+    """(ann_file, image_dir) to evaluate on: the flags, else the val split the run trained with."""
+    from tinymaskrcnn import engine
+
+    if args.val_ann or args.val_images:
+        if not (args.val_ann and args.val_images):
+            raise ValueError("give --val-ann and --val-images together")
+        return args.val_ann, args.val_images
+    if args.data:
+        splits = engine._coco_layout(args.data)
+    else:
+        known = engine.TrainConfig.__dataclass_fields__
+        splits = engine.resolve_data(engine.TrainConfig(**{k: v for k, v in saved_config.items() if k in known}))
+    if "val" not in splits:
+        raise ValueError("no val split to evaluate on: pass --val-ann and --val-images (or --data DIR)")
+    return splits["val"]
+
+
+def evaluate_command(args):
+    from tinymaskrcnn import engine
+    from tinymaskrcnn.data import CocoDetection
+
+    model, state = engine.load_model(args.checkpoint)
+    dataset = CocoDetection(*_val_split(args, state["config"]))
+    if dataset.num_classes != state["num_classes"]:
+        raise ValueError(f"{args.checkpoint} predicts {state['num_classes'] - 1} classes but the val set has "
+                         f"{dataset.num_classes - 1}: evaluate on data with the categories it was trained on")
+    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    metrics = engine.evaluate(model, dataset, out_dir, progress=not args.no_progress, verbose=False)
+    print(f"evaluation of {args.checkpoint} on {len(dataset)} images")
+    _print_metrics(metrics)
+    print(f"  written: {os.path.join(out_dir, 'metrics.json')}, {os.path.join(out_dir, 'results.json')}")
+    return 0
+
+
+def predict_command(args):
+    from tinymaskrcnn import engine
+    from tinymaskrcnn.data.coco import load_image
+
+    images = [load_image(path) for path in args.images]  # a missing file fails before any work
+    model, state = engine.load_model(args.checkpoint)
+    names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
+    if len(set(names)) != len(names):
+        raise ValueError(f"images {args.images} share file names; their outputs would overwrite each other")
+    written = engine.predict_images(model, images, state["class_names"], args.out_dir, names,
+                                    score_threshold=args.score_threshold)
+    for path in written:
+        print(path)
+    return 0
+
+
+def shapes_command(args):
+    from tinymaskrcnn.data import ensure_shapes_dataset
+
+    paths = ensure_shapes_dataset(args.root, num_train=args.num_train, num_val=args.num_val,
+                                  image_size=(tuple(args.height), tuple(args.width)), seed=args.seed, progress=True)
+    for split, (ann_file, image_dir) in paths.items():
+        print(f"{split}: {ann_file} ({image_dir})")
+    return 0
+
+
+def coco_subset_command(args):
+    from tinymaskrcnn.data import coco_subset
+
+    categories = None
+    if args.categories:
+        categories = [int(c) if c.isdigit() else c for c in args.categories.split(",")]
+    print(coco_subset(args.ann_file, args.out_file, args.num_images, categories, seed=args.seed))
+    return 0
+
+
+def _add_data_flags(p):
+    p.add_argument("--data", help="a folder in COCO layout (annotations/instances_{train,val}.json + images/{train,val})")
+    p.add_argument("--val-ann", help="COCO instances file of the val split")
+    p.add_argument("--val-images", help="image folder of the val split")
+
+
 def build_parser():
+    from tinymaskrcnn.engine import MODELS, TrainConfig
+
+    d = TrainConfig()
     parser = argparse.ArgumentParser(prog="tinymaskrcnn", description="Mask R-CNN from scratch in NumPy and Numba.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="check every layer's gradients and train a small conv net on synthetic shapes")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--train-images", type=int, default=1024)
     p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
+
+    p = sub.add_parser("shapes", help="write the synthetic shapes data set in COCO format")
+    p.add_argument("--root", default=d.shapes_root, help=f"where to write it (default {d.shapes_root})")
+    p.add_argument("--num-train", type=int, default=d.shapes_train)
+    p.add_argument("--num-val", type=int, default=d.shapes_val)
+    p.add_argument("--height", type=int, nargs=2, default=d.shapes_size[0], metavar=("MIN", "MAX"))
+    p.add_argument("--width", type=int, nargs=2, default=d.shapes_size[1], metavar=("MIN", "MAX"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=shapes_command)
+
+    p = sub.add_parser("train", help="train Mask R-CNN (no arguments: the shapes set on the CPU, ~15 min)",
+                       description="Train Mask R-CNN. Without data flags the synthetic shapes set is generated "
+                                   f"once under {d.shapes_root} and used.")
+    _add_data_flags(p)
+    p.add_argument("--train-ann", help="COCO instances file of the train split")
+    p.add_argument("--train-images", help="image folder of the train split")
+    p.add_argument("--shapes-root", help=f"where the shapes set is cached (default {d.shapes_root})")
+    p.add_argument("--shapes-train", type=int, help=f"shapes training images (default {d.shapes_train})")
+    p.add_argument("--shapes-val", type=int, help=f"shapes val images (default {d.shapes_val})")
+    p.add_argument("--model", choices=MODELS, help=f"architecture (default {d.model})")
+    p.add_argument("--min-size", type=int, help="short side the model resizes images to (model default if unset)")
+    p.add_argument("--max-size", type=int, help="long side limit of the resize (model default if unset)")
+    p.add_argument("--weights", help="start from a torchvision .pth (heads that do not fit stay as built)")
+    p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
+    p.add_argument("--batch-size", type=int, help=f"images per iteration (default {d.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=float, help=f"(default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    p.add_argument("--warmup-iters", type=int, help=f"linear warmup length (default {d.warmup_iters})")
+    p.add_argument("--schedule", choices=("cosine", "step"), help=f"lr schedule after warmup (default {d.schedule})")
+    p.add_argument("--clip-grad-norm", type=float, help=f"max gradient norm, 0 for none (default {d.clip_grad_norm})")
+    p.add_argument("--eval-period", type=int, help="evaluate every N iterations (default: only at the end)")
+    p.add_argument("--checkpoint-period", type=int, help=f"checkpoint every N iterations (default {d.checkpoint_period})")
+    p.add_argument("--num-predictions", type=int, help=f"val images drawn at the end (default {d.num_predictions})")
+    p.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    p.add_argument("--out-dir", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out-dir exactly")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=train_command)
+
+    p = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on a val set")
+    p.add_argument("checkpoint", help="a run's checkpoint.npz")
+    _add_data_flags(p)
+    p.add_argument("--out-dir", help="where metrics.json and results.json go (default: the checkpoint's folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=evaluate_command)
+
+    p = sub.add_parser("predict", help="detect objects in images: one PNG and one JSON per image")
+    p.add_argument("checkpoint", help="a run's checkpoint.npz")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--out-dir", default="predictions", help="where the PNG and JSON files go (default predictions/)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed (default 0.5)")
+    p.set_defaults(func=predict_command)
+
+    p = sub.add_parser("coco-subset", help="write a COCO instances file with fewer images or categories")
+    p.add_argument("ann_file", help="the COCO instances file to take from")
+    p.add_argument("out_file", help="the file to write")
+    p.add_argument("--num-images", type=int, help="how many images (default: all that show the categories)")
+    p.add_argument("--categories", help="comma-separated names or ids (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=coco_subset_command)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        # the errors name the file, key or flag and the fix: a traceback would only bury that
+        print(f"tinymaskrcnn {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
