@@ -1,0 +1,202 @@
+"""conv2d and conv_transpose2d: forward and all three gradients against torch, finite differences,
+the fast paths (1x1, row bands), and the argument checks."""
+import numpy as np
+import pytest
+from helpers import assert_matches_torch
+
+import tinymaskrcnn as tm
+import tinymaskrcnn.functional as F
+from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn.ops import conv
+
+DTYPES = [np.float64, np.float32]
+
+# (id, input shape, weight shape, keyword arguments); weight is (Cout, Cin/groups, kh, kw)
+CONV2D = [
+    ("3x3_odd_nonsquare_batch2", (2, 3, 7, 9), (4, 3, 3, 3), dict(padding=1)),
+    ("3x3_stride2_pad1", (2, 4, 9, 8), (6, 4, 3, 3), dict(stride=2, padding=1)),
+    ("3x3_dilation2", (1, 3, 10, 9), (5, 3, 3, 3), dict(padding=2, dilation=2)),
+    ("per_axis_args", (2, 4, 11, 8), (6, 4, 3, 2), dict(stride=(2, 3), padding=(2, 0), dilation=(2, 1))),
+    ("valid_no_padding", (1, 2, 6, 7), (3, 2, 4, 2), dict()),
+    ("groups2", (2, 4, 9, 9), (6, 2, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ("depthwise", (1, 6, 5, 7), (6, 1, 3, 3), dict(padding=1, groups=6)),
+    ("1x1", (2, 5, 6, 5), (7, 5, 1, 1), dict()),
+    ("1x1_groups", (2, 4, 3, 5), (6, 2, 1, 1), dict(groups=2)),
+    ("1x1_stride2", (1, 4, 8, 7), (6, 4, 1, 1), dict(stride=2)),
+    ("1x1_padded", (1, 3, 4, 4), (2, 3, 1, 1), dict(padding=1)),
+    ("7x7_stride2_stem", (1, 3, 17, 14), (5, 3, 7, 7), dict(stride=2, padding=3)),
+]
+
+# weight is (Cin, Cout/groups, kh, kw)
+CONV_TRANSPOSE2D = [
+    ("2x2_stride2_mask_head", (2, 4, 5, 6), (4, 3, 2, 2), dict(stride=2)),
+    ("3x3_stride2_output_padding", (1, 3, 4, 5), (3, 4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("4x4_stride2_pad1", (2, 2, 3, 4), (2, 3, 4, 4), dict(stride=2, padding=1)),
+    ("per_axis_groups_dilation", (2, 4, 5, 5), (4, 3, 3, 2),
+     dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2, dilation=(1, 2))),
+    ("output_padding_above_stride", (1, 2, 4, 4), (2, 3, 3, 3), dict(dilation=3, output_padding=2)),
+    ("1x1", (2, 4, 5, 5), (4, 2, 1, 1), dict()),
+    ("3x3_stride1_pad1", (1, 3, 6, 5), (3, 2, 3, 3), dict(padding=1)),
+]
+
+
+def _params(table):
+    return pytest.mark.parametrize("shape_x,shape_w,kwargs", [c[1:] for c in table], ids=[c[0] for c in table])
+
+
+def _torch_conv2d(torch, kwargs, bias=True):
+    if bias:
+        return lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **kwargs)
+    return lambda x, w: torch.nn.functional.conv2d(x, w, None, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@_params(CONV2D)
+def test_conv2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+    arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
+    assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **kwargs), _torch_conv2d(torch, kwargs), arrays, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@_params(CONV_TRANSPOSE2D)
+def test_conv_transpose2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+    cout = shape_w[1] * kwargs.get("groups", 1)
+    arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+    assert_matches_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs),
+                         lambda x, w, b: torch.nn.functional.conv_transpose2d(x, w, b, **kwargs), arrays, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_bias_and_without_input_gradient(torch, rng, dtype):
+    """The first conv of a network: no bias, and its input (the image) needs no gradient."""
+    kwargs = dict(stride=2, padding=3)
+    arrays = [rng.standard_normal((2, 3, 13, 12)), rng.standard_normal((4, 3, 7, 7))]
+    assert_matches_torch(lambda x, w: F.conv2d(x, w, **kwargs), _torch_conv2d(torch, kwargs, bias=False),
+                         arrays, dtype, requires_grad=[False, True])
+    assert_matches_torch(lambda x, w: F.conv_transpose2d(x, w, stride=2),
+                         lambda x, w: torch.nn.functional.conv_transpose2d(x, w, stride=2),
+                         [rng.standard_normal((1, 3, 4, 4)), rng.standard_normal((3, 2, 2, 2))],
+                         dtype, requires_grad=[False, True])
+
+
+def test_frozen_weight_gives_only_the_input_gradient(rng):
+    x = tm.Tensor(rng.standard_normal((1, 2, 5, 5)), requires_grad=True)
+    w, b = tm.Tensor(rng.standard_normal((3, 2, 3, 3))), tm.Tensor(rng.standard_normal(3))
+    F.conv2d(x, w, b, padding=1).sum().backward()
+    assert x.grad is not None and w.grad is None and b.grad is None
+
+
+@pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
+def test_single_row_bands_match_torch(torch, rng, monkeypatch, table, name):
+    """With a tiny band budget every output row is its own im2col band: results must not change."""
+    monkeypatch.setattr(conv, "BAND_BYTES", 1)
+    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
+    for _, shape_x, shape_w, kwargs in table:
+        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
+                             arrays, np.float64)
+
+
+GRADCHECK = [
+    ("conv2d", (1, 2, 5, 4), (3, 2, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2))),
+    ("conv2d", (2, 4, 4, 4), (2, 2, 3, 3), dict(padding=1, groups=2)),
+    ("conv2d", (1, 3, 3, 3), (2, 3, 1, 1), dict()),
+    ("conv_transpose2d", (1, 2, 3, 3), (2, 2, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("conv_transpose2d", (2, 2, 2, 3), (2, 1, 2, 2), dict(stride=(2, 1), groups=2, dilation=(1, 2))),
+]
+
+
+@pytest.mark.parametrize("name,shape_x,shape_w,kwargs", GRADCHECK,
+                         ids=[f"{g[0]}-{i}" for i, g in enumerate(GRADCHECK)])
+def test_gradcheck(rng, name, shape_x, shape_w, kwargs):
+    cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+    inputs = [tm.Tensor(rng.standard_normal(s), requires_grad=True) for s in (shape_x, shape_w, (cout,))]
+    op = getattr(F, name)
+    for err in gradcheck(lambda x, w, b: op(x, w, b, **kwargs), inputs):
+        assert err < 1e-8
+
+
+def test_non_contiguous_inputs(torch, rng):
+    """Strided views (a transposed input, a flipped weight) give the same results as copies."""
+    x = rng.standard_normal((2, 9, 7, 3)).transpose(0, 3, 1, 2)  # (2, 3, 9, 7), channels last in memory
+    w = rng.standard_normal((4, 3, 3, 3))[:, :, ::-1, :]
+    cot = rng.standard_normal((2, 4, 5, 4))
+    ours_x, ours_w = tm.Tensor(x, requires_grad=True), tm.Tensor(w, requires_grad=True)
+    F.conv2d(ours_x, ours_w, stride=2, padding=1).backward(cot)
+    ref_x, ref_w = (torch.tensor(a.copy(), requires_grad=True) for a in (x, w))
+    out = torch.nn.functional.conv2d(ref_x, ref_w, stride=2, padding=1)
+    out.backward(torch.tensor(cot))
+    np.testing.assert_allclose(ours_x.grad, ref_x.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours_w.grad, ref_w.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ----- bad input --------------------------------------------------------------------------
+
+
+def _arrays(shape_x=(1, 3, 8, 8), shape_w=(4, 3, 3, 3), dtype=np.float32):
+    return np.zeros(shape_x, dtype), np.zeros(shape_w, dtype)
+
+
+@pytest.mark.parametrize("op", [F.conv2d, F.conv_transpose2d])
+def test_rank_errors_name_the_shapes(op):
+    x, w = _arrays()
+    with pytest.raises(ValueError, match=r"input must be 4-D .*\(3, 8, 8\).*x\[None\]"):
+        op(x[0], w)
+    with pytest.raises(ValueError, match=r"weight must be 4-D.*\(4, 3, 9\)"):
+        op(x, w.reshape(4, 3, 9))
+
+
+def test_channel_mismatch_names_the_shapes():
+    x, w = _arrays((1, 5, 8, 8), (4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"5 channels \(shape \(1, 5, 8, 8\)\).*\(4, 3, 3, 3\).*groups=1 expects 3"):
+        F.conv2d(x, w)
+    with pytest.raises(ValueError, match=r"5 channels \(shape \(1, 5, 8, 8\)\).*\(4, 3, 3, 3\) expects 4"):
+        F.conv_transpose2d(x, w)
+
+
+def test_groups_errors():
+    x, w = _arrays((1, 4, 8, 8), (3, 2, 3, 3))
+    with pytest.raises(ValueError, match="groups=2 must divide the 3 output channels"):
+        F.conv2d(x, w, groups=2)
+    x, w = _arrays((1, 3, 8, 8), (3, 2, 3, 3))
+    with pytest.raises(ValueError, match="groups=2 must divide the 3 input channels"):
+        F.conv_transpose2d(x, w, groups=2)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="groups must be a positive int"):
+            F.conv2d(*_arrays(), groups=bad)
+
+
+@pytest.mark.parametrize("name,value,error", [
+    ("stride", 0, ValueError), ("stride", (1, 0), ValueError), ("stride", 1.5, TypeError),
+    ("stride", (1, 2, 3), TypeError), ("padding", -1, ValueError), ("padding", "same", TypeError),
+    ("dilation", 0, ValueError),
+])
+def test_bad_stride_padding_dilation(name, value, error):
+    with pytest.raises(error, match=f"conv2d: {name} must"):
+        F.conv2d(*_arrays(), **{name: value})
+
+
+def test_other_argument_errors():
+    x, w = _arrays()
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\).*got \(3,\)"):
+        F.conv2d(x, w, np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="share one floating dtype.*float32, float64"):
+        F.conv2d(x, w.astype(np.float64))
+    with pytest.raises(TypeError, match="share one floating dtype"):
+        F.conv2d(x.astype(np.int64), w.astype(np.int64))
+    with pytest.raises(ValueError, match=r"smaller than the dilated kernel"):
+        F.conv2d(np.zeros((1, 3, 2, 8), np.float32), w)
+    with pytest.raises(ValueError, match="output_padding .* must be smaller than the stride"):
+        F.conv_transpose2d(np.zeros((1, 4, 3, 3), np.float32), w, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="padding .* is too large"):
+        F.conv_transpose2d(np.zeros((1, 4, 1, 1), np.float32), w, padding=2)
+
+
+def test_cupy_arrays_are_refused_until_the_gpu_chapter(monkeypatch):
+    """Any non-NumPy array module (CuPy) gets a NotImplementedError pointing at the GPU chapter."""
+    monkeypatch.setattr(conv, "get_array_module", lambda *arrays: object())
+    with pytest.raises(NotImplementedError, match="GPU kernels come in a later chapter"):
+        F.conv2d(*_arrays())
+    with pytest.raises(NotImplementedError, match="GPU kernels come in a later chapter"):
+        F.conv_transpose2d(*_arrays((1, 4, 8, 8)))
