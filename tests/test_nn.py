@@ -171,6 +171,8 @@ def test_default_init_matches_torch_bounds(torch, make):
     """Weights and biases U(±1/sqrt(fan_in)) with torch's fan_in (for ConvTranspose2d that is
     out/groups·k·k); the samples fill the interval (max close to the bound, std bound/sqrt 3)."""
     tnn = torch.nn
+    tm.manual_seed(0)  # fixed draws, so the statistical checks below cannot fail by chance
+    torch.manual_seed(0)
     ours = make()
     theirs = {nn.Conv2d: tnn.Conv2d(16, 32, 3), nn.ConvTranspose2d: tnn.ConvTranspose2d(16, 32, 3, groups=4),
               nn.Linear: tnn.Linear(300, 40)}[type(ours)]
@@ -180,11 +182,14 @@ def test_default_init_matches_torch_bounds(torch, make):
         assert p.dtype == np.float32 and p.shape == tuple(getattr(theirs, name).shape)
         assert np.abs(sample).max() <= bound
         assert np.abs(sample).max() >= 0.9 * bound
-        assert abs(sample.std() / (bound / np.sqrt(3)) - 1) < 0.15
-        assert abs(sample.mean()) < 0.2 * bound
+        if sample.size >= 1000:  # the spread of a small sample's std is too wide to test
+            assert abs(sample.std() / (bound / np.sqrt(3)) - 1) < 0.15
+            assert abs(sample.mean()) < 0.2 * bound
         # the same statistics hold for torch's own sample: the check is of the distribution
         ref = getattr(theirs, name).detach().numpy()
-        assert np.abs(ref).max() <= bound and abs(ref.std() / (bound / np.sqrt(3)) - 1) < 0.15
+        assert np.abs(ref).max() <= bound
+        if ref.size >= 1000:
+            assert abs(ref.std() / (bound / np.sqrt(3)) - 1) < 0.15
 
 
 def test_init_namespace_and_seed(torch):
