@@ -170,3 +170,18 @@ def test_dtypes_are_kept():
     assert z.dtype == np.float64
     z.sum().backward()
     assert x.grad.dtype == np.float32
+
+
+def test_tape_does_not_keep_intermediate_arrays_alive(rng):
+    import gc
+    import weakref
+
+    x = tm.Tensor(rng.standard_normal(1000), requires_grad=True)
+    h = x * 2.0           # Mul saves x and the constant, not its own output
+    alive = weakref.ref(h.data)
+    y = h.sum()           # Sum saves only a shape
+    del h
+    gc.collect()
+    assert alive() is None  # the tape holds nodes, not the intermediate's array
+    y.backward()
+    np.testing.assert_array_equal(x.grad, np.full(1000, 2.0))

@@ -21,6 +21,8 @@ Writing an op means subclassing ``Function``::
 that are not tensors or need no gradient; ``self.needs_input_grad[i]`` says which do, so work
 for unneeded gradients can be skipped).
 """
+import weakref
+
 import numpy as np
 
 from .backend import get_array_module, get_default_dtype, is_cupy
@@ -71,12 +73,28 @@ class Function:
         out = fn.forward(*arrays, **kwargs)
         if isinstance(out, (np.generic, float, int)):
             out = np.asarray(out)  # reductions hand back NumPy scalars: keep everything an array
-        record = _grad_enabled and any(fn.needs_input_grad)
-        result = Tensor(out, requires_grad=record)
-        if record:
-            fn.inputs = args
-            result._fn = fn
+        result = Tensor(out)
+        if _grad_enabled and any(fn.needs_input_grad):
+            # the tape keeps the inputs' nodes, not the inputs: their arrays can be freed as
+            # soon as no Function saved them for its backward
+            fn.inputs = tuple(a._node if isinstance(a, Tensor) else None for a in args)
+            result._node = Node(fn, result.shape, weakref.ref(result))
         return result
+
+
+class Node:
+    """A tensor as the tape sees it: the Function that made it (None for a leaf), its shape,
+    and how to reach the tensor to hand it a gradient (the leaf itself; a weak reference for
+    an intermediate, which only needs it if ``retain_grad()`` was called)."""
+
+    __slots__ = ("fn", "shape", "tensor", "freed")
+
+    def __init__(self, fn, shape, tensor):
+        self.fn, self.shape, self.tensor, self.freed = fn, shape, tensor, False
+
+    def owner(self):
+        """The tensor this node stands for, or None when it has been garbage-collected."""
+        return self.tensor() if isinstance(self.tensor, weakref.ref) else self.tensor
 
 
 class Tensor:
@@ -98,21 +116,36 @@ class Tensor:
             if arr.dtype.kind == "f" and not hasattr(data, "dtype"):
                 arr = arr.astype(get_default_dtype())  # Python floats: the default dtype
             data = arr
-        if requires_grad and data.dtype.kind != "f":
-            raise TypeError(f"only floating tensors can require gradients, got dtype {data.dtype}")
         self.data = data
         self.grad = None
-        self.requires_grad = bool(requires_grad)
-        self._fn = None  # the Function that made this tensor (None for leaves)
+        self._node = None  # set for tensors that require a gradient: see Node
         self._retain_grad = False
-        self._graph_freed = False
+        self.requires_grad = requires_grad
+
+    @property
+    def requires_grad(self):
+        return self._node is not None
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        if flag and self._node is None:
+            if self.data.dtype.kind != "f":
+                raise TypeError(f"only floating tensors can require gradients, got dtype {self.data.dtype}")
+            self._node = Node(None, self.data.shape, self)  # a leaf
+        elif not flag:
+            self._node = None
+
+    @property
+    def _fn(self):
+        """The Function that made this tensor (None for leaves and constants)."""
+        return self._node.fn if self._node is not None else None
 
     # ----- introspection -------------------------------------------------------------------
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: self.data.size)
-    is_leaf = property(lambda self: self._fn is None)
+    is_leaf = property(lambda self: self._fn is None and not (self._node is not None and self._node.freed))
 
     def __len__(self):
         return len(self.data)
@@ -150,10 +183,10 @@ class Tensor:
         ``grad`` is the cotangent (dL/dself); it defaults to 1 for a one-element tensor. After
         the pass the tape is freed (saved arrays released) unless ``retain_graph=True``.
         """
-        if self._graph_freed:
-            raise RuntimeError("backward through a freed graph: pass retain_graph=True to the first backward()")
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (made under no_grad, or from constants)")
+        if self._node.freed:
+            raise RuntimeError("backward through a freed graph: pass retain_graph=True to the first backward()")
         xp = get_array_module(self.data)
         if grad is None:
             if self.data.size != 1:
@@ -163,32 +196,34 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
 
-        order = _topological_order(self)
-        grads = {id(self): grad}
-        for t in reversed(order):
-            g = grads.pop(id(t), None)
+        order = _topological_order(self._node)
+        grads = {id(self._node): grad}
+        for node in reversed(order):
+            g = grads.pop(id(node), None)
             if g is None:
                 continue
-            fn = t._fn
+            fn = node.fn
+            owner = node.owner()
             if fn is None:  # a leaf: accumulate, never alias an array the tape may hand out again
-                t.grad = g.copy() if t.grad is None else t.grad + g
+                if not node.freed and owner is not None and owner._node is node:
+                    owner.grad = g.copy() if owner.grad is None else owner.grad + g
                 continue
-            if t._retain_grad:
-                t.grad = g if t.grad is None else t.grad + g
+            if owner is not None and owner._retain_grad:
+                owner.grad = g if owner.grad is None else owner.grad + g
             input_grads = fn.backward(g)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
             if len(input_grads) != len(fn.inputs):
                 raise RuntimeError(f"{type(fn).__name__}.backward returned {len(input_grads)} gradients for {len(fn.inputs)} inputs")
             for inp, ig in zip(fn.inputs, input_grads):
-                if ig is None or not isinstance(inp, Tensor) or not inp.requires_grad:
+                if ig is None or inp is None:
                     continue
                 if ig.shape != inp.shape:
                     raise RuntimeError(f"{type(fn).__name__}.backward gave a gradient of shape {ig.shape} for an input of shape {inp.shape}")
                 k = id(inp)
                 grads[k] = ig if k not in grads else grads[k] + ig
             if not retain_graph:
-                t._fn, t._graph_freed = None, True
+                node.fn, node.freed = None, True  # drops the Function and the arrays it saved
 
     # ----- arithmetic (broadcasting; backward sums over broadcast axes) --------------------
     def __add__(self, other):
@@ -306,7 +341,7 @@ def _data(x):
 
 
 def _topological_order(root):
-    """Tensors reachable from ``root`` through the tape, every tensor after its inputs.
+    """Nodes reachable from ``root`` (a Node) through the tape, every node after its inputs.
 
     Iterative depth-first search: a ResNet-50 tape is thousands of nodes deep, past Python's
     recursion limit.
@@ -314,14 +349,14 @@ def _topological_order(root):
     order, seen = [], {id(root)}
     stack = [(root, False)]
     while stack:
-        t, expanded = stack.pop()
+        node, expanded = stack.pop()
         if expanded:
-            order.append(t)
+            order.append(node)
             continue
-        stack.append((t, True))
-        if t._fn is not None:
-            for inp in t._fn.inputs:
-                if isinstance(inp, Tensor) and inp.requires_grad and id(inp) not in seen:
+        stack.append((node, True))
+        if node.fn is not None:
+            for inp in node.fn.inputs:
+                if inp is not None and id(inp) not in seen:
                     seen.add(id(inp))
                     stack.append((inp, False))
     return order
