@@ -6,13 +6,13 @@
 Inference runs on one 800×1066 image with box_score_thresh=0, so both models keep 100
 detections and do the same mask-head and pasting work. Training steps run at 800×1066 and at
 512×512 with three GT objects. Each measurement runs in a fresh subprocess so its peak resident
-memory (ru_maxrss) is its own. Prints a table with the ratio ours / torchvision and a stage
+memory is its own. Prints a table with the ratio ours / torchvision and a stage
 breakdown of inference (transform, backbone, RPN, box head, mask head, postprocess/paste).
+Peak memory is each subprocess's VmHWM.
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,6 +72,16 @@ def _staged_inference(model, images, clock, framework):
     return out
 
 
+def _peak_rss_gb():
+    """This process's peak resident memory (VmHWM). ru_maxrss is not used: on Linux it carries
+    the parent's peak across exec, so a small child would report its parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20
+    return float("nan")
+
+
 def _measure(framework, task, pth, repeats):
     """One measurement in this process; prints a JSON line."""
     if framework == "torch":
@@ -128,7 +138,7 @@ def _measure(framework, task, pth, repeats):
             if r:
                 times.append(time.perf_counter() - t0)
         result = {"seconds": statistics.median(times)}
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    result["peak_rss_gb"] = _peak_rss_gb()
     print(json.dumps(result))
 
 
