@@ -11,6 +11,7 @@ Each subcommand has ``--help``. The work itself lives in ``tinymaskrcnn.engine``
 only turns flags into its calls and prints reports.
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -129,8 +130,19 @@ def _config_from_args(args):
 
     fields = {f for f in TrainConfig.__dataclass_fields__}
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if args.min_size is not None or args.max_size is not None:
-        values["model_kwargs"] = {k: getattr(args, k) for k in ("min_size", "max_size") if getattr(args, k) is not None}
+    kwargs = {}
+    if args.model_kwargs:
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--model-kwargs {args.model_kwargs!r} is not JSON ({e}); "
+                             "write e.g. '{\"fpn_channels\": 64}'") from None
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object of keyword arguments, got {args.model_kwargs!r}")
+    kwargs.update({k: getattr(args, k) for k in ("min_size", "max_size") if getattr(args, k) is not None})
+    if kwargs:
+        # JSON has no tuples; the model builders take tuples (e.g. anchor_sizes)
+        values["model_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     values["progress"] = not args.no_progress
     return TrainConfig(**values)
 
@@ -268,6 +280,8 @@ def build_parser():
     p.add_argument("--model", choices=MODELS, help=f"architecture (default {d.model})")
     p.add_argument("--min-size", type=int, help="short side the model resizes images to (model default if unset)")
     p.add_argument("--max-size", type=int, help="long side limit of the resize (model default if unset)")
+    p.add_argument("--model-kwargs", help="more keyword arguments of the model builder, as a JSON object "
+                                          "(e.g. '{\"fpn_channels\": 64, \"anchor_sizes\": [8, 16, 32, 64, 128]}')")
     p.add_argument("--weights", help="start from a torchvision .pth (heads that do not fit stay as built)")
     p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
     p.add_argument("--batch-size", type=int, help=f"images per iteration (default {d.batch_size})")

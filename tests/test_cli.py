@@ -1,0 +1,131 @@
+"""The ``tinymaskrcnn`` command line: every subcommand has --help; ``train`` on tiny settings
+writes every artefact of a run folder and a report; ``evaluate`` and ``predict`` read its
+checkpoint; ``shapes`` and ``coco-subset`` write data; bad input ends with a clear error
+naming the file, not a traceback."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinymaskrcnn import cli, weights
+from test_engine import TINY_MODEL, make_tiny_shapes
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
+
+SUBCOMMANDS = ("demo", "shapes", "train", "evaluate", "predict", "coco-subset")
+TINY_FLAGS = ["--min-size", "64", "--max-size", "96",
+              "--model-kwargs", json.dumps({k: v for k, v in TINY_MODEL.items() if k not in ("min_size", "max_size")}),
+              "--iterations", "2", "--batch-size", "2", "--warmup-iters", "1",
+              "--lr", "0.01", "--num-predictions", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny ``tinymaskrcnn train`` run through cli.main: (data root, run folder, stdout)."""
+    base = tmp_path_factory.mktemp("cli")
+    make_tiny_shapes(base / "shapes")
+    capture = base / "stdout.txt"
+    import contextlib
+
+    with open(capture, "w") as f, contextlib.redirect_stdout(f):
+        rc = cli.main(["train", "--data", str(base / "shapes"), "--out-dir", str(base / "run")] + TINY_FLAGS)
+    assert rc == 0
+    return base / "shapes", base / "run", capture.read_text()
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: tinymaskrcnn {command}" in capsys.readouterr().out
+
+
+def test_train_writes_the_whole_run_folder(run):
+    _, run_dir, stdout = run
+    for name in ("checkpoint.npz", "config.json", "metrics.jsonl", "losses.png", "metrics.json", "results.json"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "predictions").iterdir()) == \
+        ["val_000001.json", "val_000001.png", "val_000002.json", "val_000002.png"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 2]  # two iterations, then the evaluation
+    for key in ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "loss",
+                "lr", "time", "rpn_num_positive"):
+        assert key in records[0], key
+    assert records[0]["loss"] == pytest.approx(sum(v for k, v in records[0].items() if k.startswith("loss_")))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert records[-1]["eval"] == metrics and set(metrics) == {"bbox", "segm"}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model_kwargs"] == json.loads(json.dumps(TINY_MODEL)) and config["iterations"] == 2
+    state = weights.load(run_dir / "checkpoint.npz")
+    assert state["iteration"] == 2 and state["class_names"] == ["__background__", "circle", "square", "triangle"]
+    for line in ("box  AP", "mask AP", str(run_dir / "checkpoint.npz"), str(run_dir / "losses.png")):
+        assert line in stdout, line
+
+
+def test_evaluate_and_predict_read_the_checkpoint(run, tmp_path, capsys):
+    data, run_dir, _ = run
+    checkpoint = str(run_dir / "checkpoint.npz")
+    assert cli.main(["evaluate", checkpoint, "--data", str(data), "--out-dir", str(tmp_path / "eval"),
+                     "--no-progress"]) == 0
+    # same model, same val set: the numbers of the end of training
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == \
+        json.loads((run_dir / "metrics.json").read_text())
+    assert "mask AP" in capsys.readouterr().out
+
+    images = [str(data / "images" / "val" / "000001.png"), str(data / "images" / "val" / "000003.png")]
+    assert cli.main(["predict", checkpoint, *images, "--out-dir", str(tmp_path / "pred"),
+                     "--score-threshold", "0"]) == 0
+    for stem in ("000001", "000003"):
+        record = json.loads((tmp_path / "pred" / f"{stem}.json").read_text())
+        assert record["image_size"] == [64, 64] and len(record["boxes"]) == len(record["scores"]) == len(record["masks"])
+        assert Image.open(tmp_path / "pred" / f"{stem}.png").size[0] >= 64
+
+
+def test_bad_inputs_end_with_a_clear_error(run, tmp_path, capsys):
+    data, run_dir, _ = run
+    checkpoint = str(run_dir / "checkpoint.npz")
+
+    assert cli.main(["predict", checkpoint, str(tmp_path / "missing.png")]) == 2
+    assert f"image file not found: {tmp_path / 'missing.png'}" in capsys.readouterr().err
+
+    not_coco = tmp_path / "not_coco.json"
+    not_coco.write_text(json.dumps({"images": []}))
+    assert cli.main(["evaluate", checkpoint, "--val-ann", str(not_coco), "--val-images", str(data / "images" / "val"),
+                     "--no-progress"]) == 2
+    assert f"{not_coco} is not a COCO instances file" in capsys.readouterr().err
+
+    state = weights.load(checkpoint)
+    state["model_name"] = "maskrcnn_resnet50_fpn"
+    state["model_kwargs"] = {"min_size": 64, "max_size": 96}
+    other = tmp_path / "resnet50_labelled.npz"
+    weights.save(other, state)
+    assert cli.main(["predict", str(other), str(data / "images" / "val" / "000001.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{other} does not fit maskrcnn_resnet50_fpn" in err and "another architecture" in err
+
+    not_a_checkpoint = tmp_path / "weights.npz"
+    np.savez(not_a_checkpoint, w=np.zeros(3))
+    assert cli.main(["evaluate", str(not_a_checkpoint), "--data", str(data)]) == 2
+    assert f"{not_a_checkpoint} is not a tinymaskrcnn checkpoint" in capsys.readouterr().err
+
+    assert cli.main(["train", "--data", str(tmp_path), "--out-dir", str(tmp_path / "r")] + TINY_FLAGS) == 2
+    assert "is not in COCO layout" in capsys.readouterr().err
+
+
+def test_shapes_and_coco_subset(tmp_path, capsys):
+    root = tmp_path / "shapes"
+    assert cli.main(["shapes", "--root", str(root), "--num-train", "3", "--num-val", "2",
+                     "--height", "48", "48", "--width", "40", "56"]) == 0
+    train_ann = root / "annotations" / "instances_train.json"
+    assert str(train_ann) in capsys.readouterr().out
+    images = json.loads(train_ann.read_text())["images"]
+    assert len(images) == 3 and all(im["height"] == 48 and 40 <= im["width"] <= 56 for im in images)
+
+    out = tmp_path / "subset.json"
+    assert cli.main(["coco-subset", str(train_ann), str(out), "--num-images", "2", "--categories", "circle,2"]) == 0
+    subset = json.loads(out.read_text())
+    assert len(subset["images"]) == 2 and {c["name"] for c in subset["categories"]} == {"circle", "square"}
+    assert cli.main(["coco-subset", str(train_ann), str(out), "--categories", "hexagon"]) == 2
+    assert "category 'hexagon' is not in" in capsys.readouterr().err

@@ -1,0 +1,411 @@
+"""The training loop and the evaluation loop.
+
+``train(TrainConfig(...))`` is the whole recipe in one place: data (the synthetic shapes set or
+any COCO-format set), the model, SGD with momentum and weight decay, a warmup then step or
+cosine learning-rate schedule, optional gradient clipping, a progress bar with running losses,
+one JSON line of metrics per iteration, a loss-curve picture, periodic COCO evaluation and
+atomic checkpoints from which ``resume=True`` continues bit for bit.
+
+What a run folder holds when training ends::
+
+    checkpoint.npz     model, optimizer, schedule, loader and RNG state, iteration, config
+    config.json        the TrainConfig
+    metrics.jsonl      one line per iteration (losses, total, training stats, gradient norm
+                       before clipping, lr, seconds) and one per evaluation
+                       ({"iteration": ..., "eval": {...}})
+    losses.png         the loss curves
+    results.json, metrics.json   COCO results and the COCOeval summary of the final model on val
+    predictions/       a PNG and a JSON of the detections for a few val images
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import optim, random as tm_random, weights
+from .autograd import no_grad
+from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
+from .data.coco import write_json_atomic
+
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_FORMAT = "tinymaskrcnn-train"
+MODELS = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn")
+# the shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
+# would only make the mask head and evaluation slower, not the AP higher
+SHAPES_MODEL_DEFAULTS = {"box_detections_per_img": 20}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint and in config.json).
+
+    Data (first that applies): ``train_ann``/``train_images`` (and ``val_ann``/``val_images``)
+    COCO files; ``data``, a folder in COCO layout (``annotations/instances_{train,val}.json``
+    with ``images/{train,val}/``, or COCO 2017's ``annotations/instances_train2017.json`` with
+    ``train2017/``); otherwise the synthetic shapes set, generated once under ``shapes_root``
+    with ``shapes_train``/``shapes_val`` images of ``shapes_size`` (H, W) pixels.
+    """
+    # data
+    data: str = None
+    train_ann: str = None
+    train_images: str = None
+    val_ann: str = None
+    val_images: str = None
+    shapes_root: str = "data_cache/shapes"
+    shapes_train: int = 256
+    shapes_val: int = 64
+    shapes_size: tuple = ((128, 192), (128, 192))
+    hflip: float = 0.5                 # probability of a horizontal flip per training image
+    # model: a name from MODELS and its keyword arguments (num_classes comes from the data)
+    model: str = "maskrcnn_resnet18_fpn"
+    model_kwargs: dict = field(default_factory=dict)  # on the shapes set SHAPES_MODEL_DEFAULTS come first
+    weights: str = None                # a torchvision .pth to start from (mismatched heads stay as built)
+    # optimisation
+    iterations: int = 600
+    batch_size: int = 2
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    warmup_factor: float = 1e-3
+    schedule: str = "cosine"           # "cosine" (to zero at the end) or "step" (x gamma at milestones)
+    milestones: tuple = None           # for "step"; None: at 2/3 and 8/9 of the iterations
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0       # None or 0: no clipping
+    # bookkeeping
+    eval_period: int = 0               # evaluate on val every N iterations (0: only at the end)
+    checkpoint_period: int = 100       # write checkpoint.npz every N iterations (and at the end)
+    num_predictions: int = 4           # val images drawn into predictions/ at the end
+    seed: int = 0
+    out_dir: str = None                # None: runs/<timestamp>
+    resume: bool = False               # continue from out_dir/checkpoint.npz
+    progress: bool = True
+
+    def validate(self):
+        """Raise ValueError naming the first field that cannot work."""
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: choose one of {MODELS}")
+        for name in ("iterations", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        for name in ("eval_period", "checkpoint_period", "num_predictions", "warmup_iters", "seed"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a non-negative integer")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule={self.schedule!r}: choose 'cosine' or 'step'")
+        if self.schedule == "cosine" and self.warmup_iters >= self.iterations:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) must be below iterations ({self.iterations})")
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir: the run folder holding checkpoint.npz")
+        if (self.train_ann is None) != (self.train_images is None) or (self.val_ann is None) != (self.val_images is None):
+            raise ValueError("give annotation files and image folders in pairs: train_ann with train_images, "
+                             "val_ann with val_images")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data and model
+# ---------------------------------------------------------------------------------------------
+
+def _coco_layout(root):
+    """{split: (ann_file, image_dir)} of a folder in COCO layout; an error lists what was looked for."""
+    root = Path(root)
+    layouts = [(root / "annotations" / f"instances_{s}.json", root / "images" / s) for s in ("train", "val")], \
+              [(root / "annotations" / f"instances_{s}2017.json", root / f"{s}2017") for s in ("train", "val")]
+    for layout in layouts:
+        if layout[0][0].is_file():
+            return {split: (str(a), str(i)) for split, (a, i) in zip(("train", "val"), layout) if a.is_file()}
+    raise FileNotFoundError(f"{root} is not in COCO layout: expected annotations/instances_train.json with "
+                            "images/train/ (or annotations/instances_train2017.json with train2017/)")
+
+
+def uses_shapes(config):
+    return config.train_ann is None and config.data is None
+
+
+def resolve_data(config):
+    """{"train": (ann_file, image_dir), "val": (ann_file, image_dir) or absent} for ``config``."""
+    if config.train_ann is not None:
+        splits = {"train": (config.train_ann, config.train_images)}
+    elif not uses_shapes(config):
+        splits = _coco_layout(config.data)
+    else:
+        paths = ensure_shapes_dataset(config.shapes_root, num_train=config.shapes_train, num_val=config.shapes_val,
+                                      image_size=config.shapes_size, seed=config.seed, progress=config.progress)
+        splits = {s: tuple(p) for s, p in paths.items()}
+    if config.val_ann is not None:
+        splits["val"] = (config.val_ann, config.val_images)
+    return splits
+
+
+def build_model(name, num_classes, model_kwargs=None):
+    """``tm.models.<name>(num_classes=..., **model_kwargs)`` for a name in MODELS."""
+    from . import models
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {MODELS}")
+    return getattr(models, name)(num_classes=num_classes, **(model_kwargs or {}))
+
+
+def load_torchvision_start(model, path):
+    """Start from torchvision weights: every key whose name and shape match is loaded; the
+    rest (e.g. heads for another number of classes) stay as built. Returns report lines."""
+    result = weights.load_torchvision(model, path, strict=False)
+    loaded = len(model.state_dict()) - len(result.missing) - len(result.mismatched)
+    lines = [f"weights {path}: loaded {loaded} of {len(model.state_dict())} arrays"]
+    if result.mismatched:
+        lines.append("  re-initialised (shape differs, kept as built): " + ", ".join(
+            f"{k} {theirs}->{ours}" for k, theirs, ours in result.mismatched))
+    if result.missing:
+        lines.append(f"  not in the file (kept as built): {len(result.missing)} arrays, e.g. "
+                     + ", ".join(k for k, _ in result.missing[:5]))
+    if result.unexpected:
+        lines.append(f"  in the file but not in the model (ignored): {len(result.unexpected)} arrays, e.g. "
+                     + ", ".join(k for k, _ in result.unexpected[:5]))
+    return lines
+
+
+def load_model(checkpoint):
+    """The model saved in a training checkpoint, in eval mode, and the checkpoint dict.
+
+    Errors name the file: not a checkpoint, a checkpoint not written by ``train``, or one
+    whose arrays do not fit the architecture it names."""
+    state = weights.load(checkpoint)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
+                         f"(no '{CHECKPOINT_FORMAT}' format tag): pass the checkpoint.npz of a run folder")
+    model = build_model(state["model_name"], state["num_classes"], state["model_kwargs"])
+    try:
+        model.load_state_dict(state["model"])
+    except ValueError as e:
+        raise ValueError(f"{checkpoint} does not fit {state['model_name']}(num_classes={state['num_classes']}, "
+                         f"**{state['model_kwargs']}): it holds another architecture\n{e}") from None
+    return model.eval(), state
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+def evaluate(model, dataset, out_dir=None, batch_size=2, progress=True, verbose=True):
+    """Run ``model`` over ``dataset`` (a CocoDetection) and score it with COCOeval.
+
+    Writes ``results.json`` and ``metrics.json`` into ``out_dir`` (when given) and returns
+    ``{"bbox": {"AP": ..., ...}, "segm": {...}}``. The model's train/eval mode is restored.
+    """
+    from tqdm import tqdm
+
+    from .evaluation import Evaluator
+
+    was_training = model.training
+    model.eval()
+    evaluator = Evaluator(dataset)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    try:
+        with no_grad():
+            for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+                evaluator.update(targets, model(images))
+    finally:
+        model.train(was_training)
+    return evaluator.summarize(out_dir=out_dir, verbose=verbose)
+
+
+def predict_images(model, images, class_names, out_dir, names, score_threshold=0.5):
+    """Run ``model`` on each (3, H, W) image and write ``<name>.png`` and ``<name>.json`` into
+    ``out_dir`` (``save_prediction``); returns the list of written paths."""
+    from .visualize import save_prediction
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    written = []
+    try:
+        with no_grad():
+            for image, name in zip(images, names):
+                (prediction,) = model([image])
+                written += save_prediction(image, prediction, class_names, out_dir / f"{name}.png",
+                                           out_dir / f"{name}.json", score_threshold=score_threshold)
+    finally:
+        model.train(was_training)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+def _scheduler(optimizer, config):
+    if config.schedule == "cosine":
+        return optim.WarmupCosineLR(optimizer, config.iterations, config.warmup_factor, config.warmup_iters)
+    milestones = config.milestones or (2 * config.iterations // 3, 8 * config.iterations // 9)
+    return optim.WarmupMultiStepLR(optimizer, milestones, config.gamma, config.warmup_factor, config.warmup_iters)
+
+
+def _json_number(value):
+    # JSON has no NaN: a statistic with nothing to measure (e.g. no positives) is written as null
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _append_jsonl(path, record):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path, iteration):
+    """Keep the lines up to ``iteration``: a resumed run re-does (and re-logs) the iterations
+    after its checkpoint."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _forever(loader):
+    """Batches across epochs; the loader's own state says where it is."""
+    while True:
+        yield from loader
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training stopped before updating the parameters."""
+
+
+def train(config):
+    """Train a Mask R-CNN as ``config`` (a TrainConfig) says; returns a dict with the run
+    folder, the checkpoint path, the final COCO metrics (None without a val split) and the
+    prediction pictures. See the module docstring for what the run folder holds."""
+    from tqdm import tqdm
+
+    config = dataclasses.replace(config)
+    config.validate()
+    if uses_shapes(config):
+        config.model_kwargs = {**SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
+    out_dir = Path(config.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    checkpoint_path = out_dir / CHECKPOINT
+    metrics_path = out_dir / "metrics.jsonl"
+    if config.resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint_path}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    splits = resolve_data(config)
+    train_set = CocoDetection(*splits["train"], skip_empty=True)
+    val_set = CocoDetection(*splits["val"]) if "val" in splits else None
+    tm_random.manual_seed(config.seed)
+    model = build_model(config.model, train_set.num_classes, config.model_kwargs)
+    if config.weights and not config.resume:
+        for line in load_torchvision_start(model, config.weights):
+            print(line)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                        transforms=Compose([RandomHorizontalFlip(config.hflip), SanitizeTarget(drop=True)]))
+
+    scheduler = _scheduler(optimizer, config)
+
+    start = 0
+    if config.resume:
+        state = weights.load(checkpoint_path)
+        try:
+            model.load_state_dict(state["model"])
+        except ValueError as e:
+            raise ValueError(f"{checkpoint_path} was saved from another architecture than {config.model} "
+                             f"with {config.model_kwargs}; resume with the run's own configuration\n{e}") from None
+        # after the schedule is built: building it sets the lr of iteration 0, loading puts back the saved one
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        tm_random.set_state(state["rng"])
+        start = int(state["iteration"])
+        _truncate_metrics(metrics_path, start)
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
+    write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
+
+    def save_checkpoint(iteration):
+        weights.save(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "model_name": config.model, "model_kwargs": config.model_kwargs,
+            "num_classes": train_set.num_classes, "class_names": train_set.category_names,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "loader": loader.state_dict(), "rng": tm_random.get_state(), "iteration": iteration,
+            "config": dataclasses.asdict(config)})
+
+    def write_loss_curve():
+        from .visualize import plot_losses
+
+        plot_losses(metrics_path, out_dir / "losses.png")
+
+    def run_evaluation(iteration, folder):
+        metrics = evaluate(model, val_set, folder, progress=config.progress, verbose=False)
+        _append_jsonl(metrics_path, {"iteration": iteration, "eval": metrics})
+        return metrics
+
+    def stop(iteration, what):
+        where = f"last good checkpoint: {checkpoint_path}" if checkpoint_path.is_file() else "no checkpoint yet"
+        raise NonFiniteLossError(f"iteration {iteration}: {what}; training stopped before the update ({where}). "
+                                 "Lower the lr, lengthen the warmup or set clip_grad_norm")
+
+    batches = _forever(loader)
+    recent = {"loss": [], "loss_mask": []}  # the last 20 values of what the progress bar shows
+    bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
+               initial=start, total=config.iterations)
+    for it in bar:
+        iteration = it + 1  # iterations completed once this one is done
+        t0 = time.perf_counter()
+        images, targets = next(batches)
+        stats = {}
+        losses = model(images, targets, stats=stats)
+        values = {name: float(loss.item()) for name, loss in losses.items()}
+        bad = [name for name, v in values.items() if not math.isfinite(v)]
+        if bad:
+            stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        norm = None
+        if config.clip_grad_norm:
+            norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
+            if not math.isfinite(norm):
+                stop(iteration, f"the gradient norm is {norm}")
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
+                  **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
+                  "time": time.perf_counter() - t0}
+        _append_jsonl(metrics_path, record)
+        for name, window in recent.items():
+            window.append(record[name])
+            del window[:-20]
+        bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
+                        lr=f"{lr:.2g}")
+        if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
+                and iteration < config.iterations:
+            run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
+        if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
+            save_checkpoint(iteration)
+            write_loss_curve()  # kept current, so a stopped run has its curve too
+    bar.close()
+
+    result = {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "metrics_jsonl": str(metrics_path),
+              "loss_curve": str(out_dir / "losses.png"), "metrics": None, "predictions": []}
+    if val_set is not None:
+        result["metrics"] = run_evaluation(config.iterations, out_dir)
+        result["metrics_json"] = str(out_dir / "metrics.json")
+        picks = range(min(config.num_predictions, len(val_set)))
+        samples = [val_set[i] for i in picks]
+        result["predictions"] = predict_images(
+            model, [image for image, _ in samples], val_set.category_names, out_dir / "predictions",
+            [f"val_{target['image_id']:06d}" for _, target in samples])
+    return result
