@@ -1,19 +1,22 @@
 """Single ops, float32, ours vs torch.nn.functional in the same run.
 
-    python benchmarks/bench_ops.py                      # all cores, wall-clock time, 7 repeats
-    python benchmarks/bench_ops.py --threads 1 --clock cpu   # one thread, CPU time
+    python benchmarks/bench_ops.py                            # all cores, wall-clock time
+    python benchmarks/bench_ops.py --threads 1 --clock cpu    # one thread, CPU time
+    python benchmarks/bench_ops.py --only stem --repeats 3
+
+Convolution: the ResNet-50 / FPN shapes of an 800x1088 input at batch 1. "fwd" is the forward
+pass alone (as in inference); "f+b" is a forward and a backward pass giving the input, weight
+and bias gradients, except for the 7x7 stem, whose input is the image: as in a network, it
+gets weight and bias gradients only. Every measurement is run once first (Numba compilation,
+allocator warm-up), then ours and torch's are timed alternately ``--repeats`` times, so that
+both see the same machine, with a pause before each so that neither runs while the other's
+idle threads still spin; the table gives the medians in milliseconds and the ratio
+ours / torch. Both sides use ``--threads`` threads (default: every core): torch through
+torch.set_num_threads, ours through Numba's and OpenBLAS's thread pools.
 
 On a busy machine, wall-clock timings of multi-threaded code are unreliable (a thread that
 waits for a core stalls its team at every barrier); one thread timed by CPU time
-(time.process_time) still gives a fair ours/torch ratio there.
-
-Convolution: the ResNet-50 / FPN shapes of an 800x1088 input at batch 1. "fwd" is the forward
-pass alone (as in inference); "fwd+bwd" is a forward and a backward pass giving the input,
-weight and bias gradients, except for the 7x7 stem, whose input is the image: as in a
-network, it gets weight and bias gradients only. Every case is run once first (Numba
-compilation, allocator warm-up), then timed ``--repeats`` times; the table gives the medians
-in milliseconds and the ratio ours / torch. Both sides use every core: torch through
-torch.set_num_threads, ours through Numba's and OpenBLAS's default thread pools.
+(``--threads 1 --clock cpu``) still gives a fair ratio there.
 """
 import argparse
 import os
@@ -32,18 +35,26 @@ CONV_CASES = [
 ]
 
 
-def median_ms(fn, repeats, clock):
-    fn()  # warm-up: Numba compilation, first-touch page faults
-    times = []
+# Idle threads of one library keep spinning for a while after its call returns (torch's OpenMP
+# workers, OpenBLAS's workers) and would slow down whatever runs next: let them go to sleep.
+PAUSE_S = 0.15
+
+
+def paired_median_ms(ours, theirs, repeats, clock):
+    """Median times in ms of two functions, timed alternately after one warm-up call each."""
+    ours(), theirs()  # warm-up: Numba compilation, first-touch page faults
+    times = ([], [])
     for _ in range(repeats):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return 1e3 * statistics.median(times)
+        for fn, record in zip((ours, theirs), times):
+            time.sleep(PAUSE_S)
+            t0 = clock()
+            fn()
+            record.append(clock() - t0)
+    return tuple(1e3 * statistics.median(t) for t in times)
 
 
 def conv_timings(case, repeats, clock):
-    """(ours fwd, torch fwd, ours fwd+bwd, torch fwd+bwd) in ms for one CONV_CASES entry."""
+    """(ours fwd, torch fwd, ours f+b, torch f+b) in ms for one CONV_CASES entry."""
     import numpy as np
     import torch
 
@@ -81,7 +92,8 @@ def conv_timings(case, repeats, clock):
             t.grad = None
         torch.nn.functional.conv2d(torch_x, torch_w, torch_b, stride=stride, padding=padding).backward(torch_cot)
 
-    return tuple(median_ms(f, repeats, clock) for f in (ours_fwd, torch_fwd, ours_fwd_bwd, torch_fwd_bwd))
+    return (paired_median_ms(ours_fwd, torch_fwd, repeats, clock)
+            + paired_median_ms(ours_fwd_bwd, torch_fwd_bwd, repeats, clock))
 
 
 def main():
@@ -101,7 +113,8 @@ def main():
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"float32, batch 1, median of {args.repeats} ({args.clock} clock); threads: torch "
-          f"{torch.get_num_threads()}, numba {numba.get_num_threads()}, cores {os.cpu_count()}")
+          f"{torch.get_num_threads()}, numba {numba.get_num_threads()}, cores {os.cpu_count()}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
     print("\nConvolution (ms; ratio = ours / torch)")
     header = f"{'case':38s} {'ours fwd':>9s} {'torch':>8s} {'ratio':>6s}   {'ours f+b':>9s} {'torch':>8s} {'ratio':>6s}"
     print(header)
@@ -112,6 +125,7 @@ def main():
         of, tf, ob, tb = conv_timings(case, args.repeats, clock)
         note = "" if case[-1] else "  (no input grad)"
         print(f"{case[0]:38s} {of:9.1f} {tf:8.1f} {of / tf:6.2f}   {ob:9.1f} {tb:8.1f} {ob / tb:6.2f}{note}", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

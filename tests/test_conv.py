@@ -90,6 +90,7 @@ def test_frozen_weight_gives_only_the_input_gradient(rng):
 def test_single_row_bands_match_torch(torch, rng, monkeypatch, table, name):
     """With a tiny band budget every output row is its own im2col band: results must not change."""
     monkeypatch.setattr(conv, "BAND_BYTES", 1)
+    monkeypatch.setattr(conv, "MIN_BAND_POSITIONS", 1)
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
         cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)

@@ -46,15 +46,18 @@ output sizes that map to H under the strided conv is meant.
 
 Choices made for speed and memory
 ---------------------------------
-* One BLAS product per image (and group), written straight into the output array: the layouts
-  of W, X^ and y make every operand contiguous or a plain transpose BLAS takes as a flag.
+* The products run per image and per band of output rows: X^ restricted to the columns of
+  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (4 MB), and BLAS
+  writes W X^_band straight into those columns of y (a strided view: no copy). The band is
+  still in the cache when BLAS reads it, and a conv never holds more than one band: the full
+  X^ of the FPN's 3x3 conv on the stride-4 level at 800x1088 would be 500 MB. dL/dx and dL/dW
+  go band by band too: col2im adds each band into dL/dx, and dL/dW sums dY_band X^_band^T.
 * 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
   itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
 * The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
-  times larger than x (the FPN's 3x3 conv on the stride-4 level at 800x1088 alone has a 500 MB
-  X^), so caching every conv's X^ would add gigabytes to a training step's peak, while x is kept
-  alive by the tape anyway and im2col is a memory-bound copy costing a few percent of the two
-  matrix products of the backward pass. Only one image's X^ exists at any time.
+  times larger than x, so caching every conv's X^ would add gigabytes to the peak memory of a
+  ResNet-50-FPN training step at 800x1088, while x is kept alive by the tape anyway and im2col
+  is a memory-bound copy costing a few percent of the two matrix products of the backward.
 * The backward skips what ``needs_input_grad`` says is not needed: the first conv of a network
   (or a frozen one) computes no dL/dx, a frozen conv no dL/dW.
 """
@@ -83,10 +86,12 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 
 # ----- the three products, shared by conv2d and conv_transpose2d -----------------------------
 
-# im2col runs over bands of output rows whose matrix is at most this large, so a band is still
+# im2col runs over bands of output rows whose matrix is at most BAND_BYTES, so a band is still
 # in the cache when BLAS reads it and a conv never holds more than one band (the full matrix
-# of the FPN's stride-4 3x3 conv at 800x1088 would be 500 MB).
+# of the FPN's stride-4 3x3 conv at 800x1088 would be 500 MB); but a band spans at least
+# MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
 BAND_BYTES = 4 << 20
+MIN_BAND_POSITIONS = 512
 
 
 class _Bands:
@@ -103,7 +108,8 @@ class _Bands:
         if geom.pointwise:
             rows, self.buffer = self.ho, None
         else:
-            rows = max(1, min(self.ho, BAND_BYTES // (k * self.wo * xp.dtype(dtype).itemsize)))
+            row_bytes = k * self.wo * xp.dtype(dtype).itemsize
+            rows = min(self.ho, max(1, BAND_BYTES // row_bytes, -(-MIN_BAND_POSITIONS // self.wo)))
             self.buffer = xp.empty(k * rows * self.wo, dtype)
         self.k = k
         self.ranges = [(r, min(r + rows, self.ho)) for r in range(0, self.ho, rows)]
@@ -152,13 +158,13 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
     n_img, cout, ho, wo = g.shape
     c, h, w = out_chw
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # a view: BLAS transposes
-    bands = _Bands(xp, c, (ho, wo), geom, g.dtype)
     if geom.pointwise:  # col2im of a 1x1 stride-1 conv is the identity
         x = xp.empty((n_img, c, h, w), g.dtype)
         for n in range(n_img):
             xp.matmul(w_t, g[n].reshape(groups, cout // groups, -1), out=x[n].reshape(groups, c // groups, -1))
         return x
     x = xp.zeros((n_img, c, h, w), g.dtype)  # col2im adds each band's contributions into it
+    bands = _Bands(xp, c, (ho, wo), geom, g.dtype)
     for n in range(n_img):
         g_n = g[n].reshape(groups, cout // groups, -1)
         for start, stop in bands.ranges:
@@ -177,23 +183,21 @@ def _weight_grad(g, x, geom, groups):
     n_img, cout, ho, wo = g.shape
     c = x.shape[1]
     bands = _Bands(xp, c, (ho, wo), geom, g.dtype)
-    dw = None
+    dw = xp.zeros((groups, cout // groups, bands.k // groups), g.dtype)
+    term = xp.empty_like(dw)
     for n in range(n_img):
         g_n = g[n].reshape(groups, cout // groups, -1)
         for start, stop in bands.ranges:
             cols = bands.cols(x[n], start, stop).reshape(groups, -1, (stop - start) * wo)
-            term = xp.matmul(g_n[:, :, bands.positions(start, stop)], cols.transpose(0, 2, 1))
-            if dw is None:
-                dw = term
-            else:
-                dw += term
+            xp.matmul(g_n[:, :, bands.positions(start, stop)], cols.transpose(0, 2, 1), out=term)
+            dw += term
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
 
 
 def _bias_grad(g):
     """dL/db[c] = sum of g[:, c] over images and positions (summed along contiguous rows first)."""
-    n_img, c = g.shape[:2]
-    return g.reshape(n_img, c, -1).sum(axis=2).sum(axis=0)
+    n_img, c, h, w = g.shape
+    return g.reshape(n_img, c, h * w).sum(axis=2).sum(axis=0)  # explicit sizes: n_img may be 0
 
 
 # ----- the ops ------------------------------------------------------------------------------
