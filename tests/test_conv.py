@@ -186,6 +186,8 @@ def test_other_argument_errors():
         F.conv2d(x, w.astype(np.float64))
     with pytest.raises(TypeError, match="share one floating dtype"):
         F.conv2d(x.astype(np.int64), w.astype(np.int64))
+    with pytest.raises(TypeError, match="input must be a Tensor or an array, got list"):
+        F.conv2d(x.tolist(), w)
     with pytest.raises(ValueError, match=r"smaller than the dilated kernel"):
         F.conv2d(np.zeros((1, 3, 2, 8), np.float32), w)
     with pytest.raises(ValueError, match="output_padding .* must be smaller than the stride"):

@@ -47,11 +47,11 @@ output sizes that map to H under the strided conv is meant.
 Choices made for speed and memory
 ---------------------------------
 * The products run per image and per band of output rows: X^ restricted to the columns of
-  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (4 MB), and BLAS
-  writes W X^_band straight into those columns of y (a strided view: no copy). The band is
-  still in the cache when BLAS reads it, and a conv never holds more than one band: the full
-  X^ of the FPN's 3x3 conv on the stride-4 level at 800x1088 would be 500 MB. dL/dx and dL/dW
-  go band by band too: col2im adds each band into dL/dx, and dL/dW sums dY_band X^_band^T.
+  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (16 MB), and BLAS
+  writes W X^_band straight into those columns of y (a strided view: no copy). A conv never
+  holds more than one band: the full X^ of the FPN's 3x3 conv on the stride-4 level at
+  800x1088 would be 500 MB. dL/dx and dL/dW go band by band too: col2im adds each band into
+  dL/dx, and dL/dW sums dY_band X^_band^T.
 * 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
   itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
 * The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
@@ -61,6 +61,7 @@ Choices made for speed and memory
 * The backward skips what ``needs_input_grad`` says is not needed: the first conv of a network
   (or a frozen one) computes no dL/dx, a frozen conv no dL/dW.
 """
+import threading
 from collections import namedtuple
 from numbers import Integral
 
@@ -86,12 +87,28 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 
 # ----- the three products, shared by conv2d and conv_transpose2d -----------------------------
 
-# im2col runs over bands of output rows whose matrix is at most BAND_BYTES, so a band is still
-# in the cache when BLAS reads it and a conv never holds more than one band (the full matrix
-# of the FPN's stride-4 3x3 conv at 800x1088 would be 500 MB); but a band spans at least
-# MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
-BAND_BYTES = 4 << 20
+# im2col runs over bands of output rows whose matrix is at most BAND_BYTES, so a conv never
+# holds more than one band (the full matrix of the FPN's stride-4 3x3 conv at 800x1088 would be
+# 500 MB). Smaller bands would stay in the cache between im2col and BLAS, but each band hands
+# work to the thread pools twice, and on a machine whose cores are busy with other work every
+# hand-over can wait a scheduler time slice: 4 MB bands ran 5-10x slower than 64 MB ones with
+# one other busy process on 2 cores. On a quiet machine 8-16 MB bands were fastest. A band
+# spans at least MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
+BAND_BYTES = 16 << 20
 MIN_BAND_POSITIONS = 512
+
+_band_buffers = threading.local()  # per thread: dtype -> the flat buffer bands are filled into
+
+
+def _band_buffer(xp, size, dtype):
+    """A flat buffer of at least ``size`` elements, kept from call to call (a fresh buffer per
+    conv would be page-faulted in by the OS every time). One per thread and dtype: a conv
+    never needs two at once."""
+    buffers = _band_buffers.__dict__
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = buffers[dtype] = xp.empty(size, dtype)
+    return buffer
 
 
 class _Bands:
@@ -110,7 +127,7 @@ class _Bands:
         else:
             row_bytes = k * self.wo * xp.dtype(dtype).itemsize
             rows = min(self.ho, max(1, BAND_BYTES // row_bytes, -(-MIN_BAND_POSITIONS // self.wo)))
-            self.buffer = xp.empty(k * rows * self.wo, dtype)
+            self.buffer = _band_buffer(xp, k * rows * self.wo, xp.dtype(dtype))
         self.k = k
         self.ranges = [(r, min(r + rows, self.ho)) for r in range(0, self.ho, rows)]
 
@@ -276,6 +293,9 @@ def _pair(value, name, op, minimum):
 
 def _check_common(op, input, weight, bias, groups):
     """Checks shared by both ops: array module, ranks, dtypes, groups."""
+    for name, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if not (hasattr(value, "ndim") and hasattr(value, "dtype")) and not (name == "bias" and value is None):
+            raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(value).__name__}")
     if get_array_module(input, weight, bias) is not np:
         raise NotImplementedError(f"{op} on CuPy arrays: the GPU kernels come in a later chapter "
                                   "(GPU kernels); use NumPy arrays for now")
