@@ -9,8 +9,9 @@ pass alone (as in inference); "f+b" is a forward and a backward pass giving the 
 and bias gradients, except for the 7x7 stem, whose input is the image: as in a network, it
 gets weight and bias gradients only. Every measurement is run once first (Numba compilation,
 allocator warm-up), then ours and torch's are timed alternately ``--repeats`` times, so that
-both see the same machine, with a pause before each so that neither runs while the other's
-idle threads still spin; the table gives the medians in milliseconds and the ratio
+both see the same machine, with a pause between them so that neither runs while the other's
+idle threads still spin, each timed call right after an untimed one (thread pools awake, as
+in a network); the table gives the medians in milliseconds and the ratio
 ours / torch. Both sides use ``--threads`` threads (default: every core): torch through
 torch.set_num_threads, ours through Numba's and OpenBLAS's thread pools.
 
@@ -35,18 +36,21 @@ CONV_CASES = [
 ]
 
 
-# Idle threads of one library keep spinning for a while after its call returns (torch's OpenMP
-# workers, OpenBLAS's workers) and would slow down whatever runs next: let them go to sleep.
-PAUSE_S = 0.15
+# Idle threads of one library keep spinning for a while after its call returns (OpenBLAS's
+# workers for about 0.1 s) and would slow down the other library if it ran next: pause between
+# the two. After the pause a side's thread pool is asleep, unlike in a network where ops run
+# back to back, so each timed call follows an untimed one of the same side.
+PAUSE_S = 0.2
 
 
 def paired_median_ms(ours, theirs, repeats, clock):
-    """Median times in ms of two functions, timed alternately after one warm-up call each."""
+    """Median times in ms of two functions, timed alternately (each call warmed by one before)."""
     ours(), theirs()  # warm-up: Numba compilation, first-touch page faults
     times = ([], [])
     for _ in range(repeats):
         for fn, record in zip((ours, theirs), times):
             time.sleep(PAUSE_S)
+            fn()
             t0 = clock()
             fn()
             record.append(clock() - t0)
