@@ -57,15 +57,20 @@ def _float64_anchor_labels(theirs):
     theirs.rpn.assign_targets_to_anchors = assign_float64
 
 
-def test_inference_matches_torchvision_float64(torch, tmp_path):
-    theirs, ours = _build_pair(torch, tmp_path)
+def _infer_both(torch, theirs, ours, images):
+    """Both models' detections for the same images, in eval mode without gradients."""
     theirs.eval()
     ours.eval()
-    images = _images(np.random.default_rng(2), np.float64)
     with torch.no_grad():
         expected = theirs([torch.tensor(i) for i in images])
     with tm.no_grad():
         got = ours(images)
+    return got, expected
+
+
+def test_inference_matches_torchvision_float64(torch, tmp_path):
+    theirs, ours = _build_pair(torch, tmp_path)
+    got, expected = _infer_both(torch, theirs, ours, _images(np.random.default_rng(2), np.float64))
     for g, e in zip(got, expected):
         assert len(g["boxes"]) == len(e["boxes"]) > 0
         np.testing.assert_array_equal(g["labels"], e["labels"].numpy())
@@ -110,13 +115,9 @@ def test_training_step_matches_torchvision_float64(torch, tmp_path):
 
 def test_inference_matches_torchvision_float32(torch, tmp_path):
     theirs, ours = _build_pair(torch, tmp_path)
-    theirs.float().eval()
-    ours.to(dtype=np.float32).eval()
-    images = _images(np.random.default_rng(5), np.float32)
-    with torch.no_grad():
-        expected = theirs([torch.tensor(i) for i in images])
-    with tm.no_grad():
-        got = ours(images)
+    theirs.float()
+    ours.to(dtype=np.float32)
+    got, expected = _infer_both(torch, theirs, ours, _images(np.random.default_rng(5), np.float32))
     for g, e in zip(got, expected):
         assert len(g["boxes"]) == len(e["boxes"]) > 0
         # match each of our boxes to the nearest of theirs: the order may swap where scores tie in float32
