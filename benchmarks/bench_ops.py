@@ -114,6 +114,8 @@ def main():
     import numba
     import torch
 
+    import tinymaskrcnn  # noqa: F401  (chooses Numba's thread pool before anything starts one)
+
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"float32, batch 1, median of {args.repeats} ({args.clock} clock); threads: torch "

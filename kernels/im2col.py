@@ -31,8 +31,10 @@ of the zero-padded image, and the Numba kernel that the ops run, which fills the
 parallel without building the padded image. Both have the same signature and results.
 """
 import os
+import warnings
 
 import numba
+import numba.np.ufunc.parallel
 import numpy as np
 from numba import njit, prange
 
@@ -40,10 +42,15 @@ from numba import njit, prange
 # many times. Numba's default OpenMP workers busy-wait for milliseconds after each parallel
 # region, keeping the cores from OpenBLAS (measured: 3-10x slower on 2 cores), and
 # OMP_WAIT_POLICY cannot reliably stop it (torch, when imported first, brings its own libgomp).
-# Numba's built-in "workqueue" layer sleeps at once. It must be chosen before the first parallel
-# kernel runs; a layer chosen through NUMBA_THREADING_LAYER is kept. (workqueue does not allow
-# parallel kernels to be launched from several Python threads at the same time.)
+# Numba's built-in "workqueue" layer sleeps at once. It must be chosen before anything starts
+# Numba's thread pool (we warn if something did); a layer chosen through NUMBA_THREADING_LAYER
+# is kept. workqueue aborts the process if parallel kernels are launched from several Python
+# threads at the same time or from inside each other: the project does neither.
 if "NUMBA_THREADING_LAYER" not in os.environ:
+    if numba.np.ufunc.parallel._is_initialized and numba.threading_layer() != "workqueue":
+        warnings.warn(f"Numba's {numba.threading_layer()!r} thread pool was started before tinymaskrcnn's "
+                      "kernels were imported, so convolutions may run several times slower: import "
+                      "tinymaskrcnn first, or set NUMBA_THREADING_LAYER=workqueue", RuntimeWarning)
     numba.config.THREADING_LAYER = "workqueue"
 
 

@@ -47,7 +47,7 @@ output sizes that map to H under the strided conv is meant.
 Choices made for speed and memory
 ---------------------------------
 * The products run per image and per band of output rows: X^ restricted to the columns of
-  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (16 MB), and BLAS
+  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (32 MB), and BLAS
   writes W X^_band straight into those columns of y (a strided view: no copy). A conv never
   holds more than one band: the full X^ of the FPN's 3x3 conv on the stride-4 level at
   800x1088 would be 500 MB. dL/dx and dL/dW go band by band too: col2im adds each band into
@@ -89,12 +89,12 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 
 # im2col runs over bands of output rows whose matrix is at most BAND_BYTES, so a conv never
 # holds more than one band (the full matrix of the FPN's stride-4 3x3 conv at 800x1088 would be
-# 500 MB). Smaller bands would stay in the cache between im2col and BLAS, but each band hands
-# work to the thread pools twice, and on a machine whose cores are busy with other work every
-# hand-over can wait a scheduler time slice: 4 MB bands ran 5-10x slower than 64 MB ones with
-# one other busy process on 2 cores. On a quiet machine 8-16 MB bands were fastest. A band
-# spans at least MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
-BAND_BYTES = 16 << 20
+# 500 MB). Smaller bands would stay in the cache between im2col and BLAS, but every band hands
+# the cores from Numba's threads to OpenBLAS's and back, which costs about a millisecond on 2
+# cores, and far more when other processes keep the cores busy (4 MB bands ran 5-10x slower
+# than 64 MB ones next to one busy process). Measured on 2 cores, 32 MB was the best size. A
+# band spans at least MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
+BAND_BYTES = 32 << 20
 MIN_BAND_POSITIONS = 512
 
 _band_buffers = threading.local()  # per thread: dtype -> the flat buffer bands are filled into
