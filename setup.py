@@ -24,6 +24,7 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "numba>=0.59",
+        "threadpoolctl>=3.1",
         "scipy>=1.10",
         "pycocotools>=2.0.7",
         "matplotlib>=3.7",

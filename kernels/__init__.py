@@ -3,3 +3,24 @@
 Every kernel here has a readable NumPy twin with the same signature (suffix ``_reference``);
 tests hold the two equal, and the notebooks explain the twin first.
 """
+import os
+import warnings
+
+import numba
+import numba.np.ufunc.parallel
+
+# The parallel kernels here (roi_align, paste_masks) alternate with NumPy work that runs on
+# OpenBLAS's threads. Numba's default OpenMP workers busy-wait for milliseconds after each
+# parallel region, keeping the cores from OpenBLAS (measured: convolutions 3-10x slower on 2
+# cores when they ran on Numba's threads), and OMP_WAIT_POLICY cannot reliably stop it (torch,
+# when imported first, brings its own libgomp). Numba's built-in "workqueue" layer sleeps at
+# once. It must be chosen before anything starts Numba's thread pool (we warn if something
+# did); a layer chosen through NUMBA_THREADING_LAYER is kept. workqueue aborts the process if
+# parallel kernels are launched from several Python threads at the same time or from inside
+# each other: the project does neither (its worker threads run only the serial kernels).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    if numba.np.ufunc.parallel._is_initialized and numba.threading_layer() != "workqueue":
+        warnings.warn(f"Numba's {numba.threading_layer()!r} thread pool was started before tinymaskrcnn's "
+                      "kernels were imported, so its kernels may run several times slower: import "
+                      "tinymaskrcnn first, or set NUMBA_THREADING_LAYER=workqueue", RuntimeWarning)
+    numba.config.THREADING_LAYER = "workqueue"

@@ -25,33 +25,40 @@ image pixel it was copied from. Where the kernel windows overlap, a pixel was co
 several entries, so col2im sums them. That is exactly what the backward pass needs
 (dL/dx = col2im(w^T @ dL/dy)), and what a transposed convolution computes in its forward pass.
 
+Making every copy contiguous
+----------------------------
+Copied entry by entry, with a test for the padding at every pixel, im2col runs at a fraction
+of the memory's speed. Three changes of layout turn each row of cols into long contiguous
+copies:
+
+1. Zero padding: with x padded by (ph, pw) into xp, tap (ki, kj) at output (oh, ow) reads
+   xp[c, oh*sh + ki*dh, ow*sw + kj*dw]: no more bounds tests.
+2. Phases: write ki*dh = qi*sh + pi with 0 <= pi < sh (and kj*dw = qj*sw + pj). The pixel read
+   is q[pi, pj][c, oh + qi, ow + qj], where the phase image q[pi, pj] = xp[:, pi::sh, pj::sw]
+   holds the pixels at offset (pi, pj) of every stride-sized cell. A stride-1 conv has one phase
+   (xp itself); a stride-2 conv four. Every tap now reads its phase image at stride 1.
+3. A wide output grid: number the output positions p = oh*Wq + ow on a grid as wide as the
+   phase images (Wq = Wo + qj_max columns). Then tap (ki, kj) reads element p + qi*Wq + qj of
+   its flattened phase image: for all positions of output rows [r0, r1) at once, that is one
+   contiguous slice. Positions with ow >= Wo are extra: they compute values nobody asked for,
+   which are dropped (2 extra columns per row for a 3x3 conv, under 1% at 272 columns).
+
+So ``phase_split`` copies x once into its padded phase images ((sh*sw, C, Hq*Wq), where
+Hq = Ho + qi_max + 1: one more row catches the last extra positions' reads), ``im2col`` fills
+cols for a band of output rows with kh*kw*C contiguous copies, and the conv's product gives
+that band on the wide grid, whose first Wo columns of each row are the output. The backward
+runs the adjoints in the reverse order: ``col2im`` adds each row of cols back onto its slice of
+the phase images, and ``phase_merge`` gathers the phase images back into an image of x's shape
+(what landed in the padding is dropped).
+
 Each function comes twice: a plain NumPy version (suffix ``_reference``) to read first, which
-copies one kernel tap (ki, kj) for all channels and output pixels at a time with a strided slice
-of the zero-padded image, and the Numba kernel that the ops run, which fills the rows of cols in
-parallel without building the padded image. Both have the same signature and results.
+works a kernel tap at a time with slices, and the Numba kernel that the ops run, with the same
+signature and results. The Numba kernels are single-threaded and release the GIL: the conv op
+runs one per core at a time on its own band, followed on the same core by that band's matrix
+product (tinymaskrcnn/parallel.py says why).
 """
-import os
-import warnings
-
-import numba
-import numba.np.ufunc.parallel
 import numpy as np
-from numba import njit, prange
-
-# A convolution alternates im2col (Numba's threads) with matrix products (OpenBLAS's threads)
-# many times. Numba's default OpenMP workers busy-wait for milliseconds after each parallel
-# region, keeping the cores from OpenBLAS (measured: 3-10x slower on 2 cores), and
-# OMP_WAIT_POLICY cannot reliably stop it (torch, when imported first, brings its own libgomp).
-# Numba's built-in "workqueue" layer sleeps at once. It must be chosen before anything starts
-# Numba's thread pool (we warn if something did); a layer chosen through NUMBA_THREADING_LAYER
-# is kept. workqueue aborts the process if parallel kernels are launched from several Python
-# threads at the same time or from inside each other: the project does neither.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    if numba.np.ufunc.parallel._is_initialized and numba.threading_layer() != "workqueue":
-        warnings.warn(f"Numba's {numba.threading_layer()!r} thread pool was started before tinymaskrcnn's "
-                      "kernels were imported, so convolutions may run several times slower: import "
-                      "tinymaskrcnn first, or set NUMBA_THREADING_LAYER=workqueue", RuntimeWarning)
-    numba.config.THREADING_LAYER = "workqueue"
+from numba import njit
 
 
 @njit(cache=True)
@@ -61,155 +68,225 @@ def conv_output_size(size, kernel, stride, padding, dilation):
 
 
 @njit(cache=True)
-def _valid_outputs(offset, stride, size, n_out):
-    """The range [lo, hi) of output positions o with 0 <= o*stride + offset < size.
-
-    Outside it the kernel tap reads the zero padding; inside it reads the image, so the copy
-    loops need no bounds test per pixel.
-    """
-    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
-    hi = min(n_out, (size - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
-
-
-# ----- im2col -------------------------------------------------------------------------------
-
-
-def im2col_reference(x, kh, kw, sh, sw, ph, pw, dh, dw, row_start=0, row_stop=None, out=None):
-    """cols (C*kh*kw, (row_stop - row_start)*Wo) of the image ``x`` (C, H, W): the columns of
-    output rows row_start <= oh < row_stop (all rows by default). Written into ``out`` if given.
-
-    Plain NumPy: pad the image with zeros once, then for every kernel tap (ki, kj) take the
-    strided slice of the padded image that the tap sees at all those output positions.
-    """
-    C, H, W = x.shape
+def phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw):
+    """(Ho, Wo, Hq, Wq): the output size, and the size of the phase images, whose width Wq is
+    also the width of the wide output grid (see the module docstring)."""
     ho = conv_output_size(H, kh, sh, ph, dh)
     wo = conv_output_size(W, kw, sw, pw, dw)
-    row_stop = ho if row_stop is None else min(row_stop, ho)
-    rows = row_stop - row_start
-    cols = np.empty((C * kh * kw, rows * wo), x.dtype) if out is None else out
-    if cols.shape != (C * kh * kw, rows * wo):
-        raise ValueError("im2col: out must have shape (C*kh*kw, (row_stop - row_start)*Wo)")
-    padded = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
-    taps = cols.reshape(C, kh, kw, rows, wo)  # a view: row (c*kh + ki)*kw + kj is taps[c, ki, kj]
+    return ho, wo, ho + (kh - 1) * dh // sh + 1, wo + (kw - 1) * dw // sw
+
+
+@njit(cache=True)
+def _tap(ki, kj, sh, sw, dh, dw, wq):
+    """Tap (ki, kj): its phase (pi*sw + pj) and the offset qi*Wq + qj of its slice."""
+    return (ki * dh % sh) * sw + kj * dw % sw, (ki * dh // sh) * wq + kj * dw // sw
+
+
+# ----- NumPy twins ----------------------------------------------------------------------------
+
+
+def phase_split_reference(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+    """The phase images (sh*sw, C, Hq*Wq) of the image ``x`` (C, H, W):
+    q[pi*sw + pj, c, u*Wq + v] = x[c, u*sh + pi - ph, v*sw + pj - pw], 0 outside x.
+    Only the phases some tap reads are written (the others are never read)."""
+    C, H, W = x.shape
+    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    q = np.zeros((sh * sw, C, hq * wq), x.dtype) if out is None else out
+    if q.shape != (sh * sw, C, hq * wq):
+        raise ValueError("phase_split: out must have shape (sh*sw, C, Hq*Wq)")
+    # pad x so that every phase image is a whole (hq, wq) slice of it
+    padded = np.zeros((C, sh * hq + sh, sw * wq + sw), x.dtype)
+    rows, cols = min(H, sh * hq - ph), min(W, sw * wq - pw)
+    padded[:, ph:ph + rows, pw:pw + cols] = x[:, :rows, :cols]
+    for pi in sorted({ki * dh % sh for ki in range(kh)}):
+        for pj in sorted({kj * dw % sw for kj in range(kw)}):
+            q[pi * sw + pj] = padded[:, pi::sh, pj::sw][:, :hq, :wq].reshape(C, -1)
+    return q
+
+
+def im2col_reference(q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop, out=None):
+    """cols (C*kh*kw, (row_stop - row_start)*Wq) of output rows [row_start, row_stop) on the wide
+    grid, from the phase images q (sh*sw, C, Hq*Wq): row (c*kh + ki)*kw + kj is the slice of
+    its phase image that tap (ki, kj) reads."""
+    C, n = q.shape[1], (row_stop - row_start) * wq
+    cols = np.empty((C * kh * kw, n), q.dtype) if out is None else out
+    if cols.shape != (C * kh * kw, n):
+        raise ValueError("im2col: out must have shape (C*kh*kw, (row_stop - row_start)*Wq)")
+    taps = cols.reshape(C, kh, kw, n)  # a view: row (c*kh + ki)*kw + kj is taps[c, ki, kj]
     for ki in range(kh):
         for kj in range(kw):
-            i0 = ki * dh + row_start * sh  # where the tap sits in the padded image at (row_start, 0)
-            j0 = kj * dw
-            taps[:, ki, kj] = padded[:, i0:i0 + sh * (rows - 1) + 1:sh, j0:j0 + sw * (wo - 1) + 1:sw]
+            phase, offset = _tap(ki, kj, sh, sw, dh, dw, wq)
+            start = row_start * wq + offset
+            taps[:, ki, kj] = q[phase, :, start:start + n]
     return cols
 
 
-@njit(parallel=True, cache=True)
-def im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, row_start=0, row_stop=None, out=None):
-    """cols (C*kh*kw, (row_stop - row_start)*Wo) of the image ``x`` (C, H, W): the columns of
-    output rows row_start <= oh < row_stop (all rows by default). Written into ``out`` if given.
-
-    Numba: the rows of cols are independent, so they are filled in parallel. Consecutive rows
-    share a channel, so a thread keeps re-reading the same image plane from its cache.
-    """
-    C, H, W = x.shape
-    ho = conv_output_size(H, kh, sh, ph, dh)
-    wo = conv_output_size(W, kw, sw, pw, dw)
-    if row_stop is None:
-        stop = ho
-    else:
-        stop = min(row_stop, ho)
-    rows = stop - row_start
-    if out is None:
-        cols = np.empty((C * kh * kw, rows * wo), x.dtype)
-    else:
-        cols = out
-    if cols.shape[0] != C * kh * kw or cols.shape[1] != rows * wo:
-        raise ValueError("im2col: out must have shape (C*kh*kw, (row_stop - row_start)*Wo)")
-    for r in prange(C * kh * kw):
-        c = r // (kh * kw)
-        ki = (r // kw) % kh
-        kj = r % kw
-        offset = kj * dw - pw  # input column = ow*sw + offset
-        lo, hi = _valid_outputs(offset, sw, W, wo)
-        for oh in range(row_start, stop):
-            i = oh * sh - ph + ki * dh
-            base = (oh - row_start) * wo
-            if i < 0 or i >= H:
-                for ow in range(wo):
-                    cols[r, base + ow] = 0
-                continue
-            for ow in range(lo):
-                cols[r, base + ow] = 0
-            for ow in range(hi, wo):
-                cols[r, base + ow] = 0
-            if hi > lo:  # a slice copy: Numba compiles it to a tighter loop than indexing
-                cols[r, base + lo:base + hi] = x[c, i, lo * sw + offset:(hi - 1) * sw + offset + 1:sw]
-    return cols
-
-
-# ----- col2im -------------------------------------------------------------------------------
-
-
-def col2im_reference(cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, row_start=0, row_stop=None, out=None):
-    """The adjoint of im2col: adds every entry of ``cols`` (as im2col lays out output rows
-    row_start <= oh < row_stop) onto the pixel of the (C, H, W) image it came from; entries
-    that came from the padding are dropped. Adds into ``out`` if given, else into zeros.
-    """
-    ho = conv_output_size(H, kh, sh, ph, dh)
-    wo = conv_output_size(W, kw, sw, pw, dw)
-    row_stop = ho if row_stop is None else min(row_stop, ho)
-    rows = row_stop - row_start
-    if cols.shape != (C * kh * kw, rows * wo):
-        raise ValueError("col2im: cols must have shape (C*kh*kw, (row_stop - row_start)*Wo)")
-    padded = np.zeros((C, H + 2 * ph, W + 2 * pw), cols.dtype)
-    taps = cols.reshape(C, kh, kw, rows, wo)
+def col2im_reference(cols, q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop):
+    """The adjoint of im2col: adds every row of ``cols`` onto the slice of the phase images
+    ``q`` (sh*sw, C, Hq*Wq) it was copied from, in place."""
+    C, n = q.shape[1], (row_stop - row_start) * wq
+    if cols.shape != (C * kh * kw, n):
+        raise ValueError("col2im: cols must have shape (C*kh*kw, (row_stop - row_start)*Wq)")
+    taps = cols.reshape(C, kh, kw, n)
     for ki in range(kh):
         for kj in range(kw):
-            i0, j0 = ki * dh + row_start * sh, kj * dw
-            # one tap never hits the same pixel twice, so += on the slice is a correct sum
-            padded[:, i0:i0 + sh * (rows - 1) + 1:sh, j0:j0 + sw * (wo - 1) + 1:sw] += taps[:, ki, kj]
-    x = np.zeros((C, H, W), cols.dtype) if out is None else out
-    x += padded[:, ph:ph + H, pw:pw + W]
+            phase, offset = _tap(ki, kj, sh, sw, dh, dw, wq)
+            start = row_start * wq + offset
+            q[phase, :, start:start + n] += taps[:, ki, kj]
+    return q
+
+
+def phase_merge_reference(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+    """The adjoint of phase_split: the (C, H, W) image whose pixel (i, j) is the phase-image
+    entry phase_split put it in. Written into ``out`` if given."""
+    C = q.shape[1]
+    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    if q.shape != (sh * sw, C, hq * wq):
+        raise ValueError("phase_merge: q must have shape (sh*sw, C, Hq*Wq)")
+    padded = np.zeros((C, sh * hq + sh, sw * wq + sw), q.dtype)
+    for pi in range(sh):
+        for pj in range(sw):
+            padded[:, pi::sh, pj::sw][:, :hq, :wq] = q[pi * sw + pj].reshape(C, hq, wq)
+    x = np.empty((C, H, W), q.dtype) if out is None else out
+    x[...] = 0
+    rows, cols = min(H, sh * hq - ph), min(W, sw * wq - pw)
+    x[:, :rows, :cols] = padded[:, ph:ph + rows, pw:pw + cols]
     return x
 
 
-@njit(parallel=True, cache=True)
-def col2im(cols, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, row_start=0, row_stop=None, out=None):
-    """The adjoint of im2col: adds every entry of ``cols`` (as im2col lays out output rows
-    row_start <= oh < row_stop) onto the pixel of the (C, H, W) image it came from; entries
-    that came from the padding are dropped. Adds into ``out`` if given, else into zeros.
+# ----- Numba kernels --------------------------------------------------------------------------
 
-    Numba: overlapping windows make several cols entries land on one pixel, so threads that
-    shared a channel would race on its pixels. Every channel's pixels get contributions only
-    from that channel's kh*kw rows, so the parallel loop runs over channels: race-free.
+
+@njit(nogil=True, cache=True)
+def phase_split(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+    """The phase images (sh*sw, C, Hq*Wq) of the image ``x`` (C, H, W):
+    q[pi*sw + pj, c, u*Wq + v] = x[c, u*sh + pi - ph, v*sw + pj - pw], 0 outside x.
+    Only the phases some tap reads are written (the others are never read).
+
+    Numba: row by row of each phase image: the zeros of the padding, then a strided run of x.
     """
-    ho = conv_output_size(H, kh, sh, ph, dh)
-    wo = conv_output_size(W, kw, sw, pw, dw)
-    if row_stop is None:
-        stop = ho
-    else:
-        stop = min(row_stop, ho)
-    rows = stop - row_start
-    if cols.shape[0] != C * kh * kw or cols.shape[1] != rows * wo:
-        raise ValueError("col2im: cols must have shape (C*kh*kw, (row_stop - row_start)*Wo)")
+    C, H, W = x.shape
+    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
     if out is None:
-        x = np.zeros((C, H, W), cols.dtype)
+        q = np.zeros((sh * sw, C, hq * wq), x.dtype)
+    else:
+        q = out
+    if q.shape[0] != sh * sw or q.shape[1] != C or q.shape[2] != hq * wq:
+        raise ValueError("phase_split: out must have shape (sh*sw, C, Hq*Wq)")
+    used_rows = np.zeros(sh, np.bool_)
+    used_cols = np.zeros(sw, np.bool_)
+    for ki in range(kh):
+        used_rows[ki * dh % sh] = True
+    for kj in range(kw):
+        used_cols[kj * dw % sw] = True
+    for pi in range(sh):
+        for pj in range(sw):
+            if not (used_rows[pi] and used_cols[pj]):
+                continue
+            # columns v with 0 <= v*sw + pj - pw < W read x; the others are padding
+            first = max(0, -((pj - pw) // sw))
+            last = min(wq, (W - 1 - pj + pw) // sw + 1)
+            last = max(first, last)
+            for c in range(C):
+                plane = q[pi * sw + pj, c]
+                for u in range(hq):
+                    row = plane[u * wq:(u + 1) * wq]
+                    i = u * sh + pi - ph
+                    if i < 0 or i >= H:
+                        row[:] = 0
+                        continue
+                    src = x[c, i]
+                    for v in range(first):
+                        row[v] = 0
+                    for v in range(first, last):
+                        row[v] = src[v * sw + pj - pw]
+                    for v in range(last, wq):
+                        row[v] = 0
+    return q
+
+
+@njit(nogil=True, cache=True)
+def im2col(q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop, out=None):
+    """cols (C*kh*kw, (row_stop - row_start)*Wq) of output rows [row_start, row_stop) on the wide
+    grid, from the phase images q (sh*sw, C, Hq*Wq): row (c*kh + ki)*kw + kj is the slice of
+    its phase image that tap (ki, kj) reads.
+
+    Numba: one contiguous copy per row of cols. ``out`` may be a strided view (the columns of
+    one image among several).
+    """
+    C = q.shape[1]
+    n = (row_stop - row_start) * wq
+    if out is None:
+        cols = np.empty((C * kh * kw, n), q.dtype)
+    else:
+        cols = out
+    if cols.shape[0] != C * kh * kw or cols.shape[1] != n:
+        raise ValueError("im2col: out must have shape (C*kh*kw, (row_stop - row_start)*Wq)")
+    for c in range(C):
+        for ki in range(kh):
+            for kj in range(kw):
+                phase, offset = _tap(ki, kj, sh, sw, dh, dw, wq)
+                start = row_start * wq + offset
+                src = q[phase, c, start:start + n]
+                dst = cols[(c * kh + ki) * kw + kj]
+                for t in range(n):
+                    dst[t] = src[t]
+    return cols
+
+
+@njit(nogil=True, cache=True)
+def col2im(cols, q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop):
+    """The adjoint of im2col: adds every row of ``cols`` onto the slice of the phase images
+    ``q`` (sh*sw, C, Hq*Wq) it was copied from, in place.
+
+    Numba: one contiguous add per row of cols. Slices of neighbouring taps and of neighbouring
+    bands overlap, so two threads must not add into the same rows of q at once (the conv op
+    makes sure of that).
+    """
+    C = q.shape[1]
+    n = (row_stop - row_start) * wq
+    if cols.shape[0] != C * kh * kw or cols.shape[1] != n:
+        raise ValueError("col2im: cols must have shape (C*kh*kw, (row_stop - row_start)*Wq)")
+    for c in range(C):
+        for ki in range(kh):
+            for kj in range(kw):
+                phase, offset = _tap(ki, kj, sh, sw, dh, dw, wq)
+                start = row_start * wq + offset
+                dst = q[phase, c, start:start + n]
+                src = cols[(c * kh + ki) * kw + kj]
+                for t in range(n):
+                    dst[t] += src[t]
+    return q
+
+
+@njit(nogil=True, cache=True)
+def phase_merge(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+    """The adjoint of phase_split: the (C, H, W) image whose pixel (i, j) is the phase-image
+    entry phase_split put it in. Written into ``out`` if given.
+
+    Numba: row by row of the image, each phase's pixels of the row at a time.
+    """
+    C = q.shape[1]
+    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    if q.shape[0] != sh * sw or q.shape[2] != hq * wq:
+        raise ValueError("phase_merge: q must have shape (sh*sw, C, Hq*Wq)")
+    if out is None:
+        x = np.empty((C, H, W), q.dtype)
     else:
         x = out
     if x.shape[0] != C or x.shape[1] != H or x.shape[2] != W:
-        raise ValueError("col2im: out must have shape (C, H, W)")
-    for c in prange(C):
-        for ki in range(kh):
-            for kj in range(kw):
-                r = (c * kh + ki) * kw + kj
-                offset = kj * dw - pw
-                lo, hi = _valid_outputs(offset, sw, W, wo)
-                if hi == lo:
-                    continue
-                for oh in range(row_start, stop):
-                    i = oh * sh - ph + ki * dh
-                    if i < 0 or i >= H:
-                        continue
-                    # the image pixels this tap hits on row i, and the cols entries they receive
-                    target = x[c, i, lo * sw + offset:(hi - 1) * sw + offset + 1:sw]
-                    source = cols[r, (oh - row_start) * wo + lo:(oh - row_start) * wo + hi]
-                    for k in range(hi - lo):
-                        target[k] += source[k]
+        raise ValueError("phase_merge: out must have shape (C, H, W)")
+    for c in range(C):
+        for i in range(H):
+            u, pi = (i + ph) // sh, (i + ph) % sh
+            row = x[c, i]
+            if u >= hq:
+                row[:] = 0
+                continue
+            for pj in range(sw):  # the pixels j = j0, j0 + sw, ... come from phase (pi, pj)
+                j0 = (pj - pw) % sw
+                v0 = (j0 + pw) // sw
+                src = q[pi * sw + pj, c, u * wq:(u + 1) * wq]
+                for t in range((W - j0 + sw - 1) // sw):
+                    row[j0 + t * sw] = src[v0 + t] if v0 + t < wq else 0
     return x

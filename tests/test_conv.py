@@ -7,6 +7,7 @@ from helpers import assert_matches_torch
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn import parallel
 from tinymaskrcnn.ops import conv
 
 DTYPES = [np.float64, np.float32]
@@ -86,13 +87,19 @@ def test_frozen_weight_gives_only_the_input_gradient(rng):
     assert x.grad is not None and w.grad is None and b.grad is None
 
 
+@pytest.mark.parametrize("tiling", ["row_bands", "image_groups"])
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
-def test_single_row_bands_match_torch(torch, rng, monkeypatch, table, name):
-    """With a tiny band budget every output row is its own im2col band: results must not change."""
-    monkeypatch.setattr(conv, "BAND_BYTES", 1)
-    monkeypatch.setattr(conv, "MIN_BAND_POSITIONS", 1)
+def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, tiling):
+    """However the work is cut into tiles and shared among threads, the results are torch's:
+    tiles of the fewest output rows allowed, or of several whole images (a batch of 5, so that
+    some tiles hold fewer), shared among 3 worker threads."""
+    monkeypatch.setattr(conv, "TILE_BYTES", 1)
+    monkeypatch.setattr(conv, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
+    monkeypatch.setattr(parallel, "num_workers", lambda: 3)
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
+        if tiling == "image_groups":
+            shape_x = (5,) + shape_x[1:]
         cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
         arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
         assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),

@@ -128,7 +128,8 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
     * anchors of ``anchor_sizes`` (16..256 px, one size per level, ratios 0.5, 1, 2);
     * box head of ``representation_size`` (256) units, mask head of ``mask_channels`` (128);
     * fewer proposals (600/300 before/after NMS in training, 300/100 at test time) and a
-      box sample of 128 RoIs per image.
+      box sample of 128 RoIs per image;
+    * predictors that start near zero (see ``init_predictors_small``), as nothing is pretrained.
 
     Any MaskRCNN keyword in ``kwargs`` overrides these.
     """
@@ -151,4 +152,23 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
         defaults["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
     if "mask_predictor" not in defaults:
         defaults["mask_predictor"] = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
-    return MaskRCNN(backbone, num_classes=None, **defaults)
+    model = MaskRCNN(backbone, num_classes=None, **defaults)
+    init_predictors_small(model)
+    return model
+
+
+def init_predictors_small(model):
+    """Draw the last layers (class scores, box deltas, mask logits) from N(0, 0.01²), N(0, 0.001²)
+    and N(0, 0.001²) with zero biases, as detectron2 does.
+
+    torchvision's defaults (nn.Linear's uniform, He init of the mask logits) are harmless when
+    the backbone is pretrained, but on a randomly initialised one the He-initialised mask logits
+    start at magnitudes near 10 (a mask loss of 6-9 instead of log 2), and gradient clipping then
+    spends the first hundreds of iterations undoing them. Starting near zero gives every loss its
+    uninformed value (log K, 0, log 2) at iteration 0.
+    """
+    predictor, mask_predictor = model.roi_heads.box_predictor, model.roi_heads.mask_predictor
+    for layer, std in ((predictor.cls_score, 0.01), (predictor.bbox_pred, 0.001),
+                       (mask_predictor.mask_fcn_logits, 0.001)):
+        nn.init.normal_(layer.weight, std=std)
+        nn.init.zeros_(layer.bias)

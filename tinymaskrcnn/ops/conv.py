@@ -46,12 +46,16 @@ output sizes that map to H under the strided conv is meant.
 
 Choices made for speed and memory
 ---------------------------------
-* The products run per image and per band of output rows: X^ restricted to the columns of
-  rows [start, stop) is filled into one reused buffer of at most BAND_BYTES (32 MB), and BLAS
-  writes W X^_band straight into those columns of y (a strided view: no copy). A conv never
-  holds more than one band: the full X^ of the FPN's 3x3 conv on the stride-4 level at
-  800x1088 would be 500 MB. dL/dx and dL/dW go band by band too: col2im adds each band into
-  dL/dx, and dL/dW sums dY_band X^_band^T.
+* The products run tile by tile: a tile is a band of output rows of one image, or several
+  whole images when they are small (the mask head's RoIs). One worker thread per core takes a
+  share of the tiles and, for each, fills X^ restricted to the tile's columns into its own
+  reused buffer of about TILE_BYTES (1 MB) and multiplies it at once, on the same core, while
+  it is in the cache; BLAS writes W X^_tile straight into those columns of y (a strided view:
+  no copy). A conv never holds more than one tile per thread: the full X^ of the FPN's 3x3 conv
+  on the stride-4 level at 800x1088 would be 500 MB. dL/dx and dL/dW go tile by tile too:
+  col2im adds each tile into dL/dx (neighbouring bands, which share input rows, never at the
+  same time), and each thread sums dY_tile X^_tile^T over its tiles before the threads' sums
+  are added.
 * 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
   itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
 * The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
@@ -69,7 +73,8 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
-from ..kernels.im2col import col2im, conv_output_size, im2col
+from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase_merge, phase_split
+from ..parallel import map_shares, num_workers
 
 
 class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
@@ -87,63 +92,155 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 
 # ----- the three products, shared by conv2d and conv_transpose2d -----------------------------
 
-# im2col runs over bands of output rows whose matrix is at most BAND_BYTES, so a conv never
-# holds more than one band (the full matrix of the FPN's stride-4 3x3 conv at 800x1088 would be
-# 500 MB). Smaller bands would stay in the cache between im2col and BLAS, but every band hands
-# the cores from Numba's threads to OpenBLAS's and back, which costs about a millisecond on 2
-# cores, and far more when other processes keep the cores busy (4 MB bands ran 5-10x slower
-# than 64 MB ones next to one busy process). Measured on 2 cores, 32 MB was the best size. A
-# band spans at least MIN_BAND_POSITIONS output pixels, as BLAS slows down on narrower matrices.
-BAND_BYTES = 32 << 20
-MIN_BAND_POSITIONS = 512
+# The work is cut into tiles of output positions: a band of output rows of one image, or, when
+# images are small (the mask head's 14x14 RoIs), several whole images. Each worker thread takes
+# a share of the tiles and, for each, fills the tile's im2col matrix into its own buffer and
+# multiplies it at once, on the same core, while it is still in the cache (parallel.py). A
+# tile's matrix is about TILE_BYTES (so it stays in a core's L2 cache and a conv never holds
+# more than one tile per worker: the whole im2col matrix of the FPN's 3x3 conv on the stride-4
+# level at 800x1088 would be 500 MB), but spans at least MIN_TILE_POSITIONS output positions,
+# as BLAS slows down on narrower matrices.
+TILE_BYTES = 1 << 20
+MIN_TILE_POSITIONS = 256
+# The weight gradient's product dY_tile X^_tile^T sums over the tile's positions, and each
+# tile's (Cout, K) result is then added to the total: its tiles must be wider.
+MIN_WEIGHT_GRAD_POSITIONS = 2048
 
-_band_buffers = threading.local()  # per thread: dtype -> the flat buffer bands are filled into
+_buffers = threading.local()  # per thread: (purpose, dtype) -> a flat buffer reused by its tiles
 
 
-def _band_buffer(xp, size, dtype):
+def _buffer(xp, purpose, size, dtype):
     """A flat buffer of at least ``size`` elements, kept from call to call (a fresh buffer per
-    conv would be page-faulted in by the OS every time). One per thread and dtype: a conv
-    never needs two at once."""
-    buffers = _band_buffers.__dict__
-    buffer = buffers.get(dtype)
+    tile would be page-faulted in by the OS every time). One per thread, purpose and dtype."""
+    buffers = _buffers.__dict__
+    buffer = buffers.get((purpose, dtype))
     if buffer is None or buffer.size < size:
-        buffer = buffers[dtype] = xp.empty(size, dtype)
-    return buffer
+        buffer = buffers[(purpose, dtype)] = xp.empty(size, dtype)
+    return buffer[:size]
 
 
-class _Bands:
-    """The output rows of one image split into bands [start, stop), and one reusable buffer
-    for a band's im2col matrix (C*kh*kw, rows*Wo).
+class _Tiles:
+    """A batch's phase images and its output positions cut into tiles (n0, n1, start, stop):
+    output rows [start, stop) of images [n0, n1) (several images only when they are whole).
 
-    A 1x1 stride-1 unpadded conv needs no im2col (the image itself is the matrix), so it is
-    one band covering the whole image.
+    Positions live on the wide grid of kernels/im2col.py (Wq >= Wo columns per output row): a
+    tile's im2col matrix X^ is (K, positions) with K = C*kh*kw, its columns image by image, row
+    by row, Wq per row. A 1x1 stride-1 unpadded conv needs no copy at all: the image itself is
+    X^ (Wq = Wo). Bands span more than qi_max rows, so that bands i and i+2 of one image never
+    add into the same rows of the phase images (see ``_correlate_transpose``).
     """
 
-    def __init__(self, xp, channels, out_hw, geom, dtype):
-        self.geom, (self.ho, self.wo) = geom, out_hw
-        k = channels * geom.kh * geom.kw
-        if geom.pointwise:
-            rows, self.buffer = self.ho, None
+    def __init__(self, xp, n_img, in_chw, geom, dtype, min_positions=MIN_TILE_POSITIONS):
+        self.xp, self.geom, self.dtype = xp, geom, xp.dtype(dtype)
+        self.c, self.h, self.w = in_chw
+        self.ho, self.wo, self.hq, self.wq = phase_grid(self.h, self.w, *geom)
+        self.k = self.c * geom.kh * geom.kw
+        per_image = self.ho * self.wq
+        if geom.pointwise:  # nothing to keep in the cache: whole images, one product each
+            positions = max(min_positions, per_image)
         else:
-            row_bytes = k * self.wo * xp.dtype(dtype).itemsize
-            rows = min(self.ho, max(1, BAND_BYTES // row_bytes, -(-MIN_BAND_POSITIONS // self.wo)))
-            self.buffer = _band_buffer(xp, k * rows * self.wo, xp.dtype(dtype))
-        self.k = k
-        self.ranges = [(r, min(r + rows, self.ho)) for r in range(0, self.ho, rows)]
+            positions = max(min_positions, TILE_BYTES // (self.k * self.dtype.itemsize))
+        if per_image >= positions or n_img == 1:
+            min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
+            self.rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
+            images = 1
+        else:
+            self.rows, images = self.ho, positions // per_image
+        self.tiles = [(n0, min(n0 + images, n_img), start, min(start + self.rows, self.ho))
+                      for n0 in range(0, n_img, images) for start in range(0, self.ho, self.rows)]
 
-    def positions(self, start, stop):
-        """The slice of flattened output positions oh*Wo + ow that a band covers."""
-        return slice(start * self.wo, stop * self.wo)
+    def positions(self, tile):
+        n0, n1, start, stop = tile
+        return (n1 - n0) * (stop - start) * self.wq
 
-    def empty(self, start, stop):
-        """The buffer, seen as the (C*kh*kw, positions) matrix of the band."""
-        return self.buffer[:self.k * (stop - start) * self.wo].reshape(self.k, -1)
+    # --- the input side: phase images and im2col
 
-    def cols(self, x_n, start, stop):
-        """im2col of the band of one (C, H, W) image."""
+    def phase_split(self, x):
+        """The phase images (N, sh*sw, C, Hq*Wq) of the (N, C, H, W) input, filled in parallel."""
         if self.geom.pointwise:
-            return x_n.reshape(x_n.shape[0], -1)[:, self.positions(start, stop)]
-        return im2col(x_n, *self.geom, start, stop, out=self.empty(start, stop))
+            return x.reshape(x.shape[0], 1, self.c, -1)
+        q = self.xp.empty((x.shape[0], self.geom.sh * self.geom.sw, self.c, self.hq * self.wq), self.dtype)
+        map_shares(lambda share: [phase_split(x[n, c0:c1], *self.geom, out=q[n, :, c0:c1]) for n, c0, c1 in share],
+                   self._image_pieces(x.shape[0]))
+        return q
+
+    def phase_merge(self, dq):
+        """The (N, C, H, W) gradient of the input from that of its phase images, in parallel."""
+        if self.geom.pointwise:
+            return dq.reshape(dq.shape[0], self.c, self.h, self.w)
+        dx = self.xp.empty((dq.shape[0], self.c, self.h, self.w), self.dtype)
+        map_shares(lambda share: [phase_merge(dq[n, :, c0:c1], self.h, self.w, *self.geom, out=dx[n, c0:c1])
+                                  for n, c0, c1 in share], self._image_pieces(dq.shape[0]))
+        return dx
+
+    def _image_pieces(self, n_img):
+        """(image, first channel, last channel): at least a few pieces per worker."""
+        per_image = -(-4 * num_workers() // max(n_img, 1))
+        step = -(-self.c // per_image)
+        return [(n, c0, min(c0 + step, self.c)) for n in range(n_img) for c0 in range(0, self.c, step)]
+
+    def im2col(self, q, tile):
+        """X^ of the tile, from the phase images ``q``: a view when no copy is needed."""
+        n0, n1, start, stop = tile
+        geom = self.geom
+        if geom.kh == geom.kw == 1:  # the phase image already is X^
+            return self._gather(q[:, 0], n0, n1, start * self.wq, stop * self.wq)
+        cols = _buffer(self.xp, "cols", self.k * self.positions(tile), self.dtype).reshape(self.k, -1)
+        per_image = cols.reshape(self.k, n1 - n0, -1)
+        for i in range(n1 - n0):
+            im2col(q[n0 + i], geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw, self.wq, start, stop,
+                   out=per_image[:, i])
+        return cols
+
+    def col2im(self, cols, dq, tile):
+        """Add the tile's (K, positions) matrix onto the gradient ``dq`` of the phase images."""
+        n0, n1, start, stop = tile
+        geom = self.geom
+        per_image = cols.reshape(self.k, n1 - n0, -1)
+        for i in range(n1 - n0):
+            col2im(per_image[:, i], dq[n0 + i], geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw,
+                   self.wq, start, stop)
+
+    @staticmethod
+    def _gather(a, n0, n1, first, last):
+        """Columns [first, last) of images n0..n1-1 of an (N, R, L) array, side by side (a view
+        for one image, a copy for several)."""
+        if n1 - n0 == 1:
+            return a[n0, :, first:last]
+        return a[n0:n1, :, first:last].transpose(1, 0, 2).reshape(a.shape[1], -1)
+
+    # --- the output side: the wide grid
+
+    def wide(self, a, tile):
+        """The (R, positions) matrix of an (N, R, Ho, Wo) array over the tile, on the wide grid
+        (zeros in the extra columns)."""
+        n0, n1, start, stop = tile
+        if self.wq == self.wo:
+            return self._gather(a.reshape(a.shape[0], a.shape[1], -1), n0, n1, start * self.wo, stop * self.wo)
+        out = _buffer(self.xp, "wide", a.shape[1] * self.positions(tile), self.dtype)
+        out = out.reshape(a.shape[1], n1 - n0, stop - start, self.wq)
+        out[..., :self.wo] = a[n0:n1, :, start:stop].transpose(1, 0, 2, 3)
+        out[..., self.wo:] = 0
+        return out.reshape(a.shape[1], -1)
+
+    def set_wide(self, a, tile, matrix):
+        """The inverse of ``wide``: write the (R, positions) matrix into the tile of ``a``,
+        dropping the extra columns."""
+        n0, n1, start, stop = tile
+        matrix = matrix.reshape(a.shape[1], n1 - n0, stop - start, self.wq)[..., :self.wo]
+        a[n0:n1, :, start:stop] = matrix.transpose(1, 0, 2, 3)
+
+    def wide_view(self, a, tile):
+        """Where BLAS may write the tile's product straight into ``a`` (a strided view), or None."""
+        n0, n1, start, stop = tile
+        if self.wq != self.wo or n1 - n0 != 1:
+            return None
+        return a[n0].reshape(a.shape[1], -1)[:, start * self.wo:stop * self.wo]
+
+
+def _grouped(matrix, groups):
+    """(R, positions) -> (groups, R/groups, positions): each group's rows (a view)."""
+    return matrix.reshape(groups, matrix.shape[0] // groups, matrix.shape[1])
 
 
 def _correlate(x, weight, geom, groups):
@@ -152,17 +249,23 @@ def _correlate(x, weight, geom, groups):
     x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo).
     """
     xp = get_array_module(x)
-    n_img, c, h, w = x.shape
+    n_img = x.shape[0]
     cout = weight.shape[0]
-    out_hw = geom.output_hw(h, w)
     w_groups = weight.reshape(groups, cout // groups, -1)
-    y = xp.empty((n_img, cout) + out_hw, x.dtype)
-    bands = _Bands(xp, c, out_hw, geom, x.dtype)
-    for n in range(n_img):
-        y_n = y[n].reshape(groups, cout // groups, -1)
-        for start, stop in bands.ranges:
-            cols = bands.cols(x[n], start, stop).reshape(groups, -1, (stop - start) * bands.wo)
-            xp.matmul(w_groups, cols, out=y_n[:, :, bands.positions(start, stop)])
+    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype)
+    y = xp.empty((n_img, cout, tiles.ho, tiles.wo), x.dtype)
+    q = tiles.phase_split(x)
+
+    def work(share):
+        for tile in share:
+            cols = _grouped(tiles.im2col(q, tile), groups)
+            direct = tiles.wide_view(y, tile)
+            if direct is not None:
+                xp.matmul(w_groups, cols, out=_grouped(direct, groups))
+            else:
+                tiles.set_wide(y, tile, xp.matmul(w_groups, cols).reshape(cout, -1))
+
+    map_shares(work, tiles.tiles)
     return y
 
 
@@ -172,23 +275,33 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
     g (N, Cout, Ho, Wo), weight (Cout, C/G, kh, kw) -> (N, C, H, W) with (C, H, W) = out_chw.
     """
     xp = get_array_module(g)
-    n_img, cout, ho, wo = g.shape
-    c, h, w = out_chw
+    n_img, cout = g.shape[:2]
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # a view: BLAS transposes
+    tiles = _Tiles(xp, n_img, out_chw, geom, g.dtype)
     if geom.pointwise:  # col2im of a 1x1 stride-1 conv is the identity
-        x = xp.empty((n_img, c, h, w), g.dtype)
-        for n in range(n_img):
-            xp.matmul(w_t, g[n].reshape(groups, cout // groups, -1), out=x[n].reshape(groups, c // groups, -1))
-        return x
-    x = xp.zeros((n_img, c, h, w), g.dtype)  # col2im adds each band's contributions into it
-    bands = _Bands(xp, c, (ho, wo), geom, g.dtype)
-    for n in range(n_img):
-        g_n = g[n].reshape(groups, cout // groups, -1)
-        for start, stop in bands.ranges:
-            cols = bands.empty(start, stop)
-            xp.matmul(w_t, g_n[:, :, bands.positions(start, stop)], out=cols.reshape(groups, -1, cols.shape[1]))
-            col2im(cols, c, h, w, *geom, start, stop, out=x[n])
-    return x
+        dx = xp.empty((n_img,) + tuple(out_chw), g.dtype)
+
+        def work(share):
+            for tile in share:
+                tiles.set_wide(dx, tile, xp.matmul(w_t, _grouped(tiles.wide(g, tile), groups)).reshape(tiles.k, -1))
+
+        map_shares(work, tiles.tiles)
+        return dx
+
+    # the gradient of the phase images; col2im adds each tile's contributions into it
+    dq = xp.zeros((n_img, geom.sh * geom.sw, tiles.c, tiles.hq * tiles.wq), g.dtype)
+
+    def work(share):
+        for tile in share:
+            cols = _buffer(xp, "cols", tiles.k * tiles.positions(tile), g.dtype).reshape(tiles.k, -1)
+            xp.matmul(w_t, _grouped(tiles.wide(g, tile), groups), out=_grouped(cols, groups))
+            tiles.col2im(cols, dq, tile)
+
+    # Neighbouring bands of an image add into the same rows, so they must not run at the same
+    # time: first every even band of each image, then every odd one.
+    for parity in (0, 1):
+        map_shares(work, [t for t in tiles.tiles if (t[2] // tiles.rows) % 2 == parity])
+    return tiles.phase_merge(dq)
 
 
 def _weight_grad(g, x, geom, groups):
@@ -197,17 +310,21 @@ def _weight_grad(g, x, geom, groups):
     conv2d: g = dL/dy, x = its input. conv_transpose2d: g = its input, x = dL/dy.
     """
     xp = get_array_module(g)
-    n_img, cout, ho, wo = g.shape
+    n_img, cout = g.shape[:2]
     c = x.shape[1]
-    bands = _Bands(xp, c, (ho, wo), geom, g.dtype)
-    dw = xp.zeros((groups, cout // groups, bands.k // groups), g.dtype)
-    term = xp.empty_like(dw)
-    for n in range(n_img):
-        g_n = g[n].reshape(groups, cout // groups, -1)
-        for start, stop in bands.ranges:
-            cols = bands.cols(x[n], start, stop).reshape(groups, -1, (stop - start) * wo)
-            xp.matmul(g_n[:, :, bands.positions(start, stop)], cols.transpose(0, 2, 1), out=term)
+    tiles = _Tiles(xp, n_img, x.shape[1:], geom, g.dtype, MIN_WEIGHT_GRAD_POSITIONS)
+    q = tiles.phase_split(x)
+    shape = (groups, cout // groups, tiles.k // groups)
+
+    def work(share):  # each share sums its own tiles; the shares' sums are added at the end
+        dw, term = xp.zeros(shape, g.dtype), xp.empty(shape, g.dtype)
+        for tile in share:
+            cols = _grouped(tiles.im2col(q, tile), groups)
+            xp.matmul(_grouped(tiles.wide(g, tile), groups), cols.transpose(0, 2, 1), out=term)
             dw += term
+        return dw
+
+    dw = sum(map_shares(work, tiles.tiles), xp.zeros(shape, g.dtype))
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
 
 

@@ -30,8 +30,11 @@ one affine map per channel,
     y = x * scale + shift,                     dL/dx = dL/dy * scale
 and only x gets a gradient.
 """
+import numpy as np
+
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
+from ..kernels.affine import channel_affine, channel_affine_reference
 
 
 def _channel_shape(x):
@@ -94,7 +97,9 @@ class FrozenBatchNorm(Function):
         scale = weight * (1 / xp.sqrt(running_var + eps))
         shift = bias - running_mean * scale
         self.scale = scale.reshape(shape)
-        return x * self.scale + shift.reshape(shape)
+        if xp is np:  # one parallel pass instead of NumPy's two on one core
+            return channel_affine(np.ascontiguousarray(x), scale, shift)
+        return channel_affine_reference(x, scale, shift)
 
     def backward(self, g):
         return g * self.scale, None, None, None, None

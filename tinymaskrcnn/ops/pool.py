@@ -13,8 +13,9 @@ backward  y is one of the x in its window, so dL/dx = dL/dy at the position that
 Which position wins matters for the gradient when values tie. torch scans a window row by row
 and takes a value when it is greater than the best so far or NaN, starting from the first
 position inside the image. So the first of equal maxima wins, the last NaN wins, and a window
-of -inf values routes its gradient to its first in-image position. The forward here runs the
-same scan, vectorised over every window at once: one step per kernel tap (a, b). (A window
+of -inf values routes its gradient to its first in-image position. The forward runs the same
+scan (kernels/pool.py: a Numba kernel, and its NumPy twin vectorised over every window at
+once, one step per kernel tap (a, b)). (A window
 wholly in the padding, which torch's checks let through for some dilations, is refused here:
 torch indexes outside the image for it.)
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
+from ..kernels.pool import max_pool2d_forward, max_pool2d_forward_reference
 
 
 def _pair(value, name):
@@ -56,28 +58,15 @@ class MaxPool2d(Function):
 
     def forward(self, x, kernel, stride, padding, dilation, out_size):
         xp = get_array_module(x)
-        n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, padding, dilation, out_size
-        # -inf padding never wins; ceil_mode's last window may reach past the right/bottom edge
-        rows_needed, cols_needed = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
-        padded = xp.full((n, c, max(rows_needed, ph + h), max(cols_needed, pw + w)), -np.inf, dtype=x.dtype)
-        padded[:, :, ph:ph + h, pw:pw + w] = x
-
-        self.top, self.left = xp.arange(oh) * sh - ph, xp.arange(ow) * sw - pw  # window origins in x
-        best = xp.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
-        # the winner as the tap a * kw + b within its window, starting at the first in-image tap
+        (kh, kw), (dh, dw), (oh, ow) = kernel, dilation, out_size
+        h, w = x.shape[2:]
+        self.top, self.left = xp.arange(oh) * stride[0] - padding[0], xp.arange(ow) * stride[1] - padding[1]
+        # the scan of each window starts at its first in-image tap a * kw + b
         first = _first_inside(self.top, kh, dh, h)[:, None] * kw + _first_inside(self.left, kw, dw, w)[None, :]
-        winner = xp.broadcast_to(first.astype(np.int32), best.shape).copy()
-        has_nan = bool(xp.isnan(x).any())  # only then is the NaN test worth a pass per tap
-        for a in range(kh):
-            for b in range(kw):
-                v = padded[:, :, a * dh:a * dh + (oh - 1) * sh + 1:sh, b * dw:b * dw + (ow - 1) * sw + 1:sw]
-                take = v > best
-                if has_nan:
-                    take |= v != v  # torch lets a NaN replace the best so far
-                xp.copyto(best, v, where=take)
-                xp.copyto(winner, a * kw + b, where=take)
-        self.winner, self.in_shape, self.kernel_w, self.dilation = winner, x.shape, kw, (dh, dw)
+        scan = max_pool2d_forward if xp is np else max_pool2d_forward_reference
+        best, self.winner = scan(xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size,
+                                 first.astype(np.int32))
+        self.in_shape, self.kernel_w, self.dilation = x.shape, kw, dilation
         return best
 
     def backward(self, g):
