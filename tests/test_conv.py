@@ -87,6 +87,18 @@ def test_frozen_weight_gives_only_the_input_gradient(rng):
     assert x.grad is not None and w.grad is None and b.grad is None
 
 
+@pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
+def test_empty_batch_matches_torch(torch, rng, table, name):
+    """No images (the mask head when nothing was detected): empty outputs and input gradients,
+    zero weight and bias gradients, as torch."""
+    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
+    for _, shape_x, shape_w, kwargs in table:
+        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+        arrays = [rng.standard_normal((0,) + shape_x[1:]), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
+                             arrays, np.float64)
+
+
 @pytest.mark.parametrize("tiling", ["row_bands", "image_groups"])
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
 def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, tiling):
@@ -95,7 +107,9 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
     some tiles hold fewer), shared among 3 worker threads."""
     monkeypatch.setattr(conv, "TILE_BYTES", 1)
     monkeypatch.setattr(conv, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv, "num_workers", lambda: 3)
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
         if tiling == "image_groups":

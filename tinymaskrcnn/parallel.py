@@ -68,13 +68,14 @@ def split(items, parts):
     return [items[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
-def map_shares(work, items):
+def map_shares(work, items, parallel=True):
     """[work(share) for share in split(items, num_workers())], the shares run in parallel.
 
-    With a single share (little work, one worker, or a call from inside a worker) it runs in
-    the calling thread with BLAS left as it is, so small products still use BLAS's threads.
+    With ``parallel=False`` (work too small to be worth handing over) or a single share (one
+    item, one worker, or a call from inside a worker) it runs in the calling thread with BLAS
+    left as it is, so those products still use BLAS's threads.
     """
-    workers = 1 if getattr(_state, "in_worker", False) else num_workers()
+    workers = 1 if not parallel or getattr(_state, "in_worker", False) else num_workers()
     shares = split(items, workers)
     if len(shares) <= 1:
         return [work(share) for share in shares]

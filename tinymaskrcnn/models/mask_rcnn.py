@@ -117,7 +117,8 @@ def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_laye
 
 
 def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=256, mask_channels=128,
-                          min_size=160, max_size=256, anchor_sizes=(16, 32, 64, 128, 256), norm_layer=None, **kwargs):
+                          min_size=160, max_size=256, anchor_sizes=(16, 32, 64, 128, 256), scales_per_octave=3,
+                          norm_layer=None, **kwargs):
     """A Mask R-CNN small enough to train from scratch on a laptop CPU.
 
     Same architecture and recipe as ``maskrcnn_resnet50_fpn``, scaled down:
@@ -125,7 +126,11 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
     * backbone ResNet-18 with BatchNorm2d (batch statistics train; no ImageNet weights are
       assumed), every layer trainable, FPN with ``fpn_channels`` (128) channels;
     * images resized to a short side of ``min_size`` (160, long side ≤ ``max_size`` 256);
-    * anchors of ``anchor_sizes`` (16..256 px, one size per level, ratios 0.5, 1, 2);
+    * anchors from ``anchor_sizes`` (16..256 px, one per level), each level with
+      ``scales_per_octave`` (3) sizes s·2^(k/3) (as RetinaNet) and ratios 0.5, 1, 2. With one
+      size per level (torchvision's choice) an object between two sizes, e.g. 40 px between 32
+      and 64, overlaps no anchor by IoU 0.7 and the RPN gets one positive per object (the
+      low-quality match); three sizes give every object several;
     * box head of ``representation_size`` (256) units, mask head of ``mask_channels`` (128);
     * fewer proposals (600/300 before/after NMS in training, 300/100 at test time) and a
       box sample of 128 RoIs per image;
@@ -141,7 +146,9 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
                                [64, 128, 256, 512], fpn_channels)
     defaults = dict(
         min_size=min_size, max_size=max_size,
-        rpn_anchor_generator=AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
+        rpn_anchor_generator=AnchorGenerator(
+            tuple(tuple(s * 2 ** (k / scales_per_octave) for k in range(scales_per_octave)) for s in anchor_sizes),
+            ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=128,
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),

@@ -46,16 +46,19 @@ output sizes that map to H under the strided conv is meant.
 
 Choices made for speed and memory
 ---------------------------------
+* im2col reads the input through its padded phase images on a wide output grid
+  (kernels/im2col.py): every row of X^ is then a few long contiguous copies, 3-5x faster than
+  gathering it pixel by pixel. The wide grid has Wq >= Wo columns per output row; the extra
+  columns' outputs are dropped, and their dL/dy is taken as 0 in the backward.
 * The products run tile by tile: a tile is a band of output rows of one image, or several
   whole images when they are small (the mask head's RoIs). One worker thread per core takes a
   share of the tiles and, for each, fills X^ restricted to the tile's columns into its own
   reused buffer of about TILE_BYTES (1 MB) and multiplies it at once, on the same core, while
-  it is in the cache; BLAS writes W X^_tile straight into those columns of y (a strided view:
-  no copy). A conv never holds more than one tile per thread: the full X^ of the FPN's 3x3 conv
-  on the stride-4 level at 800x1088 would be 500 MB. dL/dx and dL/dW go tile by tile too:
-  col2im adds each tile into dL/dx (neighbouring bands, which share input rows, never at the
-  same time), and each thread sums dY_tile X^_tile^T over its tiles before the threads' sums
-  are added.
+  it is in the cache (tinymaskrcnn/parallel.py). A conv never holds more than one tile per
+  thread: the full X^ of the FPN's 3x3 conv on the stride-4 level at 800x1088 would be 500 MB.
+  dL/dx and dL/dW go tile by tile too: col2im adds each tile into the gradient of the phase
+  images (neighbouring bands, which share rows, never at the same time), and each thread sums
+  dY_tile X^_tile^T over its tiles before the threads' sums are added.
 * 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
   itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
 * The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
@@ -102,6 +105,13 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 # as BLAS slows down on narrower matrices.
 TILE_BYTES = 1 << 20
 MIN_TILE_POSITIONS = 256
+# Handing a conv to the worker threads costs a few hundred microseconds (waking them, waiting
+# for the last), so convs under PARALLEL_MIN_FLOPS (a couple of milliseconds of work) run in the
+# calling thread instead, in tiles of up to SERIAL_TILE_BYTES with BLAS's own threads on the
+# products: the many small convs of a training step on small images ran 1.4x slower on 2
+# cores when each was shared out.
+PARALLEL_MIN_FLOPS = 3e9
+SERIAL_TILE_BYTES = 32 << 20
 # The weight gradient's product dY_tile X^_tile^T sums over the tile's positions, and each
 # tile's (Cout, K) result is then added to the total: its tiles must be wider.
 MIN_WEIGHT_GRAD_POSITIONS = 2048
@@ -130,16 +140,18 @@ class _Tiles:
     add into the same rows of the phase images (see ``_correlate_transpose``).
     """
 
-    def __init__(self, xp, n_img, in_chw, geom, dtype, min_positions=MIN_TILE_POSITIONS):
+    def __init__(self, xp, n_img, in_chw, geom, dtype, out_channels, min_positions=MIN_TILE_POSITIONS):
         self.xp, self.geom, self.dtype = xp, geom, xp.dtype(dtype)
         self.c, self.h, self.w = in_chw
         self.ho, self.wo, self.hq, self.wq = phase_grid(self.h, self.w, *geom)
         self.k = self.c * geom.kh * geom.kw
         per_image = self.ho * self.wq
-        if geom.pointwise:  # nothing to keep in the cache: whole images, one product each
-            positions = max(min_positions, per_image)
+        self.parallel = 2.0 * out_channels * self.k * n_img * per_image >= PARALLEL_MIN_FLOPS
+        tile_bytes = TILE_BYTES if self.parallel else SERIAL_TILE_BYTES
+        if geom.pointwise:  # nothing to keep in the cache: a product per image, or a few per worker
+            positions = max(min_positions, per_image // (2 * num_workers()) + 1 if self.parallel else per_image)
         else:
-            positions = max(min_positions, TILE_BYTES // (self.k * self.dtype.itemsize))
+            positions = max(min_positions, tile_bytes // (self.k * self.dtype.itemsize))
         if per_image >= positions or n_img == 1:
             min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
             self.rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
@@ -158,10 +170,10 @@ class _Tiles:
     def phase_split(self, x):
         """The phase images (N, sh*sw, C, Hq*Wq) of the (N, C, H, W) input, filled in parallel."""
         if self.geom.pointwise:
-            return x.reshape(x.shape[0], 1, self.c, -1)
+            return x.reshape(x.shape[0], 1, self.c, self.h * self.w)
         q = self.xp.empty((x.shape[0], self.geom.sh * self.geom.sw, self.c, self.hq * self.wq), self.dtype)
         map_shares(lambda share: [phase_split(x[n, c0:c1], *self.geom, out=q[n, :, c0:c1]) for n, c0, c1 in share],
-                   self._image_pieces(x.shape[0]))
+                   self._image_pieces(x.shape[0]), self.parallel)
         return q
 
     def phase_merge(self, dq):
@@ -170,7 +182,7 @@ class _Tiles:
             return dq.reshape(dq.shape[0], self.c, self.h, self.w)
         dx = self.xp.empty((dq.shape[0], self.c, self.h, self.w), self.dtype)
         map_shares(lambda share: [phase_merge(dq[n, :, c0:c1], self.h, self.w, *self.geom, out=dx[n, c0:c1])
-                                  for n, c0, c1 in share], self._image_pieces(dq.shape[0]))
+                                  for n, c0, c1 in share], self._image_pieces(dq.shape[0]), self.parallel)
         return dx
 
     def _image_pieces(self, n_img):
@@ -252,7 +264,7 @@ def _correlate(x, weight, geom, groups):
     n_img = x.shape[0]
     cout = weight.shape[0]
     w_groups = weight.reshape(groups, cout // groups, -1)
-    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype)
+    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype, cout)
     y = xp.empty((n_img, cout, tiles.ho, tiles.wo), x.dtype)
     q = tiles.phase_split(x)
 
@@ -265,7 +277,7 @@ def _correlate(x, weight, geom, groups):
             else:
                 tiles.set_wide(y, tile, xp.matmul(w_groups, cols).reshape(cout, -1))
 
-    map_shares(work, tiles.tiles)
+    map_shares(work, tiles.tiles, tiles.parallel)
     return y
 
 
@@ -277,7 +289,7 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
     xp = get_array_module(g)
     n_img, cout = g.shape[:2]
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # a view: BLAS transposes
-    tiles = _Tiles(xp, n_img, out_chw, geom, g.dtype)
+    tiles = _Tiles(xp, n_img, out_chw, geom, g.dtype, cout)
     if geom.pointwise:  # col2im of a 1x1 stride-1 conv is the identity
         dx = xp.empty((n_img,) + tuple(out_chw), g.dtype)
 
@@ -285,7 +297,7 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
             for tile in share:
                 tiles.set_wide(dx, tile, xp.matmul(w_t, _grouped(tiles.wide(g, tile), groups)).reshape(tiles.k, -1))
 
-        map_shares(work, tiles.tiles)
+        map_shares(work, tiles.tiles, tiles.parallel)
         return dx
 
     # the gradient of the phase images; col2im adds each tile's contributions into it
@@ -300,7 +312,7 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
     # Neighbouring bands of an image add into the same rows, so they must not run at the same
     # time: first every even band of each image, then every odd one.
     for parity in (0, 1):
-        map_shares(work, [t for t in tiles.tiles if (t[2] // tiles.rows) % 2 == parity])
+        map_shares(work, [t for t in tiles.tiles if (t[2] // tiles.rows) % 2 == parity], tiles.parallel)
     return tiles.phase_merge(dq)
 
 
@@ -312,7 +324,7 @@ def _weight_grad(g, x, geom, groups):
     xp = get_array_module(g)
     n_img, cout = g.shape[:2]
     c = x.shape[1]
-    tiles = _Tiles(xp, n_img, x.shape[1:], geom, g.dtype, MIN_WEIGHT_GRAD_POSITIONS)
+    tiles = _Tiles(xp, n_img, x.shape[1:], geom, g.dtype, cout, MIN_WEIGHT_GRAD_POSITIONS)
     q = tiles.phase_split(x)
     shape = (groups, cout // groups, tiles.k // groups)
 
@@ -324,7 +336,7 @@ def _weight_grad(g, x, geom, groups):
             dw += term
         return dw
 
-    dw = sum(map_shares(work, tiles.tiles), xp.zeros(shape, g.dtype))
+    dw = sum(map_shares(work, tiles.tiles, tiles.parallel), xp.zeros(shape, g.dtype))
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
 
 

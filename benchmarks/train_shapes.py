@@ -1,0 +1,168 @@
+"""The main job's accuracy within a time budget: ours, and torchvision's recipe on the same terms.
+
+    python benchmarks/train_shapes.py                      # both, 15 minutes of training each
+    python benchmarks/train_shapes.py --only torchvision   # one side
+    python benchmarks/train_shapes.py --minutes 5          # a shorter budget
+
+"ours" is ``tinymaskrcnn train`` with its defaults (the README's main job) and whatever
+iteration count those defaults give, timed: the budget is only checked, not imposed.
+
+"torchvision" trains torchvision's MaskRCNN on the same shapes set with the same backbone
+(ResNet-18-FPN, BatchNorm2d with batch statistics, every layer trainable, no pretrained
+weights), the same image size, anchors and head sizes as ``maskrcnn_resnet18_fpn``, the same
+batches (our DataLoader, seed and flips) and the same optimiser and schedule (SGD with momentum
+and weight decay, linear warmup, cosine decay, gradient clipping), but torchvision's own layer
+initialisation. Its iteration count is chosen to fill the budget: it times 20 iterations first,
+then runs as many as the remaining time allows. Both are scored by the same COCOeval code on the
+shapes validation set. Uses every core (torch.set_num_threads(os.cpu_count())).
+"""
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from tinymaskrcnn import engine
+
+
+def _torchvision_model(num_classes, kwargs):
+    """torchvision's MaskRCNN built like our maskrcnn_resnet18_fpn (see its docstring)."""
+    import torch
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+    import tinymaskrcnn as tm
+
+    ours = tm.models.maskrcnn_resnet18_fpn(num_classes=num_classes, **kwargs)  # to copy its settings
+    fpn_channels = ours.backbone.out_channels
+    representation = ours.roi_heads.box_head.fc7.weight.shape[0]
+    mask_channels = ours.roi_heads.mask_predictor.conv5_mask.weight.shape[1]
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=torch.nn.BatchNorm2d,
+                                   trainable_layers=5)
+    backbone.fpn = type(backbone.fpn)([64, 128, 256, 512], fpn_channels, extra_blocks=backbone.fpn.extra_blocks)
+    backbone.out_channels = fpn_channels
+    t, r, h = ours.transform, ours.rpn, ours.roi_heads
+    return MaskRCNN(
+        backbone, num_classes=None, min_size=t.min_size, max_size=t.max_size,
+        rpn_anchor_generator=AnchorGenerator(r.anchor_generator.sizes, r.anchor_generator.aspect_ratios),
+        rpn_pre_nms_top_n_train=r._pre_nms_top_n["training"], rpn_post_nms_top_n_train=r._post_nms_top_n["training"],
+        rpn_pre_nms_top_n_test=r._pre_nms_top_n["testing"], rpn_post_nms_top_n_test=r._post_nms_top_n["testing"],
+        rpn_batch_size_per_image=r.fg_bg_sampler.batch_size_per_image,
+        box_batch_size_per_image=h.fg_bg_sampler.batch_size_per_image,
+        box_detections_per_img=h.detections_per_img,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
+        box_predictor=FastRCNNPredictor(representation, num_classes),
+        mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
+
+
+def _lr_at(config, it, iterations):
+    """Our schedule (linear warmup, cosine to zero) at iteration ``it`` of ``iterations``."""
+    warm = config.warmup_factor + (1 - config.warmup_factor) * it / config.warmup_iters if it < config.warmup_iters else 1
+    return config.lr * warm * 0.5 * (1 + math.cos(math.pi * it / iterations))
+
+
+def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
+    import torch
+
+    from tinymaskrcnn.data import CocoDetection
+    from tinymaskrcnn.data.loader import DataLoader
+    from tinymaskrcnn.data.transforms import Compose, RandomHorizontalFlip, SanitizeTarget
+    from tinymaskrcnn.evaluation import Evaluator
+
+    torch.set_num_threads(threads or os.cpu_count())
+    torch.manual_seed(config.seed)
+    splits = engine.resolve_data(config)
+    train_set = CocoDetection(*splits["train"], skip_empty=True)
+    val_set = CocoDetection(*splits["val"])
+    kwargs = {**engine.SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
+    model = _torchvision_model(train_set.num_classes, kwargs)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+                        transforms=Compose([RandomHorizontalFlip(config.hflip), SanitizeTarget(drop=True)]))
+
+    def batches():
+        while True:
+            for images, targets in loader:
+                yield ([torch.from_numpy(np.ascontiguousarray(i)) for i in images],
+                       [{"boxes": torch.from_numpy(t["boxes"]), "labels": torch.from_numpy(t["labels"]),
+                         "masks": torch.from_numpy(t["masks"])} for t in targets])
+
+    stream, start, it = batches(), time.perf_counter(), 0
+    while iterations is None or it < iterations:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, it, iterations or 10 ** 9)
+        images, targets = next(stream)
+        losses = model(images, targets)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        if config.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
+        optimizer.step()
+        it += 1
+        if it == 20 and iterations is None:  # the budget fixes the schedule's length, as a user would set it
+            per_iteration = (time.perf_counter() - start) / it
+            iterations = max(it + 1, int(seconds / per_iteration))
+            print(f"torchvision: {per_iteration:.2f} s/iteration -> {iterations} iterations")
+    train_seconds = time.perf_counter() - start
+
+    model.eval()
+    evaluator = Evaluator(val_set)
+    with torch.no_grad():
+        for images, targets in DataLoader(val_set, 2, shuffle=False):
+            outputs = model([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
+            evaluator.update(targets, [{k: v.numpy() for k, v in o.items()} for o in outputs])
+    metrics = evaluator.summarize(out_dir=out_dir, verbose=False)
+    return {"iterations": iterations, "train_seconds": train_seconds, "metrics": metrics}
+
+
+def run_ours(config):
+    start = time.perf_counter()
+    result = engine.train(config)
+    elapsed = time.perf_counter() - start
+    rows = [json.loads(line) for line in open(result["metrics_jsonl"])]
+    train_seconds = sum(r["time"] for r in rows if "time" in r)
+    return {"iterations": config.iterations, "train_seconds": train_seconds, "total_seconds": elapsed,
+            "metrics": result["metrics"]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=15.0, help="training budget of each side")
+    parser.add_argument("--only", choices=("ours", "torchvision"))
+    parser.add_argument("--out", default="runs/train_shapes", help="run folders go under it")
+    parser.add_argument("--iterations", type=int, help="torchvision: this many iterations instead of the budget")
+    parser.add_argument("--threads", type=int, help="torchvision's threads (default: every core)")
+    parser.add_argument("--config", default="{}", help="TrainConfig fields as JSON, for both sides")
+    args = parser.parse_args()
+    rows = {}
+    if args.only != "torchvision":
+        config = engine.TrainConfig(out_dir=os.path.join(args.out, "ours"), progress=False, **json.loads(args.config))
+        rows["ours"] = run_ours(config)
+    if args.only != "ours":
+        config = engine.TrainConfig(**json.loads(args.config))
+        if args.iterations:
+            config.iterations = args.iterations
+        rows["torchvision"] = run_torchvision(config, 60 * args.minutes, os.path.join(args.out, "torchvision"),
+                                              args.iterations, args.threads)
+    print(f"\nshapes validation set, {args.minutes:g} min budget, {os.cpu_count()} cores; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'':12s} {'iterations':>10s} {'train min':>9s} {'mask AP':>8s} {'mask AP50':>9s} {'box AP':>7s} {'box AP50':>8s}")
+    for name, row in rows.items():
+        segm, bbox = row["metrics"]["segm"], row["metrics"]["bbox"]
+        print(f"{name:12s} {row['iterations']:10d} {row['train_seconds'] / 60:9.1f} {segm['AP']:8.3f} "
+              f"{segm['AP50']:9.3f} {bbox['AP']:7.3f} {bbox['AP50']:8.3f}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
