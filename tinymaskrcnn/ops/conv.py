@@ -154,7 +154,11 @@ class _Tiles:
             positions = max(min_positions, tile_bytes // (self.k * self.dtype.itemsize))
         if per_image >= positions or n_img == 1:
             min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
-            self.rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
+            rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
+            if self.parallel and n_img == 1:  # bands in a multiple of the workers, so they finish together
+                bands = -(-self.ho // rows)
+                rows = max(min_rows, -(-self.ho // (-(-bands // num_workers()) * num_workers())))
+            self.rows = rows
             images = 1
         else:
             self.rows, images = self.ho, positions // per_image
