@@ -66,7 +66,7 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)  # on the shapes set SHAPES_MODEL_DEFAULTS come first
     weights: str = None                # a torchvision .pth to start from (mismatched heads stay as built)
     # optimisation
-    iterations: int = 600
+    iterations: int = 930
     batch_size: int = 2
     lr: float = 0.02
     momentum: float = 0.9
