@@ -156,8 +156,9 @@ class _Tiles:
             min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
             rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
             if self.parallel and n_img == 1:  # bands in a multiple of the workers, so they finish together
-                bands = -(-self.ho // rows)
-                rows = max(min_rows, -(-self.ho // (-(-bands // num_workers()) * num_workers())))
+                workers = num_workers()
+                rows = next((r for r in range(rows, min(self.ho, 2 * rows) + 1) if -(-self.ho // r) % workers == 0),
+                            rows)
             self.rows = rows
             images = 1
         else:
