@@ -20,7 +20,7 @@ import numba
 
 _state = threading.local()  # .in_worker: set in the pool's threads (they must not wait on the pool)
 _lock = threading.Lock()  # one map at a time: the BLAS thread count is process-wide
-_pool = None
+_pool, _pool_workers = None, 0
 _blas = None  # threadpoolctl's controllers of the BLAS libraries NumPy uses, found once
 
 
@@ -34,11 +34,13 @@ def _mark_worker():
 
 
 def _executor(workers):
-    global _pool
-    if _pool is None or _pool._max_workers != workers:
+    """The pool, rebuilt when the number of workers asked for has changed."""
+    global _pool, _pool_workers
+    if workers != _pool_workers:
         if _pool is not None:
             _pool.shutdown(wait=True)
         _pool = ThreadPoolExecutor(workers, thread_name_prefix="tinymaskrcnn", initializer=_mark_worker)
+        _pool_workers = workers
     return _pool
 
 

@@ -84,6 +84,11 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
     """Kernel size, stride, padding and dilation, in the order the im2col kernels take them."""
 
     @property
+    def taps(self):
+        """(kh, kw, sh, sw, dh, dw): what im2col and col2im need to find each tap's slice."""
+        return self.kh, self.kw, self.sh, self.sw, self.dh, self.dw
+
+    @property
     def pointwise(self):
         """A 1x1, stride-1, unpadded conv: the image itself is the im2col matrix."""
         return self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
@@ -177,8 +182,7 @@ class _Tiles:
         if self.geom.pointwise:
             return x.reshape(x.shape[0], 1, self.c, self.h * self.w)
         q = self.xp.empty((x.shape[0], self.geom.sh * self.geom.sw, self.c, self.hq * self.wq), self.dtype)
-        map_shares(lambda share: [phase_split(x[n, c0:c1], *self.geom, out=q[n, :, c0:c1]) for n, c0, c1 in share],
-                   self._image_pieces(x.shape[0]), self.parallel)
+        self._each_piece(x.shape[0], lambda n, c0, c1: phase_split(x[n, c0:c1], *self.geom, out=q[n, :, c0:c1]))
         return q
 
     def phase_merge(self, dq):
@@ -186,15 +190,17 @@ class _Tiles:
         if self.geom.pointwise:
             return dq.reshape(dq.shape[0], self.c, self.h, self.w)
         dx = self.xp.empty((dq.shape[0], self.c, self.h, self.w), self.dtype)
-        map_shares(lambda share: [phase_merge(dq[n, :, c0:c1], self.h, self.w, *self.geom, out=dx[n, c0:c1])
-                                  for n, c0, c1 in share], self._image_pieces(dq.shape[0]), self.parallel)
+        self._each_piece(dq.shape[0], lambda n, c0, c1: phase_merge(dq[n, :, c0:c1], self.h, self.w, *self.geom,
+                                                                    out=dx[n, c0:c1]))
         return dx
 
-    def _image_pieces(self, n_img):
-        """(image, first channel, last channel): at least a few pieces per worker."""
+    def _each_piece(self, n_img, fill):
+        """fill(image, first channel, last channel) over the batch cut into pieces, at least a few
+        per worker, in parallel when the conv is."""
         per_image = -(-4 * num_workers() // max(n_img, 1))
         step = -(-self.c // per_image)
-        return [(n, c0, min(c0 + step, self.c)) for n in range(n_img) for c0 in range(0, self.c, step)]
+        pieces = [(n, c0, min(c0 + step, self.c)) for n in range(n_img) for c0 in range(0, self.c, step)]
+        map_shares(lambda share: [fill(*piece) for piece in share], pieces, self.parallel)
 
     def im2col(self, q, tile):
         """X^ of the tile, from the phase images ``q``: a view when no copy is needed."""
@@ -205,18 +211,15 @@ class _Tiles:
         cols = _buffer(self.xp, "cols", self.k * self.positions(tile), self.dtype).reshape(self.k, -1)
         per_image = cols.reshape(self.k, n1 - n0, -1)
         for i in range(n1 - n0):
-            im2col(q[n0 + i], geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw, self.wq, start, stop,
-                   out=per_image[:, i])
+            im2col(q[n0 + i], *geom.taps, self.wq, start, stop, out=per_image[:, i])
         return cols
 
     def col2im(self, cols, dq, tile):
         """Add the tile's (K, positions) matrix onto the gradient ``dq`` of the phase images."""
         n0, n1, start, stop = tile
-        geom = self.geom
         per_image = cols.reshape(self.k, n1 - n0, -1)
         for i in range(n1 - n0):
-            col2im(per_image[:, i], dq[n0 + i], geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw,
-                   self.wq, start, stop)
+            col2im(per_image[:, i], dq[n0 + i], *self.geom.taps, self.wq, start, stop)
 
     @staticmethod
     def _gather(a, n0, n1, first, last):
