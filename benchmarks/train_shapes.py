@@ -17,14 +17,14 @@ then runs as many as the remaining time allows. Both are scored by the same COCO
 shapes validation set. Uses every core (torch.set_num_threads(os.cpu_count())).
 """
 import argparse
+import dataclasses
 import json
-import math
 import os
 import time
 
 import numpy as np
 
-from tinymaskrcnn import engine
+from tinymaskrcnn import engine, nn, optim
 
 
 def _torchvision_model(num_classes, kwargs):
@@ -61,10 +61,11 @@ def _torchvision_model(num_classes, kwargs):
         mask_predictor=MaskRCNNPredictor(mask_channels, mask_channels, num_classes))
 
 
-def _lr_at(config, it, iterations):
-    """Our schedule (linear warmup, cosine to zero) at iteration ``it`` of ``iterations``."""
-    warm = config.warmup_factor + (1 - config.warmup_factor) * it / config.warmup_iters if it < config.warmup_iters else 1
-    return config.lr * warm * 0.5 * (1 + math.cos(math.pi * it / iterations))
+def _schedule(config, iterations):
+    """The engine's own learning-rate schedule for ``iterations``, run on a stand-in optimizer
+    (our schedulers drive our optimizers); torchvision's optimizer copies its lr every step."""
+    stand_in = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=config.lr)
+    return engine._scheduler(stand_in, dataclasses.replace(config, iterations=iterations))
 
 
 def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
@@ -96,9 +97,10 @@ def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
                          "masks": torch.from_numpy(t["masks"])} for t in targets])
 
     stream, start, it = batches(), time.perf_counter(), 0
+    schedule = _schedule(config, iterations or 10 ** 9)  # its length matters only after the warmup
     while iterations is None or it < iterations:
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, it, iterations or 10 ** 9)
+            group["lr"] = schedule.get_last_lr()[0]
         images, targets = next(stream)
         losses = model(images, targets)
         optimizer.zero_grad()
@@ -106,11 +108,15 @@ def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
         if config.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
         optimizer.step()
+        schedule.step()
         it += 1
         if it == 20 and iterations is None:  # the budget fixes the schedule's length, as a user would set it
             per_iteration = (time.perf_counter() - start) / it
-            iterations = max(it + 1, int(seconds / per_iteration))
+            iterations = max(it + 1, config.warmup_iters + 1, int(seconds / per_iteration))
             print(f"torchvision: {per_iteration:.2f} s/iteration -> {iterations} iterations")
+            schedule = _schedule(config, iterations)
+            for _ in range(it):
+                schedule.step()
     train_seconds = time.perf_counter() - start
 
     model.eval()
