@@ -10,8 +10,8 @@ iteration count those defaults give, timed: the budget is only checked, not impo
 "torchvision" trains torchvision's MaskRCNN on the same shapes set with the same backbone
 (ResNet-18-FPN, BatchNorm2d with batch statistics, every layer trainable, no pretrained
 weights), the same image size, anchors and head sizes as ``maskrcnn_resnet18_fpn``, the same
-batches (our DataLoader, seed and flips) and the same optimiser and schedule (SGD with momentum
-and weight decay, linear warmup, cosine decay, gradient clipping), but torchvision's own layer
+batches (our DataLoader, seed and flips) and the same optimiser and schedule (torch's AdamW or SGD
+as the config says, linear warmup, cosine decay, gradient clipping), but torchvision's own layer
 initialisation. Its iteration count is chosen to fill the budget: it times 20 iterations first,
 then runs as many as the remaining time allows. Both are scored by the same COCOeval code on the
 shapes validation set. Uses every core (torch.set_num_threads(os.cpu_count())).
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from tinymaskrcnn import engine, nn, optim
+from tinymaskrcnn import engine, nn
 
 
 def _torchvision_model(num_classes, kwargs):
@@ -64,7 +64,7 @@ def _torchvision_model(num_classes, kwargs):
 def _schedule(config, iterations):
     """The engine's own learning-rate schedule for ``iterations``, run on a stand-in optimizer
     (our schedulers drive our optimizers); torchvision's optimizer copies its lr every step."""
-    stand_in = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=config.lr)
+    stand_in = engine.build_optimizer([nn.Parameter(np.zeros(1, np.float32))], config)
     return engine._scheduler(stand_in, dataclasses.replace(config, iterations=iterations))
 
 
@@ -85,7 +85,11 @@ def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
     model = _torchvision_model(train_set.num_classes, kwargs)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    config = engine.with_optimizer_defaults(config)
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
                         transforms=Compose([RandomHorizontalFlip(config.hflip), SanitizeTarget(drop=True)]))
 

@@ -58,6 +58,8 @@ def test_train_writes_the_whole_run_folder(run):
     assert records[-1]["eval"] == metrics and set(metrics) == {"bbox", "segm"}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model_kwargs"] == json.loads(json.dumps(TINY_MODEL)) and config["iterations"] == 2
+    # the lr given, and the default optimizer's weight decay written down rather than left None
+    assert config["optimizer"] == "adamw" and config["lr"] == 0.01 and config["weight_decay"] == 0.05
     state = weights.load(run_dir / "checkpoint.npz")
     assert state["iteration"] == 2 and state["class_names"] == ["__background__", "circle", "square", "triangle"]
     for line in ("box  AP", "mask AP", str(run_dir / "checkpoint.npz"), str(run_dir / "losses.png")):

@@ -43,8 +43,9 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch):
-    straight = engine.train(tiny_config(shapes_root, tmp_path / "straight"))
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer):
+    straight = engine.train(tiny_config(shapes_root, tmp_path / "straight", optimizer=optimizer))
 
     # the interrupted run dies during iteration 3, after the checkpoint of iteration 2
     append = engine._append_jsonl
@@ -56,18 +57,21 @@ def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr(engine, "_append_jsonl", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(shapes_root, tmp_path / "stopped"))
+        engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer))
     monkeypatch.setattr(engine, "_append_jsonl", append)
     assert weights.load(tmp_path / "stopped" / engine.CHECKPOINT)["iteration"] == 2
-    resumed = engine.train(tiny_config(shapes_root, tmp_path / "stopped", resume=True))
+    resumed = engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, resume=True))
 
     a, b = weights.load(straight["checkpoint"]), weights.load(resumed["checkpoint"])
     assert a["iteration"] == b["iteration"] == 4
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert np.array_equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for index, state in a["optimizer"]["state"].items():
-        assert np.array_equal(state["momentum_buffer"], b["optimizer"]["state"][index]["momentum_buffer"])
+        assert state.keys() == b["optimizer"]["state"][index].keys() and state
+        for name in state:
+            assert np.array_equal(state[name], b["optimizer"]["state"][index][name]), (index, name)
     assert a["rng"] == b["rng"] and a["loader"] == b["loader"] and a["scheduler"] == b["scheduler"]
     # the log of the resumed run has each iteration once, with the same losses
     train_a = [r for r in _records(tmp_path / "straight") if "loss" in r]
@@ -140,6 +144,10 @@ def test_load_model_names_the_file_for_another_architecture(shapes_root, tmp_pat
 def test_bad_config_is_named(tmp_path):
     with pytest.raises(ValueError, match="model='resnet'"):
         engine.train(engine.TrainConfig(model="resnet", out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        engine.train(engine.TrainConfig(optimizer="adam", out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="weight_decay=-0.1"):
+        engine.train(engine.TrainConfig(weight_decay=-0.1, out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="resume=True needs out_dir"):
         engine.train(engine.TrainConfig(resume=True))
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):

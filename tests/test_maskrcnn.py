@@ -84,6 +84,25 @@ def test_training_step_reports_losses_stats_and_intermediates(model, rng):
     model.zero_grad()
 
 
+@pytest.mark.parametrize("cap", [None, 3])
+def test_mask_batch_size_per_image_caps_the_mask_head_positives(rng, cap):
+    """None trains the mask head on every positive RoI (torchvision); a cap draws at most that
+    many per image, among the positives only."""
+    tm.manual_seed(1)
+    capped = tm.models.maskrcnn_resnet18_fpn(num_classes=4, min_size=64, max_size=96, mask_batch_size_per_image=cap)
+    capped.train()
+    inter = {}
+    capped([_image(rng), _image(rng, 70, 64)], [_target(), _target(70, 64, ((2, 3, 50, 60),), (2,))],
+           intermediates=inter)
+    positives = [labels[labels > 0] for labels in inter["roi_labels"]]
+    assert all(len(p) > 3 for p in positives)  # GT boxes and their near copies: the cap bites
+    expected = [p if cap is None else p[:cap] for p in positives]
+    assert len(inter["mask_labels"]) == sum(len(e) for e in expected) == len(inter["mask_targets"])
+    per_image = np.split(inter["mask_labels"], np.cumsum([len(e) for e in expected])[:-1])
+    for drawn, p in zip(per_image, positives):
+        assert np.all(np.isin(drawn, p)) and np.all(drawn > 0)
+
+
 def test_image_without_objects_trains(model, rng):
     model.train()
     empty = {"boxes": np.zeros((0, 4), np.float32), "labels": np.zeros(0, np.int64),

@@ -245,9 +245,12 @@ def _add_data_flags(p):
 
 
 def build_parser():
-    from tinymaskrcnn.engine import MODELS, TrainConfig
+    from tinymaskrcnn.engine import MODELS, OPTIMIZER_DEFAULTS, TrainConfig
 
     d = TrainConfig()
+
+    def per_optimizer(name):
+        return ", ".join(f"{settings[name]:g} with {opt}" for opt, settings in OPTIMIZER_DEFAULTS.items())
     parser = argparse.ArgumentParser(prog="tinymaskrcnn", description="Mask R-CNN from scratch in NumPy and Numba.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="check every layer's gradients and train a small conv net on synthetic shapes")
@@ -285,9 +288,10 @@ def build_parser():
     p.add_argument("--weights", help="start from a torchvision .pth (heads that do not fit stay as built)")
     p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
     p.add_argument("--batch-size", type=int, help=f"images per iteration (default {d.batch_size})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--momentum", type=float, help=f"(default {d.momentum})")
-    p.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    p.add_argument("--optimizer", choices=tuple(OPTIMIZER_DEFAULTS), help=f"(default {d.optimizer})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {per_optimizer('lr')})")
+    p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"(default: {per_optimizer('weight_decay')})")
     p.add_argument("--warmup-iters", type=int, help=f"linear warmup length (default {d.warmup_iters})")
     p.add_argument("--schedule", choices=("cosine", "step"), help=f"lr schedule after warmup (default {d.schedule})")
     p.add_argument("--clip-grad-norm", type=float, help=f"max gradient norm, 0 for none (default {d.clip_grad_norm})")

@@ -1,5 +1,5 @@
-"""Stochastic gradient descent with torch.optim.SGD's exact update, learning-rate schedules and
-gradient clipping.
+"""Stochastic gradient descent and AdamW with torch.optim's exact updates, learning-rate schedules
+and gradient clipping.
 
 SGD, for each parameter p with gradient g, at learning rate lr (torch's order of operations):
 
@@ -8,6 +8,17 @@ SGD, for each parameter p with gradient g, at learning rate lr (torch's order of
     buf <- momentum * buf + (1 - dampening) * g       (every later step)
     g   <- g + momentum * buf   if nesterov   else   buf
     p   <- p - lr * g
+
+AdamW (Loshchilov & Hutter), torch.optim.AdamW's update at step t = 1, 2, ...:
+
+    p   <- p * (1 - lr * weight_decay)                (decay decoupled from the gradient)
+    m   <- beta1 * m + (1 - beta1) * g                (first moment, starts at 0)
+    v   <- beta2 * v + (1 - beta2) * g * g            (second moment, starts at 0)
+    p   <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+
+Each weight moves by about lr whatever its gradient's scale, which is what a network trained
+from scratch needs: with SGD a layer of large fan-in fed by large activations (the box head's
+fc6 on unnormalised FPN features) takes steps hundreds of times larger than a 3x3 conv's.
 
 The schedules set each parameter group's ``lr`` once per ``step()`` (call it once per
 iteration, after ``optimizer.step()``), as torch's schedulers do; each value is the closed
@@ -148,6 +159,40 @@ class SGD(Optimizer):
                 buf += (1 - group["dampening"]) * g
             g = g + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * g  # in place: state_dict arrays and views stay this parameter's
+
+
+class AdamW(Optimizer):
+    """torch.optim.AdamW (no amsgrad): Adam's moment estimates with decoupled weight decay (see
+    the module docstring for the update). State per parameter: ``step``, ``exp_avg``,
+    ``exp_avg_sq``, torch's names, so torch's state_dict loads."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}: must be >= 0")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
+        if eps < 0:
+            raise ValueError(f"invalid eps {eps}: must be >= 0")
+        if weight_decay < 0:
+            raise ValueError(f"invalid weight_decay {weight_decay}: must be >= 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, group):
+        xp = get_array_module(p.data)
+        g, lr = p.grad, group["lr"]
+        beta1, beta2 = group["betas"]
+        state = self.state.setdefault(p, {})
+        if "step" not in state:
+            state.update(step=0.0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
+        state["step"] = step = float(state["step"]) + 1
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        p.data *= 1 - lr * group["weight_decay"]
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + group["eps"]
+        p.data -= (lr / (1 - beta1 ** step)) * (m / denom)
 
 
 # ----- learning-rate schedules ------------------------------------------------------------------

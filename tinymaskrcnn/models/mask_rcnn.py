@@ -28,7 +28,8 @@ class MaskRCNN(nn.Module):
             matching thresholds, sampling).
         box_*: the box branch (pooler, head, predictor, score/NMS thresholds, detections per
             image, matching thresholds, sampling), bbox_reg_weights.
-        mask_roi_pool, mask_head, mask_predictor: the mask branch.
+        mask_roi_pool, mask_head, mask_predictor: the mask branch; mask_batch_size_per_image
+            (not in torchvision; None = all) caps the positive RoIs per image it trains on.
     """
 
     def __init__(self, backbone, num_classes=None, min_size=800, max_size=1333, image_mean=None, image_std=None,
@@ -38,7 +39,8 @@ class MaskRCNN(nn.Module):
                  rpn_score_thresh=0.0, box_roi_pool=None, box_head=None, box_predictor=None, box_score_thresh=0.05,
                  box_nms_thresh=0.5, box_detections_per_img=100, box_fg_iou_thresh=0.5, box_bg_iou_thresh=0.5,
                  box_batch_size_per_image=512, box_positive_fraction=0.25, bbox_reg_weights=None,
-                 mask_roi_pool=None, mask_head=None, mask_predictor=None, size_divisible=32, fixed_size=None):
+                 mask_roi_pool=None, mask_head=None, mask_predictor=None, mask_batch_size_per_image=None,
+                 size_divisible=32, fixed_size=None):
         super().__init__()
         if not hasattr(backbone, "out_channels"):
             raise ValueError("the backbone needs an `out_channels` attribute (the number of channels of its maps)")
@@ -67,7 +69,8 @@ class MaskRCNN(nn.Module):
         roi_heads = RoIHeads(
             box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
             box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
-            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor)
+            mask_roi_pool=mask_roi_pool, mask_head=mask_head, mask_predictor=mask_predictor,
+            mask_batch_size_per_image=mask_batch_size_per_image)
 
         self.transform = GeneralizedRCNNTransform(
             min_size, max_size, image_mean or (0.485, 0.456, 0.406), image_std or (0.229, 0.224, 0.225),

@@ -134,12 +134,15 @@ class RoIHeads(nn.Module):
 
     Hyperparameters are torchvision's: fg_iou_thresh/bg_iou_thresh 0.5, batch_size_per_image
     512, positive_fraction 0.25, bbox_reg_weights (10, 10, 5, 5), score_thresh 0.05,
-    nms_thresh 0.5, detections_per_img 100.
+    nms_thresh 0.5, detections_per_img 100. One is added: ``mask_batch_size_per_image`` (None,
+    torchvision's behaviour: every positive) caps the positive RoIs per image that train the
+    mask head, which on a CPU costs more per RoI than the rest of the step.
     """
 
     def __init__(self, box_roi_pool, box_head, box_predictor, fg_iou_thresh=0.5, bg_iou_thresh=0.5,
                  batch_size_per_image=512, positive_fraction=0.25, bbox_reg_weights=None, score_thresh=0.05,
-                 nms_thresh=0.5, detections_per_img=100, mask_roi_pool=None, mask_head=None, mask_predictor=None):
+                 nms_thresh=0.5, detections_per_img=100, mask_roi_pool=None, mask_head=None, mask_predictor=None,
+                 mask_batch_size_per_image=None):
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -153,6 +156,10 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        # in training the mask head sees every positive RoI (torchvision), or at most this many
+        # per image drawn at random: positives of one object are near copies of each other
+        self.mask_sampler = None if mask_batch_size_per_image is None else \
+            BalancedPositiveNegativeSampler(mask_batch_size_per_image, 1.0)
 
     def has_mask(self):
         return self.mask_predictor is not None
@@ -241,6 +248,9 @@ class RoIHeads(nn.Module):
             xp = get_array_module(class_logits.data)
             if self.training:
                 positives = [xp.nonzero(l > 0)[0] for l in labels]
+                if self.mask_sampler is not None:  # negatives marked -1 (ignored): it draws positives only
+                    drawn, _ = self.mask_sampler([xp.where(l > 0, l, -1) for l in labels])
+                    positives = [xp.nonzero(d)[0] for d in drawn]
                 mask_boxes = [p[i] for p, i in zip(proposals, positives)]
                 pos_matched = [m[i] for m, i in zip(sample["matched_idxs"], positives)]
             else:
