@@ -28,8 +28,11 @@ import copy
 import math
 from bisect import bisect_right
 
+import numpy as np
+
 from .autograd import Tensor
 from .backend import get_array_module, to_device, device_of
+from .kernels.adamw import adamw_update, adamw_update_reference
 
 
 class Optimizer:
@@ -185,14 +188,12 @@ class AdamW(Optimizer):
         if "step" not in state:
             state.update(step=0.0, exp_avg=xp.zeros_like(p.data), exp_avg_sq=xp.zeros_like(p.data))
         state["step"] = step = float(state["step"]) + 1
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        p.data *= 1 - lr * group["weight_decay"]
-        m *= beta1
-        m += (1 - beta1) * g
-        v *= beta2
-        v += (1 - beta2) * (g * g)
-        denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + group["eps"]
-        p.data -= (lr / (1 - beta1 ** step)) * (m / denom)
+        arrays = (p.data, g, state["exp_avg"], state["exp_avg_sq"])
+        settings = (lr, beta1, beta2, group["eps"], group["weight_decay"], step)
+        if xp is np and all(a.flags.c_contiguous and a.dtype == p.dtype for a in arrays):
+            adamw_update(*arrays, *settings)  # one parallel pass
+        else:
+            adamw_update_reference(*arrays, *settings, xp=xp)
 
 
 # ----- learning-rate schedules ------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""AdamW's update of one parameter in one pass: the Numba kernel and its NumPy twin.
+
+The update (torch.optim.AdamW, see ``tinymaskrcnn.optim``) written with NumPy operators walks
+the parameter, its gradient and two moment buffers about a dozen times and makes as many
+temporaries; for a 14M-parameter model that was 0.1 s a step, a tenth of a training step on
+the CPU. The kernel reads each element once, parallel over elements. ``step`` is the step
+number after this update (1 on the first), ``p``, ``g``, ``m``, ``v`` arrays of one shape and
+dtype, C-contiguous for the kernel; ``p``, ``m`` and ``v`` are updated in place.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """The Numba kernel (scalars in float64, each element's result rounded to p's dtype)."""
+    decay = 1.0 - lr * weight_decay
+    step_size = lr / (1.0 - beta1 ** step)
+    root_correction = math.sqrt(1.0 - beta2 ** step)
+    # one statement each: with one tuple assignment Numba 0.68 gave wrong moments (test_optim)
+    p1 = p.reshape(-1)
+    g1 = g.reshape(-1)
+    m1 = m.reshape(-1)
+    v1 = v.reshape(-1)
+    for i in prange(p1.size):
+        gi = g1[i]
+        mi = beta1 * m1[i] + (1.0 - beta1) * gi
+        vi = beta2 * v1[i] + (1.0 - beta2) * (gi * gi)
+        m1[i] = mi
+        v1[i] = vi
+        p1[i] = p1[i] * decay - step_size * (mi / (math.sqrt(vi) / root_correction + eps))
+
+
+def adamw_update_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, xp=None):
+    """The NumPy (or CuPy: pass ``xp``) twin, torch's order of operations."""
+    xp = xp or np
+    p *= 1 - lr * weight_decay
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
+    p -= (lr / (1 - beta1 ** step)) * (m / denom)
