@@ -61,19 +61,28 @@ def _assert_same_parameters(ours, theirs, tol=TOL64):
         assert err <= tol, f"{k}: relative error {err:.3g} > {tol:g}"
 
 
-SGD_SETTINGS = [
-    dict(lr=0.1),
-    dict(lr=0.05, momentum=0.9),
-    dict(lr=0.05, momentum=0.9, weight_decay=1e-2),
-    dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True),
-    dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=5e-3),
+# (optimizer name in both libraries, settings)
+OPTIMIZER_SETTINGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-2)),
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True)),
+    ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=5e-3)),
+    ("AdamW", dict()),
+    ("AdamW", dict(lr=0.05, weight_decay=0.0)),
+    ("AdamW", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
 ]
 
 
-@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
-def test_sgd_matches_torch_every_step(torch, settings):
+def _setting_id(case):
+    return case[0] + ":" + (",".join(f"{k}={v}" for k, v in case[1].items()) or "defaults")
+
+
+@pytest.mark.parametrize("name, settings", OPTIMIZER_SETTINGS, ids=map(_setting_id, OPTIMIZER_SETTINGS))
+def test_optimizer_matches_torch_every_step(torch, name, settings):
     ours, theirs = _twin_mlps(torch)
-    opt, ref_opt = optim.SGD(ours.parameters(), **settings), torch.optim.SGD(theirs.parameters(), **settings)
+    opt = getattr(optim, name)(ours.parameters(), **settings)
+    ref_opt = getattr(torch.optim, name)(theirs.parameters(), **settings)
     for batch in _batches(10):
         _train_ours(ours, opt, [batch])
         _train_theirs(torch, theirs, ref_opt, [batch])
@@ -134,38 +143,23 @@ def test_optimizer_state_dict_round_trip_resumes_exactly(torch):
         np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], resumed_opt.state[q]["momentum_buffer"])
 
 
-def test_optimizer_loads_torch_sgd_state_and_continues_like_torch(torch):
-    """torch's SGD state_dict (momentum buffers as torch tensors) loads into ours and the next
-    steps agree with torch's."""
-    settings = dict(lr=0.05, momentum=0.9, weight_decay=1e-2)
+@pytest.mark.parametrize("name, settings", [("SGD", dict(lr=0.05, momentum=0.9, weight_decay=1e-2)),
+                                            ("AdamW", dict(lr=0.02, weight_decay=0.1))])
+def test_optimizer_loads_torch_state_and_continues_like_torch(torch, name, settings):
+    """torch's state_dict (momentum buffers, or AdamW's step and moments, as torch tensors)
+    loads into ours, hyperparameters included, and the next steps agree with torch's."""
     ours, theirs = _twin_mlps(torch)
-    ref_opt = torch.optim.SGD(theirs.parameters(), **settings)
+    ref_opt = getattr(torch.optim, name)(theirs.parameters(), **settings)
     batches = _batches(8)
     _train_theirs(torch, theirs, ref_opt, batches[:3])
     ours.load_state_dict(theirs.state_dict())
-    opt = optim.SGD(ours.parameters(), lr=1.0)
+    opt = getattr(optim, name)(ours.parameters(), lr=1.0)
     opt.load_state_dict(ref_opt.state_dict())
+    assert opt.param_groups[0]["lr"] == settings["lr"]
     _train_ours(ours, opt, batches[3:])
     _train_theirs(torch, theirs, ref_opt, batches[3:])
     _assert_same_parameters(ours, theirs)
 
-
-
-ADAMW_SETTINGS = [
-    dict(),
-    dict(lr=0.05, weight_decay=0.0),
-    dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
-]
-
-
-@pytest.mark.parametrize("settings", ADAMW_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "defaults")
-def test_adamw_matches_torch_every_step(torch, settings):
-    ours, theirs = _twin_mlps(torch)
-    opt, ref_opt = optim.AdamW(ours.parameters(), **settings), torch.optim.AdamW(theirs.parameters(), **settings)
-    for batch in _batches(10):
-        _train_ours(ours, opt, [batch])
-        _train_theirs(torch, theirs, ref_opt, [batch])
-        _assert_same_parameters(ours, theirs)
 
 
 def test_adamw_groups_and_schedule_match_torch(torch):
@@ -185,21 +179,6 @@ def test_adamw_groups_and_schedule_match_torch(torch):
         _train_ours(ours, opt, [batch], sched)
         _train_theirs(torch, theirs, ref_opt, [batch])
         _assert_same_parameters(ours, theirs)
-
-
-def test_adamw_loads_torch_state_and_continues_like_torch(torch):
-    settings = dict(lr=0.02, weight_decay=0.1)
-    ours, theirs = _twin_mlps(torch)
-    ref_opt = torch.optim.AdamW(theirs.parameters(), **settings)
-    batches = _batches(8)
-    _train_theirs(torch, theirs, ref_opt, batches[:3])
-    ours.load_state_dict(theirs.state_dict())
-    opt = optim.AdamW(ours.parameters(), lr=1.0)
-    opt.load_state_dict(ref_opt.state_dict())
-    assert opt.param_groups[0]["lr"] == 0.02
-    _train_ours(ours, opt, batches[3:])
-    _train_theirs(torch, theirs, ref_opt, batches[3:])
-    _assert_same_parameters(ours, theirs)
 
 
 def test_adamw_state_dict_round_trip_resumes_exactly(torch):
