@@ -3,6 +3,7 @@
     python benchmarks/bench_ops.py                            # all cores, wall-clock time
     python benchmarks/bench_ops.py --threads 1 --clock cpu    # one thread, CPU time
     python benchmarks/bench_ops.py --only stem --repeats 3
+    python benchmarks/bench_ops.py --im2col                   # without Winograd's algorithm
 
 Convolution: the ResNet-50 / FPN shapes of an 800x1088 input at batch 1. "fwd" is the forward
 pass alone (as in inference); "f+b" is a forward and a backward pass giving the input, weight
@@ -107,6 +108,8 @@ def main():
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: time.perf_counter; cpu: time.process_time (all threads' CPU time)")
     parser.add_argument("--only", default="", help="run only the cases whose name contains this")
+    parser.add_argument("--im2col", action="store_true",
+                        help="send 3x3 stride-1 convs through im2col instead of Winograd's algorithm")
     args = parser.parse_args()
     # OpenBLAS and Numba read their thread counts when first imported
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
@@ -116,11 +119,15 @@ def main():
 
     import tinymaskrcnn  # noqa: F401  (chooses Numba's thread pool before anything starts one)
 
+    from tinymaskrcnn.ops import conv
+
+    conv.WINOGRAD = not args.im2col
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"float32, batch 1, median of {args.repeats} ({args.clock} clock); threads: torch "
           f"{torch.get_num_threads()}, numba {numba.get_num_threads()}, cores {os.cpu_count()}; "
-          f"load average before: {os.getloadavg()[0]:.2f}")
+          f"load average before: {os.getloadavg()[0]:.2f}; 3x3 stride-1 convs by "
+          f"{'Winograd F(2x2, 3x3)' if conv.WINOGRAD else 'im2col'}")
     print("\nConvolution (ms; ratio = ours / torch)")
     header = f"{'case':38s} {'ours fwd':>9s} {'torch':>8s} {'ratio':>6s}   {'ours f+b':>9s} {'torch':>8s} {'ratio':>6s}"
     print(header)

@@ -120,6 +120,90 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
                              arrays, np.float64)
 
 
+# 3x3 stride-1 convs that go through Winograd's algorithm (once its channel minimum is lifted):
+# odd and even outputs, paddings 0, 1, 2 and per axis, a single output pixel, no bias
+WINOGRAD_CASES = [
+    ("pad1_odd", (2, 3, 7, 9), (4, 3, 3, 3), dict(padding=1)),
+    ("pad0_even", (1, 2, 8, 6), (3, 2, 3, 3), dict()),
+    ("pad2_per_axis", (2, 3, 5, 4), (2, 3, 3, 3), dict(padding=(2, 1))),
+    ("one_pixel", (3, 4, 3, 3), (5, 4, 3, 3), dict()),
+]
+
+
+@pytest.fixture
+def winograd_spy(monkeypatch):
+    """Winograd's algorithm for any channel count; returns the list of pieces it transformed."""
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    calls = []
+    real = conv.winograd_input
+
+    def spy(*args, **kwargs):
+        calls.append(args[3:7])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conv, "winograd_input", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@_params(WINOGRAD_CASES)
+def test_winograd_matches_torch(torch, rng, winograd_spy, dtype, bias, shape_x, shape_w, kwargs):
+    arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w)] + [rng.standard_normal(shape_w[0])] * bias
+    assert_matches_torch(lambda x, w, *b: F.conv2d(x, w, *b, **kwargs), _torch_conv2d(torch, kwargs, bias),
+                         arrays, dtype)
+    assert winograd_spy, "the conv did not go through Winograd's algorithm"
+
+
+@pytest.mark.parametrize("tiling", ["row_bands", "image_groups"])
+def test_winograd_tilings_and_threads_match_torch(torch, rng, monkeypatch, winograd_spy, tiling):
+    """Pieces of one tile row each, or of several whole images of a batch of 5 (so that some
+    pieces hold fewer), shared among 3 worker threads: still torch's results."""
+    monkeypatch.setattr(conv, "WINOGRAD_PIECE_BYTES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv, "WINOGRAD_WEIGHT_GRAD_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(parallel, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv, "num_workers", lambda: 3)
+    for _, shape_x, shape_w, kwargs in WINOGRAD_CASES:
+        if tiling == "image_groups":
+            shape_x = (5,) + shape_x[1:]
+        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
+        winograd_spy.clear()
+        assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **kwargs), _torch_conv2d(torch, kwargs),
+                             arrays, np.float64)
+        images = {n1 - n0 for n0, n1, r0, r1 in winograd_spy}
+        rows = {r1 - r0 for n0, n1, r0, r1 in winograd_spy}
+        if tiling == "row_bands":
+            assert images == rows == {1}
+        else:
+            assert max(images) > 1
+
+
+def test_winograd_is_used_where_it_applies(rng, monkeypatch):
+    """With the default settings a 3x3 stride-1 conv of 16 channels or more goes through
+    Winograd's algorithm; strided, dilated, grouped, 1x1, too-thin or switched-off convs do not."""
+    calls = []
+    real = conv.winograd_input
+    monkeypatch.setattr(conv, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def used(shape_x, shape_w, **kwargs):
+        calls.clear()
+        F.conv2d(rng.standard_normal(shape_x).astype(np.float32), rng.standard_normal(shape_w).astype(np.float32),
+                 **kwargs)
+        return bool(calls)
+
+    assert used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
+    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1, stride=2)
+    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=2, dilation=2)
+    assert not used((1, 16, 8, 8), (32, 8, 3, 3), padding=1, groups=2)
+    assert not used((1, 16, 8, 8), (32, 16, 1, 1))
+    assert not used((1, 3, 8, 8), (32, 3, 3, 3), padding=1)
+    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=3)
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
+
+
 GRADCHECK = [
     ("conv2d", (1, 2, 5, 4), (3, 2, 3, 2), dict(stride=(2, 1), padding=1, dilation=(1, 2))),
     ("conv2d", (2, 4, 4, 4), (2, 2, 3, 3), dict(padding=1, groups=2)),
@@ -137,6 +221,13 @@ def test_gradcheck(rng, name, shape_x, shape_w, kwargs):
     op = getattr(F, name)
     for err in gradcheck(lambda x, w, b: op(x, w, b, **kwargs), inputs):
         assert err < 1e-8
+
+
+def test_winograd_gradcheck(rng, winograd_spy):
+    inputs = [tm.Tensor(rng.standard_normal(s), requires_grad=True) for s in ((2, 2, 5, 4), (3, 2, 3, 3), (3,))]
+    for err in gradcheck(lambda x, w, b: F.conv2d(x, w, b, padding=(1, 2)), inputs):
+        assert err < 1e-8
+    assert winograd_spy
 
 
 def test_non_contiguous_inputs(torch, rng):

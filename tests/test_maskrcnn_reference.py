@@ -113,13 +113,33 @@ def test_training_step_matches_torchvision_float64(torch, tmp_path):
         assert rel_error(g, g_ref) <= 1e-7, name
 
 
+def _nearest(boxes, others):
+    """For each box, the index of the nearest of ``others`` (max coordinate difference): the
+    order of detections may swap where scores tie in float32."""
+    return np.abs(boxes[:, None, :] - others[None]).max(-1).argmin(axis=1)
+
+
 def test_inference_matches_torchvision_float32(torch, tmp_path):
+    """The same detections in float32: each of our boxes within 1e-3 px of torchvision's float32
+    box, beyond what float32 rounding alone moves torchvision's own box.
+
+    Float32 itself moves torchvision's boxes from its float64 ones by up to 1.9e-3 px on these
+    images, and ours by as much (in other directions: other summation orders, Winograd's
+    algorithm for the 3x3 convs), so two correct float32 implementations can be more than
+    1e-3 px apart; each box's allowance adds torchvision's own float32 error on it, measured
+    against the same model in float64.
+    """
     theirs, ours = _build_pair(torch, tmp_path)
+    images = _images(np.random.default_rng(5), np.float32)
+    _, exact = _infer_both(torch, theirs, ours, [i.astype(np.float64) for i in images])
     theirs.float()
     ours.to(dtype=np.float32)
-    got, expected = _infer_both(torch, theirs, ours, _images(np.random.default_rng(5), np.float32))
-    for g, e in zip(got, expected):
-        assert len(g["boxes"]) == len(e["boxes"]) > 0
-        # match each of our boxes to the nearest of theirs: the order may swap where scores tie in float32
-        dist = np.abs(g["boxes"][:, None, :] - e["boxes"].numpy()[None]).max(-1)
-        assert dist.min(axis=1).max() <= 1e-3
+    got, expected = _infer_both(torch, theirs, ours, images)
+    for g, e, x in zip(got, expected, exact):
+        assert len(g["boxes"]) == len(e["boxes"]) == len(x["boxes"]) > 0
+        theirs32, theirs64 = e["boxes"].numpy(), x["boxes"].numpy()
+        nearest = _nearest(g["boxes"], theirs32)
+        assert np.array_equal(g["labels"], e["labels"].numpy()[nearest])
+        error = np.abs(g["boxes"] - theirs32[nearest]).max(-1)
+        float32_error = np.abs(theirs32 - theirs64[_nearest(theirs32, theirs64)]).max(-1)[nearest]
+        assert (error <= 1e-3 + float32_error).all(), (error, float32_error)

@@ -59,6 +59,13 @@ Choices made for speed and memory
   dL/dx and dL/dW go tile by tile too: col2im adds each tile into the gradient of the phase
   images (neighbouring bands, which share rows, never at the same time), and each thread sums
   dY_tile X^_tile^T over its tiles before the threads' sums are added.
+* 3x3 stride-1 convolutions (most of the multiplications of a ResNet-FPN) use Winograd's
+  F(2x2, 3x3) instead of im2col (kernels/winograd.py): the input's 4x4 patches and the kernels
+  are transformed so that 16 matrix products of (Cout, C) by (C, tiles) give every 2x2 output
+  tile, 2.25x fewer multiplications than im2col's product. Its backward runs the transforms'
+  adjoints for dL/dW, and dL/dx, a 3x3 stride-1 conv of dL/dy with the flipped kernel, goes
+  through the same algorithm. Pieces of tiles are shared among the worker threads as the
+  im2col tiles are.
 * 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
   itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
 * The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
@@ -77,6 +84,8 @@ import numpy as np
 from ..autograd import Function
 from ..backend import get_array_module
 from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase_merge, phase_split
+from ..kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
+                                winograd_output, winograd_output_adjoint)
 from ..parallel import map_shares, num_workers
 
 
@@ -134,6 +143,13 @@ def _buffer(xp, purpose, size, dtype):
     return buffer[:size]
 
 
+def _balanced_rows(rows, total):
+    """Rows per band, raised (at most doubled) until the bands of a ``total``-row image come in a
+    multiple of the workers, so that the workers finish together."""
+    workers = num_workers()
+    return next((r for r in range(rows, min(total, 2 * rows) + 1) if -(-total // r) % workers == 0), rows)
+
+
 class _Tiles:
     """A batch's phase images and its output positions cut into tiles (n0, n1, start, stop):
     output rows [start, stop) of images [n0, n1) (several images only when they are whole).
@@ -160,10 +176,8 @@ class _Tiles:
         if per_image >= positions or n_img == 1:
             min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
             rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
-            if self.parallel and n_img == 1:  # bands in a multiple of the workers, so they finish together
-                workers = num_workers()
-                rows = next((r for r in range(rows, min(self.ho, 2 * rows) + 1) if -(-self.ho // r) % workers == 0),
-                            rows)
+            if self.parallel and n_img == 1:
+                rows = _balanced_rows(rows, self.ho)
             self.rows = rows
             images = 1
         else:
@@ -354,6 +368,111 @@ def _bias_grad(g):
     return g.reshape(n_img, c, h * w).sum(axis=2).sum(axis=0)  # explicit sizes: n_img may be 0
 
 
+# ----- Winograd F(2x2, 3x3): the 3x3 stride-1 convolutions ----------------------------------
+
+# 3x3 stride-1 convolutions (most of a ResNet's and an FPN's work) go through Winograd's
+# algorithm (kernels/winograd.py): 2.25x fewer multiplications than im2col's product, all three
+# products of a training step (y, dL/dx, dL/dW). False sends them through im2col like any
+# other conv (the benchmarks time both).
+WINOGRAD = True
+# Below this many channels on either side the transforms (memory-bound, per channel) cost more
+# than the products save.
+WINOGRAD_MIN_CHANNELS = 16
+# A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
+# per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
+# the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
+# wider still. Measured on the ResNet shapes (docs/benchmarks.md): 1 MB, 128 and 512.
+WINOGRAD_PIECE_BYTES = 1 << 20
+WINOGRAD_MIN_COLUMNS = 128
+WINOGRAD_WEIGHT_GRAD_COLUMNS = 512
+
+
+def _winograd_applies(geom, groups, c_in, c_out):
+    """Whether conv2d with this geometry goes through Winograd's algorithm: 3x3, stride 1, no
+    dilation or groups, padding at most 2 (the input gradient is then a conv with padding
+    2 - p, through the same algorithm)."""
+    return (WINOGRAD and geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1 and geom.dh == geom.dw == 1
+            and groups == 1 and max(geom.ph, geom.pw) <= 2 and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS)
+
+
+class _WinogradTiles:
+    """The 2x2 output tiles of a batch, cut into pieces (n0, n1, r0, r1): tile rows [r0, r1)
+    of images [n0, n1) (several images only when they are whole), each with about
+    WINOGRAD_PIECE_BYTES of transformed input and output (16 x (C + Cout) values per tile) and
+    at least ``min_columns`` (default WINOGRAD_MIN_COLUMNS) tiles."""
+
+    def __init__(self, n_img, ho, wo, c_in, c_out, dtype, min_columns=None):
+        self.th, self.tw = tile_grid(ho, wo)
+        self.c_in, self.c_out, self.dtype = c_in, c_out, np.dtype(dtype)
+        direct_flops = 2.0 * 9 * c_in * c_out * n_img * ho * wo  # on the same scale as _Tiles
+        self.parallel = direct_flops >= PARALLEL_MIN_FLOPS
+        columns = max(min_columns or WINOGRAD_MIN_COLUMNS,
+                      WINOGRAD_PIECE_BYTES // (16 * (c_in + c_out) * self.dtype.itemsize))
+        per_image = self.th * self.tw
+        if per_image >= columns or n_img == 1:
+            rows = min(self.th, -(-columns // self.tw))
+            if self.parallel and n_img == 1:
+                rows = _balanced_rows(rows, self.th)
+            self.pieces = [(n, n + 1, r0, min(r0 + rows, self.th))
+                           for n in range(n_img) for r0 in range(0, self.th, rows)]
+        else:
+            images = columns // per_image
+            self.pieces = [(n0, min(n0 + images, n_img), 0, self.th) for n0 in range(0, n_img, images)]
+
+    def buffer(self, purpose, channels, piece):
+        """This thread's (16, channels, columns) buffer for the piece."""
+        n0, n1, r0, r1 = piece
+        columns = (n1 - n0) * (r1 - r0) * self.tw
+        return _buffer(np, purpose, 16 * channels * columns, self.dtype).reshape(16, channels, columns)
+
+
+def _winograd_correlate(x, u, ph, pw, bias=None):
+    """y = conv2d(x, g, padding=(ph, pw)) + bias for the 3x3 kernels g whose transform is
+    u = weight_transform(g) (16, Cout, C): per piece of tiles, V = B^T d B, M = U V, y = A^T M A."""
+    n_img, c_in, h, w = x.shape
+    c_out = u.shape[1]
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    y = np.empty((n_img, c_out, ho, wo), x.dtype)
+    tiles = _WinogradTiles(n_img, ho, wo, c_in, c_out, x.dtype)
+
+    def work(share):
+        for piece in share:
+            v = winograd_input(x, ph, pw, *piece, tiles.tw, out=tiles.buffer("winograd_v", c_in, piece))
+            m = tiles.buffer("winograd_m", c_out, piece)
+            np.matmul(u, v, out=m)
+            winograd_output(m, y, *piece, bias)
+
+    map_shares(work, tiles.pieces, tiles.parallel)
+    return y
+
+
+def _winograd_input_grad(g, weight, ph, pw):
+    """dL/dx of y = conv2d(x, w, padding=(ph, pw)): the correlation of g = dL/dy, padded by
+    2 - p, with the kernels flipped in space and their channel axes swapped."""
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    return _winograd_correlate(g, weight_transform(flipped), 2 - ph, 2 - pw)
+
+
+def _winograd_weight_grad(g, x, ph, pw):
+    """dL/dw = sum_ab G^T dU[ab] G with dU[ab] = sum over tiles of dM[ab] V[ab]^T, where
+    dM = A dY A^T of g = dL/dy and V = B^T d B of x (kernels/winograd.py)."""
+    n_img, c_out, ho, wo = g.shape
+    c_in = x.shape[1]
+    tiles = _WinogradTiles(n_img, ho, wo, c_in, c_out, g.dtype, WINOGRAD_WEIGHT_GRAD_COLUMNS)
+
+    def work(share):  # each share sums its own pieces; the shares' sums are added at the end
+        du, term = np.zeros((16, c_out, c_in), g.dtype), np.empty((16, c_out, c_in), g.dtype)
+        for piece in share:
+            v = winograd_input(x, ph, pw, *piece, tiles.tw, out=tiles.buffer("winograd_v", c_in, piece))
+            dm = winograd_output_adjoint(g, *piece, out=tiles.buffer("winograd_m", c_out, piece))
+            np.matmul(dm, v.transpose(0, 2, 1), out=term)
+            du += term
+        return du
+
+    du = sum(map_shares(work, tiles.pieces, tiles.parallel), np.zeros((16, c_out, c_in), g.dtype))
+    return weight_transform_adjoint(du).astype(g.dtype, copy=False)
+
+
 # ----- the ops ------------------------------------------------------------------------------
 
 
@@ -365,6 +484,9 @@ class Conv2d(Function):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         self.x, self.weight, self.geom, self.groups = x, weight, geom, groups
+        self.winograd = _winograd_applies(geom, groups, x.shape[1], weight.shape[0])
+        if self.winograd:
+            return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
         y = _correlate(x, weight, geom, groups)
         if bias is not None:
             y += bias.reshape(1, -1, 1, 1)
@@ -373,8 +495,13 @@ class Conv2d(Function):
     def backward(self, g):
         g = get_array_module(g).ascontiguousarray(g)
         need_x, need_w, need_b = self.needs_input_grad
-        dx = _correlate_transpose(g, self.weight, self.geom, self.groups, self.x.shape[1:]) if need_x else None
-        dw = _weight_grad(g, self.x, self.geom, self.groups) if need_w else None
+        geom = self.geom
+        if self.winograd:
+            dx = _winograd_input_grad(g, self.weight, geom.ph, geom.pw) if need_x else None
+            dw = _winograd_weight_grad(g, self.x, geom.ph, geom.pw) if need_w else None
+        else:
+            dx = _correlate_transpose(g, self.weight, geom, self.groups, self.x.shape[1:]) if need_x else None
+            dw = _weight_grad(g, self.x, geom, self.groups) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
