@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
-                                           winograd_input_reference, winograd_output, winograd_output_adjoint,
-                                           winograd_output_adjoint_reference, winograd_output_reference)
+from tinymaskrcnn.kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint,
+                                           weight_transform_adjoint_reference, weight_transform_reference,
+                                           winograd_input, winograd_input_reference, winograd_output,
+                                           winograd_output_adjoint, winograd_output_adjoint_reference,
+                                           winograd_output_reference)
 
 from helpers import TOL
 
@@ -59,6 +61,13 @@ def test_kernels_equal_numpy_twins(cfg, dtype, cut, rng):
         np.testing.assert_allclose(dm, winograd_output_adjoint_reference(dy, *piece), rtol=0, atol=1e-5)
     assert not np.isnan(y).any(), "some output was not written"
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
+    g, du = rng.standard_normal((cout, c, 3, 3)).astype(dtype), rng.standard_normal((16, cout, c)).astype(dtype)
+    u = weight_transform(g)
+    assert u.dtype == dtype and u.shape == (16, cout, c)
+    np.testing.assert_allclose(u, weight_transform_reference(g), rtol=0, atol=1e-5)
+    dg = weight_transform_adjoint(du)
+    assert dg.dtype == dtype and dg.shape == g.shape
+    np.testing.assert_allclose(dg, weight_transform_adjoint_reference(du), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -470,7 +470,7 @@ def _winograd_weight_grad(g, x, ph, pw):
         return du
 
     du = sum(map_shares(work, tiles.pieces, tiles.parallel), np.zeros((16, c_out, c_in), g.dtype))
-    return weight_transform_adjoint(du).astype(g.dtype, copy=False)
+    return weight_transform_adjoint(du)
 
 
 # ----- the ops ------------------------------------------------------------------------------
