@@ -19,6 +19,7 @@ from tinymaskrcnn.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
+from tinymaskrcnn.ops import conv
 from tinymaskrcnn.reference import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
@@ -140,7 +141,16 @@ def resnet50_detection(tmp_path_factory):
     return theirs, save_state_dict(theirs, tmp_path_factory.mktemp("resnet50"))
 
 
-def test_resnet50_fpn_frozen_bn_float64_forward_and_gradients(torch, resnet50_detection):
+@pytest.fixture(params=["default", "winograd_everywhere"])
+def conv_algorithms(request, monkeypatch):
+    """The conv op as it chooses, and with Winograd's algorithm for every 3x3 stride-1 conv of
+    16 channels or more however small (by default only the larger ones use it)."""
+    if request.param == "winograd_everywhere":
+        monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    return request.param
+
+
+def test_resnet50_fpn_frozen_bn_float64_forward_and_gradients(torch, resnet50_detection, conv_algorithms):
     theirs, path = resnet50_detection
     theirs = copy.deepcopy(theirs).double()
     ours = _ours_from(theirs, path, lambda: resnet_fpn_backbone("resnet50", trainable_layers=3), np.float64)
@@ -152,7 +162,7 @@ def test_resnet50_fpn_frozen_bn_float64_forward_and_gradients(torch, resnet50_de
     assert all(0.3 < s < 30 for s in stds), f"activations not of order one: level stds {stds}"
 
 
-def test_resnet50_fpn_frozen_bn_float32(torch, resnet50_detection):
+def test_resnet50_fpn_frozen_bn_float32(torch, resnet50_detection, conv_algorithms):
     """Outputs only: through 50 layers of ReLU kinks even torch's own float32 gradients are
     about 1e-2 away from its float64 ones, so a float32 gradient comparison proves nothing."""
     theirs, path = resnet50_detection

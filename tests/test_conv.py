@@ -132,8 +132,10 @@ WINOGRAD_CASES = [
 
 @pytest.fixture
 def winograd_spy(monkeypatch):
-    """Winograd's algorithm for any channel count; returns the list of pieces it transformed."""
+    """Winograd's algorithm for any channel count and size; returns the list of pieces it
+    transformed."""
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
     calls = []
     real = conv.winograd_input
 
@@ -181,8 +183,8 @@ def test_winograd_tilings_and_threads_match_torch(torch, rng, monkeypatch, winog
 
 
 def test_winograd_is_used_where_it_applies(rng, monkeypatch):
-    """With the default settings a 3x3 stride-1 conv of 16 channels or more goes through
-    Winograd's algorithm; strided, dilated, grouped, 1x1, too-thin or switched-off convs do not."""
+    """With the default settings a large 3x3 stride-1 conv goes through Winograd's algorithm, a
+    small one does not; nor do strided, dilated, grouped, 1x1, too-thin or switched-off convs."""
     calls = []
     real = conv.winograd_input
     monkeypatch.setattr(conv, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -193,6 +195,9 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
                  **kwargs)
         return bool(calls)
 
+    assert used((1, 128, 100, 136), (128, 128, 3, 3), padding=1)
+    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
     assert used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1, stride=2)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=2, dilation=2)

@@ -376,8 +376,11 @@ def _bias_grad(g):
 # other conv (the benchmarks time both).
 WINOGRAD = True
 # Below this many channels on either side the transforms (memory-bound, per channel) cost more
-# than the products save.
+# than the products save. Below WINOGRAD_MIN_FLOPS (im2col's count) too: the small convs that
+# run in the calling thread, with BLAS's threads on 16 small products instead of one larger,
+# made a training step on 160-pixel images 1.2x slower (0.78 s against 0.65 s).
 WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_FLOPS = PARALLEL_MIN_FLOPS
 # A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
 # per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
 # the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
@@ -387,12 +390,16 @@ WINOGRAD_MIN_COLUMNS = 128
 WINOGRAD_WEIGHT_GRAD_COLUMNS = 512
 
 
-def _winograd_applies(geom, groups, c_in, c_out):
+def _winograd_applies(geom, groups, x_shape, c_out):
     """Whether conv2d with this geometry goes through Winograd's algorithm: 3x3, stride 1, no
     dilation or groups, padding at most 2 (the input gradient is then a conv with padding
-    2 - p, through the same algorithm)."""
-    return (WINOGRAD and geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1 and geom.dh == geom.dw == 1
-            and groups == 1 and max(geom.ph, geom.pw) <= 2 and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS)
+    2 - p, through the same algorithm), enough channels and work."""
+    if not (WINOGRAD and geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1 and geom.dh == geom.dw == 1
+            and groups == 1 and max(geom.ph, geom.pw) <= 2):
+        return False
+    n_img, c_in, h, w = x_shape
+    ho, wo = geom.output_hw(h, w)
+    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and 2.0 * 9 * c_in * c_out * n_img * ho * wo >= WINOGRAD_MIN_FLOPS
 
 
 class _WinogradTiles:
@@ -484,7 +491,7 @@ class Conv2d(Function):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         self.x, self.weight, self.geom, self.groups = x, weight, geom, groups
-        self.winograd = _winograd_applies(geom, groups, x.shape[1], weight.shape[0])
+        self.winograd = _winograd_applies(geom, groups, x.shape, weight.shape[0])
         if self.winograd:
             return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
         y = _correlate(x, weight, geom, groups)
