@@ -174,6 +174,23 @@ def _pixel(plane, y, x, h, w):
     return plane.dtype.type(0)
 
 
+@njit(inline="always")
+def _stage_column(stage, b, j, values):
+    """Entries (0, b), (1, b), (2, b), (3, b) of a tile's 4x4 result into column j of the
+    staging block (entry ab is row 4a + b)."""
+    stage[b, j], stage[4 + b, j], stage[8 + b, j], stage[12 + b, j] = values
+
+
+@njit(inline="always")
+def _flush(stage, out, c, base):
+    """The staging block's 16 rows into out[k, c, base:base + Tw], one contiguous run each."""
+    tw = stage.shape[1]
+    for k in range(16):
+        dst = out[k, c, base:base + tw]
+        for j in range(tw):
+            dst[j] = stage[k, j]
+
+
 @njit(nogil=True, cache=True)
 def winograd_input(x, ph, pw, n0, n1, r0, r1, tw, out=None):
     """V (16, C, columns) = B^T d B of the 4x4 input patch of every tile: x (N, C, H, W).
@@ -212,16 +229,8 @@ def winograd_input(x, ph, pw, n0, n1, r0, r1, tw, out=None):
                                 _pixel(plane, top + a, left, h, w), _pixel(plane, top + a, left + 1, h, w),
                                 _pixel(plane, top + a, left + 2, h, w), _pixel(plane, top + a, left + 3, h, w))
                     for b in range(4):
-                        v0, v1, v2, v3 = _b_t(t[0, b], t[1, b], t[2, b], t[3, b])
-                        stage[b, j] = v0
-                        stage[4 + b, j] = v1
-                        stage[8 + b, j] = v2
-                        stage[12 + b, j] = v3
-                base = ((n - n0) * rows + i - r0) * tw
-                for k in range(16):
-                    dst = v[k, c, base:base + tw]
-                    for j in range(tw):
-                        dst[j] = stage[k, j]
+                        _stage_column(stage, b, j, _b_t(t[0, b], t[1, b], t[2, b], t[3, b]))
+                _flush(stage, v, c, ((n - n0) * rows + i - r0) * tw)
     return v
 
 
@@ -300,16 +309,8 @@ def winograd_output_adjoint(dy, n0, n1, r0, r1, out=None):
                                 g1 = plane[top + r, left + 1]
                         t[r, 0], t[r, 1], t[r, 2], t[r, 3] = _a(g0, g1)
                     for b in range(4):
-                        d0, d1, d2, d3 = _a(t[0, b], t[1, b])
-                        stage[b, j] = d0
-                        stage[4 + b, j] = d1
-                        stage[8 + b, j] = d2
-                        stage[12 + b, j] = d3
-                base = ((n - n0) * rows + i - r0) * tw
-                for k in range(16):
-                    dst = dm[k, c, base:base + tw]
-                    for j in range(tw):
-                        dst[j] = stage[k, j]
+                        _stage_column(stage, b, j, _a(t[0, b], t[1, b]))
+                _flush(stage, dm, c, ((n - n0) * rows + i - r0) * tw)
     return dm
 
 
