@@ -12,7 +12,8 @@ iteration count those defaults give, timed: the budget is only checked, not impo
 weights), the same image size, anchors and head sizes as ``maskrcnn_resnet18_fpn``, the same
 batches (our DataLoader, seed and flips) and the same optimiser and schedule (torch's AdamW or SGD
 as the config says, linear warmup, cosine decay, gradient clipping), but torchvision's own layer
-initialisation. Its iteration count is chosen to fill the budget: it times 20 iterations first,
+initialisation, and its mask head trains on every positive RoI (torchvision has no
+``mask_batch_size_per_image``). Its iteration count is chosen to fill the budget: it times 20 iterations first,
 then runs as many as the remaining time allows. Both are scored by the same COCOeval code on the
 shapes validation set. Uses every core (torch.set_num_threads(os.cpu_count())).
 """
