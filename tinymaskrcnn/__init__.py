@@ -1,4 +1,8 @@
 """tinymaskrcnn: Mask R-CNN from scratch in NumPy and Numba, proven equal to torchvision."""
+from .memory import keep_freed_memory
+
+keep_freed_memory()  # before the first large array (tinymaskrcnn/memory.py says why)
+
 from . import backend, functional, nn, optim, random, weights
 from .autograd import Function, Tensor, cat, no_grad, stack, tensor
 from .backend import get_array_module, get_default_dtype, set_default_dtype
