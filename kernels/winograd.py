@@ -175,6 +175,12 @@ def _pixel(plane, y, x, h, w):
 
 
 @njit(inline="always")
+def _is_piece_matrix(a, channels, images, rows, tw):
+    """Whether ``a`` is (16, channels, columns) for a piece of ``images`` x ``rows`` tile rows."""
+    return a.shape[0] == 16 and a.shape[1] == channels and a.shape[2] == images * rows * tw
+
+
+@njit(inline="always")
 def _stage_column(stage, b, j, values):
     """Entries (0, b), (1, b), (2, b), (3, b) of a tile's 4x4 result into column j of the
     staging block (entry ab is row 4a + b)."""
@@ -203,11 +209,8 @@ def winograd_input(x, ph, pw, n0, n1, r0, r1, tw, out=None):
     """
     _, c_in, h, w = x.shape
     rows = r1 - r0
-    if out is None:
-        v = np.empty((16, c_in, (n1 - n0) * rows * tw), x.dtype)
-    else:
-        v = out
-    if v.shape[0] != 16 or v.shape[1] != c_in or v.shape[2] != (n1 - n0) * rows * tw:
+    v = np.empty((16, c_in, (n1 - n0) * rows * tw), x.dtype) if out is None else out
+    if not _is_piece_matrix(v, c_in, n1 - n0, rows, tw):
         raise ValueError("winograd_input: out must have shape (16, C, (n1 - n0) * (r1 - r0) * Tw)")
     t = np.empty((4, 4), x.dtype)
     stage = np.empty((16, tw), x.dtype)
@@ -246,7 +249,7 @@ def winograd_output(m, y, n0, n1, r0, r1, bias=None):
     _, cout, ho, wo = y.shape
     tw = (wo + 1) // 2
     rows = r1 - r0
-    if m.shape[0] != 16 or m.shape[1] != cout or m.shape[2] != (n1 - n0) * rows * tw:
+    if not _is_piece_matrix(m, cout, n1 - n0, rows, tw):
         raise ValueError("winograd_output: m must have shape (16, Cout, (n1 - n0) * (r1 - r0) * Tw)")
     s = np.empty((2, 4), m.dtype)
     stage = np.empty((16, tw), m.dtype)
@@ -285,11 +288,8 @@ def winograd_output_adjoint(dy, n0, n1, r0, r1, out=None):
     _, cout, ho, wo = dy.shape
     tw = (wo + 1) // 2
     rows = r1 - r0
-    if out is None:
-        dm = np.empty((16, cout, (n1 - n0) * rows * tw), dy.dtype)
-    else:
-        dm = out
-    if dm.shape[0] != 16 or dm.shape[1] != cout or dm.shape[2] != (n1 - n0) * rows * tw:
+    dm = np.empty((16, cout, (n1 - n0) * rows * tw), dy.dtype) if out is None else out
+    if not _is_piece_matrix(dm, cout, n1 - n0, rows, tw):
         raise ValueError("winograd_output_adjoint: out must have shape (16, Cout, (n1 - n0) * (r1 - r0) * Tw)")
     t = np.empty((2, 4), dy.dtype)
     stage = np.empty((16, tw), dy.dtype)

@@ -390,6 +390,12 @@ WINOGRAD_MIN_COLUMNS = 128
 WINOGRAD_WEIGHT_GRAD_COLUMNS = 512
 
 
+def _direct_flops(c_in, c_out, n_img, ho, wo):
+    """Multiplications and additions of a 3x3 conv computed directly (im2col's count): the
+    measure of work that the thresholds compare with."""
+    return 2.0 * 9 * c_in * c_out * n_img * ho * wo
+
+
 def _winograd_applies(geom, groups, x_shape, c_out):
     """Whether conv2d with this geometry goes through Winograd's algorithm: 3x3, stride 1, no
     dilation or groups, padding at most 2 (the input gradient is then a conv with padding
@@ -399,7 +405,7 @@ def _winograd_applies(geom, groups, x_shape, c_out):
         return False
     n_img, c_in, h, w = x_shape
     ho, wo = geom.output_hw(h, w)
-    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and 2.0 * 9 * c_in * c_out * n_img * ho * wo >= WINOGRAD_MIN_FLOPS
+    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
 
 
 class _WinogradTiles:
@@ -410,9 +416,8 @@ class _WinogradTiles:
 
     def __init__(self, n_img, ho, wo, c_in, c_out, dtype, min_columns=None):
         self.th, self.tw = tile_grid(ho, wo)
-        self.c_in, self.c_out, self.dtype = c_in, c_out, np.dtype(dtype)
-        direct_flops = 2.0 * 9 * c_in * c_out * n_img * ho * wo  # on the same scale as _Tiles
-        self.parallel = direct_flops >= PARALLEL_MIN_FLOPS
+        self.dtype = np.dtype(dtype)
+        self.parallel = _direct_flops(c_in, c_out, n_img, ho, wo) >= PARALLEL_MIN_FLOPS
         columns = max(min_columns or WINOGRAD_MIN_COLUMNS,
                       WINOGRAD_PIECE_BYTES // (16 * (c_in + c_out) * self.dtype.itemsize))
         per_image = self.th * self.tw
