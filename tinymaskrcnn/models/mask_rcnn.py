@@ -12,7 +12,7 @@ from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_backbone
 from .poolers import MultiScaleRoIAlign
 from .resnet import resnet18
-from .roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
+from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
 
@@ -121,7 +121,7 @@ def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_laye
 
 def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=256, mask_channels=64,
                           min_size=160, max_size=256, anchor_sizes=(16, 32, 64, 128, 256), scales_per_octave=3,
-                          norm_layer=None, **kwargs):
+                          norm_layer=None, box_head_convs=(), **kwargs):
     """A Mask R-CNN small enough to train from scratch on a laptop CPU.
 
     Same architecture and recipe as ``maskrcnn_resnet50_fpn``, scaled down:
@@ -156,7 +156,8 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
             ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=128,
-        box_head=TwoMLPHead(fpn_channels * 7 * 7, representation_size),
+        box_head=(FastRCNNConvFCHead((fpn_channels, 7, 7), box_head_convs, (representation_size,), nn_.BatchNorm2d)
+                  if box_head_convs else TwoMLPHead(fpn_channels * 7 * 7, representation_size)),
         mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
     )
     defaults.update(kwargs)

@@ -33,6 +33,39 @@ class TwoMLPHead(nn.Module):
         return F.relu(self.fc7(F.relu(self.fc6(x.flatten(1)))))
 
 
+class FastRCNNConvFCHead(nn.Sequential):
+    """3×3 convs (each conv, then ``norm_layer`` if given, then ReLU) on the (C, H, W) RoI
+    features, then flatten and fully connected layers with ReLU: torchvision's head of the same
+    name (its Faster R-CNN v2 uses four 256-channel convs with BatchNorm2d and one fc of 1024).
+
+    Keys: ``i.0.weight`` for the i-th conv (``i.1.*`` its norm), then after the flatten at
+    index len(conv_layers), ``j.weight`` for each fc. The convs share their weights over the
+    RoI's 7×7 cells, which a from-scratch model learns from far fewer RoIs than fc6's
+    C·7·7 inputs.
+    """
+
+    def __init__(self, input_size, conv_layers, fc_layers, norm_layer=None):
+        in_channels, height, width = input_size
+        blocks = []
+        for width_out in conv_layers:
+            layers = [nn.Conv2d(in_channels, width_out, 3, padding=1, bias=norm_layer is None)]
+            if norm_layer is not None:
+                layers.append(norm_layer(width_out))
+            blocks.append(nn.Sequential(*layers, nn.ReLU()))
+            in_channels = width_out
+        blocks.append(nn.Flatten())
+        features = in_channels * height * width
+        for size in fc_layers:
+            blocks += [nn.Linear(features, size), nn.ReLU()]
+            features = size
+        super().__init__(*blocks)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+
 class FastRCNNPredictor(nn.Module):
     """Class logits (num_classes) and per-class box deltas (4·num_classes) from the box features."""
 

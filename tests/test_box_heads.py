@@ -1,0 +1,77 @@
+"""The box heads against torchvision's, with the same weights: TwoMLPHead and FastRCNNConvFCHead
+(convs with and without BatchNorm2d, train and eval mode), float64 forward and gradients."""
+import numpy as np
+import pytest
+
+import tinymaskrcnn as tm
+from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.models import FastRCNNConvFCHead, TwoMLPHead
+
+
+def _torch_state(module):
+    return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def _compare(torch, ours, theirs, x, training):
+    """Load theirs into ours, run both on x (float64) in the given mode, pull back the same
+    cotangent; returns (output error, input-gradient error, {parameter: error})."""
+    theirs = theirs.double().train(training)
+    ours.to(dtype=np.float64)
+    ours.load_state_dict(_torch_state(theirs))
+    ours.train(training)
+    xt = torch.tensor(x, requires_grad=True)
+    xo = tm.Tensor(x.copy(), requires_grad=True)
+    out, ref = ours(xo), theirs(xt)
+    cot = np.random.default_rng(1).standard_normal(out.shape)
+    out.backward(cot)
+    ref.backward(torch.tensor(cot))
+    grads = {n: rel_error(p.grad, dict(theirs.named_parameters())[n].grad.numpy())
+             for n, p in ours.named_parameters()}
+    return rel_error(out.data, ref.detach().numpy()), rel_error(xo.grad, xt.grad.numpy()), grads, ours, theirs
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("norm", [None, "batch_norm"])
+def test_conv_fc_head_matches_torchvision(torch, rng, norm, training):
+    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead as TorchHead
+
+    torch.manual_seed(0)
+    torch_norm = torch.nn.BatchNorm2d if norm else None
+    theirs = TorchHead((6, 7, 7), [8, 5], [16, 12], norm_layer=torch_norm)
+    if norm:  # eval mode must use running statistics that are not the initial (0, 1)
+        with torch.no_grad():
+            for m in theirs.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.2, 0.2)
+    ours = FastRCNNConvFCHead((6, 7, 7), (8, 5), (16, 12), norm_layer=tm.nn.BatchNorm2d if norm else None)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = rng.standard_normal((9, 6, 7, 7))
+    out_err, x_err, grads, ours, theirs = _compare(torch, ours, theirs, x, training)
+    assert out_err < 1e-10 and x_err < 1e-10
+    assert grads and max(grads.values()) < 1e-10, grads
+    if norm and training:  # the running statistics moved the same way
+        for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert rel_error(np.asarray(a, dtype=np.float64), b.numpy().astype(np.float64)) < 1e-10, k
+
+
+def test_two_mlp_head_matches_torchvision(torch, rng):
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead as TorchHead
+
+    torch.manual_seed(0)
+    theirs = TorchHead(6 * 7 * 7, 16)
+    out_err, x_err, grads, *_ = _compare(torch, TwoMLPHead(6 * 7 * 7, 16), theirs, rng.standard_normal((5, 6, 7, 7)),
+                                         True)
+    assert out_err < 1e-10 and x_err < 1e-10 and max(grads.values()) < 1e-10
+
+
+def test_resnet18_model_takes_a_conv_box_head():
+    model = tm.models.maskrcnn_resnet18_fpn(num_classes=4, fpn_channels=32, box_head_convs=(16, 16))
+    head = model.roi_heads.box_head
+    assert isinstance(head, FastRCNNConvFCHead)
+    keys = [k for k in model.state_dict() if k.startswith("roi_heads.box_head.")]
+    assert "roi_heads.box_head.0.1.running_var" in keys and "roi_heads.box_head.3.weight" in keys
+    assert head[3].weight.shape == (256, 16 * 7 * 7)
+    assert isinstance(tm.models.maskrcnn_resnet18_fpn(num_classes=4).roi_heads.box_head, TwoMLPHead)
