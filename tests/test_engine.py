@@ -43,9 +43,9 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer):
-    straight = engine.train(tiny_config(shapes_root, tmp_path / "straight", optimizer=optimizer))
+@pytest.mark.parametrize("optimizer, processes", [("adamw", 1), ("sgd", 1), ("adamw", 2)])
+def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer, processes):
+    straight = engine.train(tiny_config(shapes_root, tmp_path / "straight", optimizer=optimizer, processes=processes))
 
     # the interrupted run dies during iteration 3, after the checkpoint of iteration 2
     append = engine._append_jsonl
@@ -57,10 +57,11 @@ def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer):
 
     monkeypatch.setattr(engine, "_append_jsonl", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer))
+        engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, processes=processes))
     monkeypatch.setattr(engine, "_append_jsonl", append)
     assert weights.load(tmp_path / "stopped" / engine.CHECKPOINT)["iteration"] == 2
-    resumed = engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, resume=True))
+    resumed = engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, processes=processes,
+                                       resume=True))
 
     a, b = weights.load(straight["checkpoint"]), weights.load(resumed["checkpoint"])
     assert a["iteration"] == b["iteration"] == 4
@@ -152,6 +153,10 @@ def test_bad_config_is_named(tmp_path):
         engine.train(engine.TrainConfig(resume=True))
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         engine.train(engine.TrainConfig(resume=True, out_dir=str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match="processes=3"):
+        engine.train(engine.TrainConfig(processes=3, out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="batch_size=1 needs to be at least 2"):
+        engine.train(engine.TrainConfig(processes=2, batch_size=1, out_dir=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="not in COCO layout"):
         engine.train(engine.TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "run")))
 

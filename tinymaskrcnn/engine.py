@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from . import optim, random as tm_random, weights
 from .autograd import no_grad
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
 from .data.coco import write_json_atomic
+from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
@@ -75,6 +77,7 @@ class TrainConfig:
     # optimisation
     iterations: int = 1400             # the main job: about 14 minutes on 2 cores
     batch_size: int = 2
+    processes: int = 1                 # 2: data parallel, the batch split with a worker process (data_parallel.py)
     optimizer: str = "adamw"           # "adamw" or "sgd" (with momentum); see OPTIMIZER_DEFAULTS
     lr: float = None                   # None: the optimizer's default in OPTIMIZER_DEFAULTS
     momentum: float = 0.9              # SGD only
@@ -101,6 +104,10 @@ class TrainConfig:
         for name in ("iterations", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        if self.processes not in (1, 2):
+            raise ValueError(f"processes={self.processes!r}: expected 1 or 2 (2 splits each batch with a worker process)")
+        if self.processes == 2 and self.batch_size < 2:
+            raise ValueError(f"processes=2 splits each batch in two: batch_size={self.batch_size} needs to be at least 2")
         for name in ("eval_period", "checkpoint_period", "num_predictions", "warmup_iters", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a non-negative integer")
@@ -385,45 +392,42 @@ def train(config):
 
     batches = _forever(loader)
     recent = {"loss": [], "loss_mask": []}  # the last 20 values of what the progress bar shows
-    bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
-               initial=start, total=config.iterations)
-    for it in bar:
-        iteration = it + 1  # iterations completed once this one is done
-        t0 = time.perf_counter()
-        images, targets = next(batches)
-        stats = {}
-        losses = model(images, targets, stats=stats)
-        values = {name: float(loss.item()) for name, loss in losses.items()}
-        bad = [name for name, v in values.items() if not math.isfinite(v)]
-        if bad:
-            stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        norm = None
-        if config.clip_grad_norm:
-            norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
-            if not math.isfinite(norm):
-                stop(iteration, f"the gradient norm is {norm}")
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
-                  **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
-                  "time": time.perf_counter() - t0}
-        _append_jsonl(metrics_path, record)
-        for name, window in recent.items():
-            window.append(record[name])
-            del window[:-20]
-        bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
-                        lr=f"{lr:.2g}")
-        if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
-                and iteration < config.iterations:
-            run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
-        if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
-            save_checkpoint(iteration)
-            write_loss_curve()  # kept current, so a stopped run has its curve too
-    bar.close()
+    build = (config.model, train_set.num_classes, config.model_kwargs)
+    with DataParallel(model, build) if config.processes > 1 else nullcontext() as parallel:
+        bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
+                   initial=start, total=config.iterations)
+        for it in bar:
+            iteration = it + 1  # iterations completed once this one is done
+            t0 = time.perf_counter()
+            images, targets = next(batches)
+            values, stats = parallel.step(images, targets) if parallel else forward_backward(model, images, targets)
+            bad = [name for name, v in values.items() if not math.isfinite(v)]
+            if bad:
+                stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
+            norm = None
+            if config.clip_grad_norm:
+                norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
+                if not math.isfinite(norm):
+                    stop(iteration, f"the gradient norm is {norm}")
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
+                      **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
+                      "time": time.perf_counter() - t0}
+            _append_jsonl(metrics_path, record)
+            for name, window in recent.items():
+                window.append(record[name])
+                del window[:-20]
+            bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
+                            lr=f"{lr:.2g}")
+            if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
+                    and iteration < config.iterations:
+                run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
+            if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
+                save_checkpoint(iteration)
+                write_loss_curve()  # kept current, so a stopped run has its curve too
+        bar.close()
 
     result = {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "metrics_jsonl": str(metrics_path),
               "loss_curve": str(out_dir / "losses.png"), "metrics": None, "predictions": []}
