@@ -8,8 +8,8 @@
 iteration count those defaults give, timed: the budget is only checked, not imposed.
 
 "torchvision" trains torchvision's MaskRCNN on the same shapes set with the same backbone
-(ResNet-18-FPN, BatchNorm2d with batch statistics, every layer trainable, no pretrained
-weights), the same image size, anchors and head sizes as ``maskrcnn_resnet18_fpn``, the same
+(ResNet-18-FPN with the same normalisation, InstanceNorm2d by default, every layer trainable, no
+pretrained weights), the same image size, anchors and head sizes as ``maskrcnn_resnet18_fpn``, the same
 batches (our DataLoader, seed and flips) and the same optimiser and schedule (torch's AdamW or SGD
 as the config says, linear warmup, cosine decay, gradient clipping), but torchvision's own layer
 initialisation, and its mask head trains on every positive RoI (torchvision has no
@@ -19,6 +19,7 @@ shapes validation set. Uses every core (torch.set_num_threads(os.cpu_count())).
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -43,8 +44,9 @@ def _torchvision_model(num_classes, kwargs):
     fpn_channels = ours.backbone.out_channels
     representation = ours.roi_heads.box_head.fc7.weight.shape[0]
     mask_channels = ours.roi_heads.mask_predictor.conv5_mask.weight.shape[1]
-    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=torch.nn.BatchNorm2d,
-                                   trainable_layers=5)
+    instance = isinstance(ours.backbone.body.bn1, tm.nn.InstanceNorm2d)
+    norm_layer = functools.partial(torch.nn.InstanceNorm2d, affine=True) if instance else torch.nn.BatchNorm2d
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=norm_layer, trainable_layers=5)
     backbone.fpn = type(backbone.fpn)([64, 128, 256, 512], fpn_channels, extra_blocks=backbone.fpn.extra_blocks)
     backbone.out_channels = fpn_channels
     t, r, h = ours.transform, ours.rpn, ours.roi_heads
@@ -55,6 +57,8 @@ def _torchvision_model(num_classes, kwargs):
         rpn_pre_nms_top_n_test=r._pre_nms_top_n["testing"], rpn_post_nms_top_n_test=r._post_nms_top_n["testing"],
         rpn_batch_size_per_image=r.fg_bg_sampler.batch_size_per_image,
         box_batch_size_per_image=h.fg_bg_sampler.batch_size_per_image,
+        rpn_positive_fraction=r.fg_bg_sampler.positive_fraction,
+        box_positive_fraction=h.fg_bg_sampler.positive_fraction,
         box_detections_per_img=h.detections_per_img,
         box_head=TwoMLPHead(fpn_channels * 7 * 7, representation),
         box_predictor=FastRCNNPredictor(representation, num_classes),
@@ -127,7 +131,7 @@ def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
     model.eval()
     evaluator = Evaluator(val_set)
     with torch.no_grad():
-        for images, targets in DataLoader(val_set, 2, shuffle=False):
+        for images, targets in DataLoader(val_set, 1, shuffle=False):  # one at a time, as engine.evaluate
             outputs = model([torch.from_numpy(np.ascontiguousarray(i)) for i in images])
             evaluator.update(targets, [{k: v.numpy() for k, v in o.items()} for o in outputs])
     metrics = evaluator.summarize(out_dir=out_dir, verbose=False)

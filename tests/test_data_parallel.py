@@ -82,7 +82,16 @@ def test_worker_failure_is_reported_and_the_worker_stopped(rng):
             process = parallel._process
             parallel.step(images, targets)
     assert "9" in str(info.value) and "Traceback" in str(info.value)
-    assert not process.is_alive()
+    assert process.poll() is not None  # stopped on leaving the block
+
+
+def test_worker_that_dies_is_named(rng):
+    images, targets = _batch(rng)
+    with DataParallel(_model(), BUILD) as parallel:
+        parallel._process.kill()
+        parallel._process.wait()
+        with pytest.raises(RuntimeError, match="worker process died"):
+            parallel.step(images, targets)
 
 
 def test_batch_of_one_is_refused(rng):

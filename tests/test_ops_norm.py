@@ -116,3 +116,39 @@ def test_bad_input_is_named(rng):
         F.frozen_batch_norm(x, tm.Tensor(np.ones(3), requires_grad=True), np.zeros(3), rm, rv)
     with pytest.raises(ValueError, match="frozen_batch_norm: bias is required"):
         F.frozen_batch_norm(x, np.ones(3), None, rm, rv)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 3, 5), (1, 3, 2, 2)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_matches_torch(torch, rng, dtype, shape, affine):
+    arrays = [2 + 3 * rng.standard_normal(shape)] + ([rng.standard_normal(3), rng.standard_normal(3)] if affine else [])
+    assert_matches_torch(
+        lambda x, *wb: F.instance_norm(x, *wb, eps=1e-3),
+        lambda x, *wb: torch.nn.functional.instance_norm(x, None, None, *wb, eps=1e-3),
+        arrays, dtype, seed=SEED)
+
+
+def test_instance_norm_gradcheck(rng):
+    inputs = [tm.Tensor(rng.standard_normal((3, 2, 2, 3)), requires_grad=True),
+              tm.Tensor(rng.standard_normal(2), requires_grad=True),
+              tm.Tensor(rng.standard_normal(2), requires_grad=True)]
+    assert max(gradcheck(lambda x, w, b: F.instance_norm(x, w, b), inputs, seed=SEED)) < 1e-7
+
+
+def test_instance_norm_module_matches_torch_and_ignores_the_batch(torch, rng):
+    ours = tm.nn.InstanceNorm2d(3, affine=True).to(dtype=np.float64)
+    theirs = torch.nn.InstanceNorm2d(3, affine=True).double()
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-1, 1)
+    ours.load_state_dict({k: v.numpy().copy() for k, v in theirs.state_dict().items()})
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    x = rng.standard_normal((2, 3, 4, 5))
+    for mode in (True, False):
+        ours.train(mode), theirs.train(mode)
+        out = ours(tm.Tensor(x)).data
+        assert rel_error(out, theirs(torch.tensor(x)).detach().numpy()) < 1e-12
+        assert rel_error(out[1:], ours(tm.Tensor(x[1:])).data) < 1e-12  # the other sample plays no part
+    with pytest.raises(ValueError, match=r"track_running_stats=True\) is not supported"):
+        tm.nn.InstanceNorm2d(3, track_running_stats=True)

@@ -289,7 +289,7 @@ def build_parser():
     p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
     p.add_argument("--batch-size", type=int, help=f"images per iteration (default {d.batch_size})")
     p.add_argument("--processes", type=int, choices=(1, 2), help="2: each batch split between this process and a "
-                   f"second one, one core each (data parallel; default {d.processes})")
+                   "second one, one core each (data parallel); default: 2 on a machine with 2+ cores")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZER_DEFAULTS), help=f"(default {d.optimizer})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {per_optimizer('lr')})")
     p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {d.momentum})")

@@ -1,9 +1,9 @@
 """Data-parallel training on the CPU: a second process computes half of each batch's gradient.
 
 Why: on the small images of the main job one training step is hundreds of small operations. A
-2-core machine runs two single-threaded processes, one image each, 1.3x faster than one process
-whose convolutions use both cores (0.46 against 0.60 s a step on the shapes set, measured in
-docs/benchmarks.md): the small matrix products, the batch norms and the RoI ops parallelise
+2-core machine runs two single-threaded processes, one image each, 1.25x faster than one process
+whose convolutions use both cores (0.53 against 0.67 s a step on the shapes set, measured in
+docs/benchmarks.md): the small matrix products, the normalisations and the RoI ops parallelise
 badly inside a step but perfectly across images.
 
 How (the scheme of torch's DistributedDataParallel, on one machine):
@@ -15,20 +15,28 @@ How (the scheme of torch's DistributedDataParallel, on one machine):
   the other half, the worker writes its gradient into a second shared block, and the main
   process averages the two gradients before clipping and the optimizer step;
 * each half is a batch of its own: its losses are normalised over its own samples and its
-  BatchNorm layers use its own statistics (as DDP without SyncBatchNorm); the losses and
-  statistics reported are the halves' means;
+  BatchNorm layers use its own statistics (as DDP without SyncBatchNorm: with one image a
+  process, BatchNorm's running statistics then average one-image statistics, which is why the
+  shapes model normalises with InstanceNorm2d instead); the losses and statistics reported are
+  the halves' means;
 * buffers (BatchNorm running statistics, frozen layers) are copied to the worker once at the
   start; the running statistics that count are the main process's, as DDP's rank 0.
 """
-import ctypes
-import multiprocessing
 import os
+import socket
+import subprocess
+import sys
+import tempfile
 import traceback
-from contextlib import contextmanager
+from multiprocessing.connection import Connection
 
 import numpy as np
 
 from . import random as tm_random
+
+# each process runs on one core: two processes are the two cores' work
+_SINGLE_THREADED = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1"}
 
 
 def _block_layout(params):
@@ -40,10 +48,9 @@ def _block_layout(params):
     return layout, max(offset, 64)
 
 
-def _views(raw, params, layout):
-    """Arrays over the shared block ``raw``, one per parameter, with its shape and dtype."""
-    buffer = np.frombuffer(raw, dtype=np.uint8)
-    return [buffer[o:o + n].view(p.data.dtype).reshape(p.data.shape) for p, (o, n) in zip(params, layout)]
+def _views(block, params, layout):
+    """Arrays over the shared ``block`` (uint8), one per parameter, with its shape and dtype."""
+    return [block[o:o + n].view(p.data.dtype).reshape(p.data.shape) for p, (o, n) in zip(params, layout)]
 
 
 def _trainable(model):
@@ -65,25 +72,30 @@ def forward_backward(model, images, targets, seed=None):
     return values, stats
 
 
-def _worker_main(connection, build, state, param_raw, grad_raw):
-    """The worker process: build the replica, then answer steps until told to stop."""
+def _worker(connection):
+    """The worker process: build the replica, map the shared blocks, answer steps until told to
+    stop or until the main process goes away."""
     try:
         from . import engine
 
+        _, build, state, param_file, grad_file = connection.recv()
         model = engine.build_model(*build)
         model.load_state_dict(state)
         model.train()
         params = _trainable(model)
-        layout, _ = _block_layout(params)
-        for p, view in zip(params, _views(param_raw, params, layout)):
+        layout, size = _block_layout(params)
+        for p, view in zip(params, _views(np.memmap(param_file, np.uint8, "r+", shape=size), params, layout)):
             p.data = view
-        grads = _views(grad_raw, params, layout)
+        grads = _views(np.memmap(grad_file, np.uint8, "r+", shape=size), params, layout)
         connection.send(("ready",))
     except Exception:
         connection.send(("error", traceback.format_exc()))
         return
     while True:
-        message = connection.recv()
+        try:
+            message = connection.recv()
+        except EOFError:
+            return
         if message[0] == "stop":
             return
         try:
@@ -98,21 +110,6 @@ def _worker_main(connection, build, state, param_raw, grad_raw):
             connection.send(("error", traceback.format_exc()))
 
 
-@contextmanager
-def _environment(**variables):
-    """``os.environ`` with ``variables`` set inside the block (a spawned child inherits it)."""
-    before = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class DataParallel:
     """Train ``model`` with its batches split between this process and one worker process.
 
@@ -120,7 +117,9 @@ class DataParallel:
     to make the replica. Use as a context manager (the worker is stopped on leaving, also on an
     error); ``step(images, targets)`` leaves the averaged gradient in every trainable
     parameter's ``.grad`` and returns the halves' mean losses and statistics. Both processes
-    run single-threaded meanwhile: two processes are the two cores' work.
+    run single-threaded meanwhile. The worker is a fresh interpreter (``python -m
+    tinymaskrcnn.data_parallel``), so the caller's script is never re-imported and no thread
+    pool is copied by a fork.
     """
 
     def __init__(self, model, build):
@@ -136,28 +135,37 @@ class DataParallel:
         import numba
         from threadpoolctl import threadpool_limits
 
-        context = multiprocessing.get_context("spawn")  # a fork would copy live thread pools
         layout, size = _block_layout(self.params)
-        param_raw, grad_raw = context.RawArray(ctypes.c_char, size), context.RawArray(ctypes.c_char, size)
-        for p, view in zip(self.params, _views(param_raw, self.params, layout)):
-            view[...] = p.data
-            p.data = view  # the optimizer updates it in place, the worker reads it
-        self._worker_grads = _views(grad_raw, self.params, layout)
-        self._connection, child = context.Pipe()
-        state = {k: np.array(v) for k, v in self.model.state_dict().items()}
-        with _environment(NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
-            self._process = context.Process(target=_worker_main, args=(child, self.build, state, param_raw, grad_raw),
-                                            name="tinymaskrcnn-data-parallel", daemon=True)
-            self._process.start()
-        child.close()
-        self._numba_threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        self._blas = threadpool_limits(1)
+        # RAM-backed files where there is /dev/shm; unlinked once both processes have mapped them
+        folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        files = [tempfile.NamedTemporaryFile(prefix="tinymaskrcnn-", dir=folder, delete=False) for _ in range(2)]
+        for f in files:
+            f.truncate(size)
+            f.close()
         try:
+            param_block, grad_block = (np.memmap(f.name, np.uint8, "r+", shape=size) for f in files)
+            for p, view in zip(self.params, _views(param_block, self.params, layout)):
+                view[...] = p.data
+                p.data = view  # the optimizer updates it in place, the worker reads it
+            self._worker_grads = _views(grad_block, self.params, layout)
+            ours, theirs = socket.socketpair()
+            self._connection = Connection(ours.detach())
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "tinymaskrcnn.data_parallel", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env={**os.environ, **_SINGLE_THREADED})
+            theirs.close()
+            self._numba_threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            self._blas = threadpool_limits(1)
+            state = {k: np.array(v) for k, v in self.model.state_dict().items()}
+            self._send(("init", self.build, state, files[0].name, files[1].name))
             self._receive()  # "ready", or the worker's error
         except BaseException:
             self.__exit__(None, None, None)
             raise
+        finally:
+            for f in files:
+                os.unlink(f.name)
         return self
 
     def __exit__(self, *exc):
@@ -168,23 +176,34 @@ class DataParallel:
                 self._connection.send(("stop",))
             except (OSError, ValueError):
                 pass
-            self._process.join(timeout=10)
-            if self._process.is_alive():
-                self._process.terminate()
-                self._process.join()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
             self._connection.close()
             self._process = None
-            self._blas.restore_original_limits()
-            numba.set_num_threads(self._numba_threads)
+            if hasattr(self, "_blas"):
+                self._blas.restore_original_limits()
+                numba.set_num_threads(self._numba_threads)
         return False
+
+    def _died(self):
+        code = self._process.wait(timeout=5)
+        return RuntimeError(f"the data-parallel worker process died (exit code {code}); "
+                            "train with processes=1 to see the error in this process")
+
+    def _send(self, message):
+        try:
+            self._connection.send(message)
+        except OSError:
+            raise self._died() from None
 
     def _receive(self):
         try:
             message = self._connection.recv()
-        except EOFError:
-            self._process.join(timeout=5)
-            raise RuntimeError(f"the data-parallel worker process died (exit code {self._process.exitcode}); "
-                               "train with processes=1 to see the error in this process") from None
+        except (EOFError, OSError):
+            raise self._died() from None
         if message[0] == "error":
             raise RuntimeError(f"the data-parallel worker process failed:\n{message[1]}")
         return message
@@ -196,7 +215,7 @@ class DataParallel:
                              "use batch_size >= 2 or processes=1")
         half = len(images) // 2
         seed = int(tm_random.get_rng().integers(2 ** 63))  # the worker's half: repeatable from this run's state
-        self._connection.send(("step", images[half:], targets[half:], seed))
+        self._send(("step", images[half:], targets[half:], seed))
         values, stats = forward_backward(self.model, images[:half], targets[:half])
         _, worker_values, worker_stats = self._receive()
         for p, g in zip(self.params, self._worker_grads):
@@ -205,3 +224,7 @@ class DataParallel:
         values = {k: (v + worker_values[k]) / 2 for k, v in values.items()}
         stats = {k: (v + worker_stats[k]) / 2 if k in worker_stats else v for k, v in stats.items()}
         return values, stats
+
+
+if __name__ == "__main__":  # the worker: python -m tinymaskrcnn.data_parallel FD
+    _worker(Connection(int(sys.argv[1])))

@@ -10,11 +10,11 @@ from .ops.conv import conv2d, conv_transpose2d
 from .ops.interpolate import interpolate
 from .ops.linear import linear
 from .ops.loss import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
-from .ops.norm import batch_norm, frozen_batch_norm
+from .ops.norm import batch_norm, frozen_batch_norm, instance_norm
 from .ops.pool import max_pool2d
 
 __all__ = [
     "batch_norm", "binary_cross_entropy_with_logits", "cat", "conv2d", "conv_transpose2d",
-    "cross_entropy", "frozen_batch_norm", "interpolate", "linear", "log_softmax", "max_pool2d",
+    "cross_entropy", "frozen_batch_norm", "instance_norm", "interpolate", "linear", "log_softmax", "max_pool2d",
     "relu", "sigmoid", "smooth_l1_loss", "softmax", "stack",
 ]

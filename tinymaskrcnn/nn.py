@@ -774,6 +774,33 @@ class BatchNorm2d(Module):
                 f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
+class InstanceNorm2d(Module):
+    """torch.nn.InstanceNorm2d without running statistics: each sample's channel normalised over
+    its own (H, W), in train and eval alike (see ``F.instance_norm``). Parameters weight (1) and
+    bias (0) when ``affine`` (torch's default is False). For models trained from scratch with
+    one or two images per batch: training and inference then normalise the same way, where
+    BatchNorm2d's running statistics, gathered over batches of one image, would not match what
+    the layers saw in training.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False, dtype=None):
+        super().__init__()
+        if track_running_stats:
+            raise ValueError("InstanceNorm2d(track_running_stats=True) is not supported: each sample is normalised "
+                             "by its own statistics; use BatchNorm2d for running statistics")
+        self.num_features, self.eps, self.affine = num_features, eps, affine
+        dtype = _float_dtype(dtype)
+        self.register_parameter("weight", Parameter(np.ones(num_features, dtype=dtype)) if affine else None)
+        self.register_parameter("bias", Parameter(np.zeros(num_features, dtype=dtype)) if affine else None)
+
+    def forward(self, x):
+        _check_4d(self, x)
+        return F.instance_norm(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
 class FrozenBatchNorm2d(Module):
     """torchvision.ops.FrozenBatchNorm2d: y = (x - running_mean) / sqrt(running_var + eps) · weight
     + bias with all four as *buffers*: nothing is trained and the statistics never change, in

@@ -121,13 +121,18 @@ def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_laye
 
 def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=256, mask_channels=64,
                           min_size=160, max_size=256, anchor_sizes=(16, 32, 64, 128, 256), scales_per_octave=3,
-                          norm_layer=None, box_head_convs=(), **kwargs):
+                          norm="batch", norm_layer=None, box_head_convs=(), **kwargs):
     """A Mask R-CNN small enough to train from scratch on a laptop CPU.
 
     Same architecture and recipe as ``maskrcnn_resnet50_fpn``, scaled down:
 
-    * backbone ResNet-18 with BatchNorm2d (batch statistics train; no ImageNet weights are
-      assumed), every layer trainable, FPN with ``fpn_channels`` (128) channels;
+    * backbone ResNet-18 with ``norm`` "batch" (BatchNorm2d: batch statistics train, running
+      ones infer) or "instance" (InstanceNorm2d with affine: every image normalised by its own
+      statistics, in training and inference alike; the main job's choice), or any
+      ``norm_layer``; no ImageNet weights are assumed, every layer trainable; FPN with
+      ``fpn_channels`` (128) channels;
+    * ``box_head_convs``: empty for torchvision's TwoMLPHead, or the widths of 3x3 convs with
+      BatchNorm2d before one fc layer (``FastRCNNConvFCHead``);
     * images resized to a short side of ``min_size`` (160, long side ≤ ``max_size`` 256);
     * anchors from ``anchor_sizes`` (16..256 px, one per level), each level with
       ``scales_per_octave`` (3) sizes s·2^(k/3) (as RetinaNet) and ratios 0.5, 1, 2. With one
@@ -145,7 +150,10 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
     """
     from .. import nn as nn_
 
-    body = resnet18(norm_layer=norm_layer or nn_.BatchNorm2d)
+    norms = {"batch": nn_.BatchNorm2d, "instance": lambda channels: nn_.InstanceNorm2d(channels, affine=True)}
+    if norm_layer is None and norm not in norms:
+        raise ValueError(f"norm={norm!r}: choose one of {tuple(norms)} (or pass norm_layer)")
+    body = resnet18(norm_layer=norm_layer or norms[norm])
     freeze_resnet_layers(body, 5)  # only the unused classifier is frozen
     backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
                                [64, 128, 256, 512], fpn_channels)

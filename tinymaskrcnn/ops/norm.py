@@ -154,6 +154,28 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                            momentum=momentum, eps=eps)
 
 
+def instance_norm(input, weight=None, bias=None, eps=1e-5):
+    """torch.nn.functional.instance_norm without running statistics, over (N, C, *).
+
+    y[n, c] = (x[n, c] - mean) / sqrt(var + eps) · weight[c] + bias[c], the mean and (biased)
+    variance taken over the plane x[n, c] alone. That is batch norm of a batch of one with N·C
+    channels, so the forward and backward are batch_norm's on the (1, N·C, *) view; the
+    per-channel affine map then broadcasts over the samples, and the tape sums its gradient
+    over them. Every sample is normalised by its own statistics, in training and inference
+    alike, whatever else is in the batch.
+    """
+    _check_channel_vectors("instance_norm", input, {"weight": weight, "bias": bias})
+    n, c, *spatial = input.shape
+    out = batch_norm(input.reshape(1, n * c, *spatial), None, None, training=True, momentum=0.0, eps=eps)
+    out = out.reshape(n, c, *spatial)
+    per_channel = (1, c) + (1,) * len(spatial)
+    if weight is not None:
+        out = out * weight.reshape(*per_channel)
+    if bias is not None:
+        out = out + bias.reshape(*per_channel)
+    return out
+
+
 def frozen_batch_norm(input, weight, bias, running_mean, running_var, eps=1e-5):
     """torchvision.ops.FrozenBatchNorm2d's forward: batch norm with constant statistics and affine.
 
