@@ -82,6 +82,15 @@ def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer, 
     assert straight["metrics"] == resumed["metrics"]
 
 
+def test_data_parallel_drops_an_epochs_last_single_image(shapes_root, tmp_path):
+    # 8 training images in batches of 7: without dropping the remainder, iteration 2 would be a
+    # batch of one image, which cannot be split between two processes
+    result = engine.train(tiny_config(shapes_root, tmp_path / "run", batch_size=7, iterations=2, processes=2,
+                                      checkpoint_period=0))
+    assert weights.load(result["checkpoint"])["iteration"] == 2
+    assert [r["iteration"] for r in _records(tmp_path / "run") if "loss" in r] == [1, 2]
+
+
 def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monkeypatch):
     build = engine.build_model
 

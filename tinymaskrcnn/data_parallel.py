@@ -219,8 +219,11 @@ class DataParallel:
         values, stats = forward_backward(self.model, images[:half], targets[:half])
         _, worker_values, worker_stats = self._receive()
         for p, g in zip(self.params, self._worker_grads):
-            p.grad = g.copy() if p.grad is None else p.grad + g
-            p.grad *= 0.5
+            if p.grad is None:
+                p.grad = g * 0.5
+            else:  # the tape never hands a leaf an array it still uses: add in place
+                p.grad += g
+                p.grad *= 0.5
         values = {k: (v + worker_values[k]) / 2 for k, v in values.items()}
         stats = {k: (v + worker_stats[k]) / 2 if k in worker_stats else v for k, v in stats.items()}
         return values, stats

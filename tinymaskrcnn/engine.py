@@ -367,7 +367,8 @@ def train(config):
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config)
-    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed,
+    # split in two, an epoch's last batch could be a single image: drop the remainder, as DDP's samplers do
+    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=processes(config) == 2,
                         transforms=Compose([RandomHorizontalFlip(config.hflip), SanitizeTarget(drop=True)]))
 
     scheduler = _scheduler(optimizer, config)
