@@ -19,7 +19,7 @@ from tinymaskrcnn.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
-from tinymaskrcnn.ops import conv
+from tinymaskrcnn.ops import conv, conv_schedule
 from tinymaskrcnn.reference import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
@@ -147,7 +147,7 @@ def conv_algorithms(request, monkeypatch):
     channels or more however small (by default only the larger ones use it), and the textbook
     convolution (ops/conv_reference.py) for every conv."""
     if request.param == "winograd_everywhere":
-        monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+        monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     with conv.conv_implementation("reference" if request.param == "textbook" else "fast"):
         yield request.param
 

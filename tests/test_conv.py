@@ -10,7 +10,7 @@ import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn.gradcheck import gradcheck
 from tinymaskrcnn import parallel
-from tinymaskrcnn.ops import conv
+from tinymaskrcnn.ops import conv, conv_schedule
 
 DTYPES = [np.float64, np.float32]
 
@@ -107,11 +107,11 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
     """However the work is cut into tiles and shared among threads, the results are torch's:
     tiles of the fewest output rows allowed, or of several whole images (a batch of 5, so that
     some tiles hold fewer), shared among 3 worker threads."""
-    monkeypatch.setattr(conv, "TILE_BYTES", 1)
-    monkeypatch.setattr(conv, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
+    monkeypatch.setattr(conv_schedule, "TILE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
+    monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
-    monkeypatch.setattr(conv, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
         if tiling == "image_groups":
@@ -136,16 +136,16 @@ WINOGRAD_CASES = [
 def winograd_spy(monkeypatch):
     """Winograd's algorithm for any channel count and size; returns the list of pieces it
     transformed."""
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     calls = []
-    real = conv.winograd_input
+    real = conv_schedule.winograd_input
 
     def spy(*args, **kwargs):
         calls.append(args[3:7])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(conv, "winograd_input", spy)
+    monkeypatch.setattr(conv_schedule, "winograd_input", spy)
     return calls
 
 
@@ -163,12 +163,12 @@ def test_winograd_matches_torch(torch, rng, winograd_spy, dtype, bias, shape_x, 
 def test_winograd_tilings_and_threads_match_torch(torch, rng, monkeypatch, winograd_spy, tiling):
     """Pieces of one tile row each, or of several whole images of a batch of 5 (so that some
     pieces hold fewer), shared among 3 worker threads: still torch's results."""
-    monkeypatch.setattr(conv, "WINOGRAD_PIECE_BYTES", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
-    monkeypatch.setattr(conv, "WINOGRAD_WEIGHT_GRAD_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_PIECE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_WEIGHT_GRAD_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
-    monkeypatch.setattr(conv, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
     for _, shape_x, shape_w, kwargs in WINOGRAD_CASES:
         if tiling == "image_groups":
             shape_x = (5,) + shape_x[1:]
@@ -188,8 +188,8 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
     """With the default settings a large 3x3 stride-1 conv goes through Winograd's algorithm, a
     small one does not; nor do strided, dilated, grouped, 1x1, too-thin or switched-off convs."""
     calls = []
-    real = conv.winograd_input
-    monkeypatch.setattr(conv, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = conv_schedule.winograd_input
+    monkeypatch.setattr(conv_schedule, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def used(shape_x, shape_w, **kwargs):
         calls.clear()
@@ -199,7 +199,7 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
 
     assert used((1, 128, 100, 136), (128, 128, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     assert used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1, stride=2)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=2, dilation=2)
@@ -207,7 +207,7 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
     assert not used((1, 16, 8, 8), (32, 16, 1, 1))
     assert not used((1, 3, 8, 8), (32, 3, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=3)
-    monkeypatch.setattr(conv, "WINOGRAD", False)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD", False)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
 
 

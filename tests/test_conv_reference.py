@@ -8,7 +8,7 @@ from test_conv import CONV2D, CONV_TRANSPOSE2D, WINOGRAD_CASES
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.ops import conv, conv_reference as ref
+from tinymaskrcnn.ops import conv, conv_reference as ref, conv_schedule
 from tinymaskrcnn.ops.conv import conv_implementation, set_conv_implementation
 
 ROUNDING = 1e-12  # float64: the two paths sum the same products in different orders
@@ -96,10 +96,10 @@ def test_fast_winograd_equals_textbook_in_float64(rng, monkeypatch):
     """Winograd's algorithm for every 3x3 stride-1 conv (as conv2d, and as the conv_transpose2d
     that transposes one) against the textbook im2col product."""
     calls = []
-    real = conv.winograd_input
-    monkeypatch.setattr(conv, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    real = conv_schedule.winograd_input
+    monkeypatch.setattr(conv_schedule, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     for _, shape_x, shape_w, kwargs in WINOGRAD_CASES:
         arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
         _assert_paths_agree("conv2d", arrays, kwargs)

@@ -47,18 +47,17 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
 
 
 def _per_group(a, groups):
-    """(N, R, L) -> (N, G, R/G, L): each group's rows."""
-    return a.reshape(a.shape[0], groups, a.shape[1] // groups, a.shape[2])
+    """(N, R, L) or (N, R, H, W) -> (N, G, R/G, L = H*W): each group's rows (sizes spelled
+    out, as -1 is ambiguous for an empty batch)."""
+    return a.reshape(a.shape[0], groups, a.shape[1] // groups, int(np.prod(a.shape[2:])))
 
 
 def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """y = W im2col(x) + b: x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo)."""
-    n, h, w = x.shape[0], *x.shape[2:]
-    cout, kh, kw = weight.shape[0], *weight.shape[2:]
-    cols = _per_group(im2col(x, (kh, kw), stride, padding, dilation), groups)
-    y = weight.reshape(groups, cout // groups, -1) @ cols  # (N, G, Cout/G, Ho*Wo)
-    y = y.reshape(n, cout, output_size(h, kh, stride[0], padding[0], dilation[0]),
-                  output_size(w, kw, stride[1], padding[1], dilation[1]))
+    n, cout = x.shape[0], weight.shape[0]
+    ho, wo = (output_size(*args) for args in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation))
+    cols = _per_group(im2col(x, weight.shape[2:], stride, padding, dilation), groups)
+    y = (weight.reshape(groups, cout // groups, -1) @ cols).reshape(n, cout, ho, wo)  # per group: W X^
     return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
 
@@ -66,15 +65,16 @@ def conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups=1):
     """dL/dx = col2im(W^T dY), x of shape ``x_shape``: the transposed product, then im2col's adjoint."""
     n, cout = g.shape[:2]
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # (G, K/G, Cout/G)
-    cols = w_t @ _per_group(g.reshape(n, cout, -1), groups)
-    return col2im(cols.reshape(n, -1, cols.shape[-1]), x_shape, weight.shape[2:], stride, padding, dilation)
+    cols = w_t @ _per_group(g, groups)  # (N, G, K/G, L)
+    cols = cols.reshape(n, groups * cols.shape[2], cols.shape[3])
+    return col2im(cols, x_shape, weight.shape[2:], stride, padding, dilation)
 
 
 def conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups=1):
     """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw)."""
-    n, cout = g.shape[:2]
+    cout = g.shape[1]
     cols = _per_group(im2col(x, kernel_hw, stride, padding, dilation), groups)
-    dw = (_per_group(g.reshape(n, cout, -1), groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    dw = (_per_group(g, groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(cout, x.shape[1] // groups, *kernel_hw)
 
 
