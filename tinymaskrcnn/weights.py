@@ -219,6 +219,11 @@ class _SafeUnpickler(pickle.Unpickler):
         return self._load_storage(storage_type, str(_ascii(key)), numel, view[0] if view else None)
 
 
+# What zipfile raises for a damaged archive: a bad directory, header or CRC, a record cut short,
+# or header fields it cannot honour (a version, method or encryption flag flipped by damage).
+_ZIP_DAMAGE = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+
+
 def _damaged(path, error):
     return f"{path} is damaged or truncated ({error or type(error).__name__}): download or copy it again"
 
@@ -234,7 +239,7 @@ def _unpickle(file, path, record, load_storage=None):
         raise
     except _RecordError as e:
         raise CheckpointError(f"{path}: {record}: {e}") from e
-    except (zipfile.BadZipFile, zlib.error) as e:
+    except _ZIP_DAMAGE as e:  # reading a storage record
         raise CheckpointError(_damaged(path, e)) from e
     except MemoryError as e:
         raise CheckpointError(f"{path}: {record} claims more memory than there is: a corrupt length field; "
@@ -262,11 +267,14 @@ def _check_stored(info, path, file_size):
     compress, and a compressed record could inflate a small file to any size; a stored record
     claiming more bytes than the file has is a damaged file. After this check, a record's
     ``file_size`` bounds what reading it may allocate."""
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{path}: record {info.filename!r} is encrypted; torch.save and tinymaskrcnn never "
+                              "encrypt: the file is damaged or was re-zipped with a password")
     if info.compress_type != zipfile.ZIP_STORED:
         raise CheckpointError(f"{path}: record {info.filename!r} is compressed (zip method {info.compress_type}); "
                               "torch.save and tinymaskrcnn write every record uncompressed, and a compressed one can "
                               "claim any size: re-save the file with the program that made it (or re-zip with zip -0)")
-    if info.file_size != info.compress_size or info.header_offset + info.compress_size > file_size:
+    if info.file_size != info.compress_size or not 0 <= info.header_offset <= file_size - info.compress_size:
         raise CheckpointError(f"{path}: record {info.filename!r} claims {info.file_size} bytes, beyond the file's "
                               f"{file_size}: the file is damaged or truncated; download or copy it again")
 
@@ -404,7 +412,7 @@ def read_pth(path):
         return _read_legacy(path)
     try:
         return _read_zip(path)
-    except (zipfile.BadZipFile, EOFError) as e:  # the directory or a record's header or CRC
+    except _ZIP_DAMAGE as e:  # the directory or a record's header or CRC
         raise CheckpointError(_damaged(path, e)) from e
 
 
@@ -496,6 +504,32 @@ def _current_name(key, known):
     return key
 
 
+def _match(module, state, prefix, exclude):
+    """Pair the arrays of ``state`` with ``module``'s keys (``prefix`` + key, under its
+    post-0.13 name where only that one is known): (the matched arrays by module key, a
+    LoadResult of the rest, missing counted among the module keys under ``prefix``)."""
+    own = module.state_dict()
+    ignored = _ignored_keys(module)
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # not 'f', 'c', '.'
+    matched, unexpected, mismatched = collections.OrderedDict(), [], []
+    for key, value in state.items():
+        if exclude and key.startswith(exclude):
+            continue
+        target = _current_name(prefix + key, own)
+        value = _as_array(value)
+        if target not in own:
+            if target not in ignored:
+                unexpected.append((key, tuple(value.shape)))
+        elif tuple(value.shape) != tuple(own[target].shape):
+            mismatched.append((target, tuple(value.shape), tuple(own[target].shape)))
+        else:
+            matched[target] = value
+    shaped = {k for k, _, _ in mismatched}
+    missing = [(k, tuple(v.shape)) for k, v in own.items()
+               if k.startswith(prefix) and k not in matched and k not in shaped]
+    return matched, LoadResult(missing, unexpected, mismatched)
+
+
 def load_torchvision(module, source, strict=True, prefix="", exclude=()):
     """Load torchvision weights into ``module`` by name.
 
@@ -521,31 +555,78 @@ def load_torchvision(module, source, strict=True, prefix="", exclude=()):
     """
     if isinstance(source, (str, os.PathLike)):
         source = read_pth(source)
-    state = state_dict_from(source)
-    own = module.state_dict()
-    ignored = _ignored_keys(module)
-    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # not 'f', 'c', '.'
-    matched, unexpected, mismatched = collections.OrderedDict(), [], []
-    for key, value in state.items():
-        if exclude and key.startswith(exclude):
-            continue
-        target = _current_name(prefix + key, own)
-        value = _as_array(value)
-        if target not in own:
-            if target not in ignored:
-                unexpected.append((key, tuple(value.shape)))
-        elif tuple(value.shape) != tuple(own[target].shape):
-            mismatched.append((target, tuple(value.shape), tuple(own[target].shape)))
-        else:
-            matched[target] = value
-    shaped = {k for k, _, _ in mismatched}
-    missing = [(k, tuple(v.shape)) for k, v in own.items()
-               if k.startswith(prefix) and k not in matched and k not in shaped]
-    result = LoadResult(missing, unexpected, mismatched)
-    if strict and (missing or unexpected or mismatched):
+    matched, result = _match(module, state_dict_from(source), prefix, exclude)
+    if strict and (result.missing or result.unexpected or result.mismatched):
         raise ValueError(_format_mismatch(module, result, prefix))
     module.load_state_dict(matched, strict=False)  # converts dtype and device in place
     return result
+
+
+_BODY = "backbone.body."  # where a detector keeps its ResNet, in torchvision's names
+
+
+def _examples(keys, n=3):
+    keys = list(keys)
+    return ", ".join(map(str, keys[:n])) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def load_pretrained(model, source):
+    """Start a detector from published weights, as ``train --weights`` does; returns the lines
+    of a report (what was loaded, what stays as built, what the file has that was ignored).
+
+    Two kinds of checkpoint are told apart by their keys:
+
+    * a detector's (torchvision's ``maskrcnn_resnet50_fpn_coco``, or one of the same
+      architecture): keys as the model's. Every array whose name and shape fit is loaded;
+      heads shaped for another number of classes stay as built.
+    * an ImageNet classifier's (torchvision's ``resnet18``, ``resnet50``: ``conv1.weight``,
+      ``layer1.0.conv1.weight``, ..., ``fc.weight``): loaded into the model's ResNet under
+      ``backbone.body.``, the classifier ``fc.`` left out. Running statistics a model has no
+      place for (its InstanceNorm2d normalises each image by its own) are ignored.
+
+    Either way the model's whole ResNet body must be loaded. A file that fits nothing, or only
+    part of the backbone (another depth or architecture), raises CheckpointError with the
+    counts and example keys, and nothing is loaded.
+    """
+    is_path = isinstance(source, (str, os.PathLike))
+    name = os.fspath(source) if is_path else "the state"
+    state = state_dict_from(read_pth(source) if is_path else source)
+    own = model.state_dict()
+    body = [k for k in own if k.startswith(_BODY)]
+    layouts = [("", ())] + ([(_BODY, ("fc.",))] if body else [])
+    fits = [(prefix, *_match(model, state, prefix, exclude)) for prefix, exclude in layouts]
+    # the layout under which more of the file's names are the model's, shapes aside
+    prefix, matched, result = max(fits, key=lambda fit: len(fit[1]) + len(fit[2].mismatched))
+    what = f"{name} ({len(state)} arrays) into {type(model).__name__} ({len(own)} arrays)"
+    if not matched and not result.mismatched:
+        raise CheckpointError(
+            f"{what}: no name matches, as they are or under {_BODY!r}. The file's: {_examples(state)}; the model's: "
+            f"{_examples(own)}. Pass torchvision weights of this architecture (a detector's checkpoint, or an "
+            "ImageNet ResNet of the backbone's depth)")
+    body_loaded = sum(k in matched for k in body)
+    if body_loaded < len(body):
+        mis = [f"{k} file {a} model {b}" for k, a, b in result.mismatched if k.startswith(_BODY)]
+        lacking = [k for k in body if k not in matched and k not in {m for m, _, _ in result.mismatched}]
+        raise CheckpointError(
+            f"{what}: only {body_loaded} of the backbone's {len(body)} arrays fit"
+            + (f"; mis-shaped ({len(mis)}): {_examples(mis)}" if mis else "")
+            + (f"; not in the file ({len(lacking)}): {_examples(lacking)}" if lacking else "")
+            + ". The weights are for another backbone (resnet50 weights for a resnet18 model?): pass weights of "
+              "the model's own backbone, or train the --model they were made for")
+    model.load_state_dict(matched, strict=False)  # converts dtype and device in place
+    kind = f"an ImageNet ResNet into {_BODY}, fc left out" if prefix else "a detector's checkpoint"
+    lines = [f"weights {name} ({kind}): loaded {len(matched)} of {len(own)} arrays, the backbone's "
+             f"{body_loaded} of {len(body)}"]
+    if result.mismatched:
+        lines.append("  kept as built (shape differs): " + ", ".join(
+            f"{k} {theirs}->{ours}" for k, theirs, ours in result.mismatched))
+    kept = [k for k in own if k not in matched and k not in {m for m, _, _ in result.mismatched}]
+    if kept:
+        lines.append(f"  kept as built (not in the file): {len(kept)} arrays, e.g. {_examples(kept, 5)}")
+    if result.unexpected:
+        lines.append(f"  in the file but not in the model (ignored): {len(result.unexpected)} arrays, e.g. "
+                     + _examples((k for k, _ in result.unexpected), 5))
+    return lines
 
 
 # ================================================================================================
@@ -716,7 +797,7 @@ def load(path):
         raise CheckpointError(f"{path} is not a tinymaskrcnn checkpoint (written by tinymaskrcnn.weights.save): {what}")
     try:
         arrays = _read_npz(path)
-    except (zipfile.BadZipFile, EOFError) as e:  # the directory or an entry's header or CRC
+    except _ZIP_DAMAGE as e:  # the directory or an entry's header or CRC
         raise CheckpointError(_damaged(path, e)) from e
     try:
         meta = json.loads(str(arrays.pop(_META_ENTRY)))
