@@ -421,3 +421,38 @@ def test_console_script_reports_a_damaged_checkpoint(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"tinymaskrcnn evaluate: error: {path} is damaged or truncated (Bad CRC-32 for file " \
                           "'model/conv.weight.npy'): download or copy it again\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Point 7 at the command line: an ImageNet ResNet for --weights
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def train_loads_pretrained(monkeypatch):
+    """``train --weights`` through weights.load_pretrained. engine.load_torchvision_start is not
+    this branch's to edit; once it returns ``weights.load_pretrained(model, path)`` this fixture
+    changes nothing and can go."""
+    from tinymaskrcnn import engine
+
+    monkeypatch.setattr(engine, "load_torchvision_start", weights.load_pretrained)
+
+
+def test_train_weights_imagenet_backbone(torch, tiny_data, tmp_path, capsys, train_loads_pretrained):
+    import torchvision
+
+    from test_cli import TINY_FLAGS
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet18.pth")
+    rc = cli.main(["train", "--data", str(tiny_data), "--out-dir", str(tmp_path / "run"),
+                   "--weights", str(tmp_path / "resnet18.pth")] + TINY_FLAGS)
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"weights {tmp_path / 'resnet18.pth'} (an ImageNet ResNet into backbone.body., fc left out): loaded 120 " \
+           "of " in out and "the backbone's 120 of 120" in out
+
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    assert cli.main(["train", "--data", str(tiny_data), "--out-dir", str(tmp_path / "run50"),
+                     "--weights", str(tmp_path / "resnet50.pth")] + TINY_FLAGS) == 2
+    err = assert_one_line(capsys, "train", tmp_path / "resnet50.pth")
+    assert "only 97 of the backbone's 120 arrays fit" in err

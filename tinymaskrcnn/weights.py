@@ -21,17 +21,29 @@ Three jobs, one file:
    internet must never be opened with ``pickle.load``. ``_SafeUnpickler`` resolves only the
    few names a state_dict needs, each to a harmless function of ours that builds a NumPy array
    as a strided view of its storage (views sharing a storage share memory, as in torch); any
-   other name is refused with ``pickle.UnpicklingError`` before anything runs.
+   other name is refused before anything runs.
+
+   The file is untrusted in a second way: every number in it (an element count, a size, a
+   stride, a zip record's length) is a claim. Each is checked against the bytes really in the
+   file before anything is allocated, so a file of a few hundred bytes cannot make the reader
+   take gigabytes: a tensor's elements must lie in its storage, a storage's bytes in its
+   record, a record in the file, uncompressed (``torch.save`` never compresses; a deflated
+   record can inflate a thousandfold). A view may still be larger than its storage (stride 0,
+   as ``expand`` saves): it costs nothing, as long as bfloat16 is widened per storage, not
+   per view. Whatever is wrong with a file, damaged, truncated or hostile, the reader raises
+   ``CheckpointError`` (a ValueError) naming the file, the record and what to do.
 
 2. **Loading torchvision weights into our modules** (``load_torchvision``). Our parameter and
    buffer names are torchvision's state_dict keys, so the mapping is the identity, up to a
    ``prefix`` (ImageNet ResNet weights into ``model.backbone.body.``) and keys to leave out
    (``exclude``, e.g. the ImageNet classifier ``fc.``). Missing, unexpected and mis-shaped keys
-   are reported together, with shapes.
+   are reported together, with shapes. ``load_pretrained`` is what ``train --weights`` needs:
+   it tells a detector's checkpoint from an ImageNet ResNet by the keys and insists that the
+   whole backbone is loaded.
 
 3. **Our checkpoints** (``save``/``load``): a nested dict (model and optimizer state, iteration,
    RNG state, config) as an ``.npz``: each array an npz entry, everything else JSON inside the
-   same archive. No pickle anywhere, written atomically.
+   same archive. No pickle anywhere, written atomically, and read as warily as a .pth.
 
 And ``download``: torchvision's published weight files, checked against the SHA-256 prefix in
 their names.
