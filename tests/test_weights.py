@@ -453,7 +453,8 @@ def test_detector_checkpoint_keeps_heads_of_another_shape():
              "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias"}
     assert lines[0] == f"weights the state (a detector's checkpoint): loaded {len(before) - 6} of {len(before)} " \
                        "arrays, the backbone's 120 of 120"
-    assert lines[1].startswith("  kept as built (shape differs): roi_heads.box_predictor.cls_score.weight (91, 256)->(4, 256)")
+    assert lines[1].startswith("  kept as built (shape differs): "
+                               "roi_heads.box_predictor.cls_score.weight (91, 256)->(4, 256)")
     for key, value in model.state_dict().items():
         assert np.array_equal(value, before[key] if key in heads else coco[key]), key
 

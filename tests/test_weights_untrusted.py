@@ -289,7 +289,8 @@ def test_legacy_storages_together_bounded_by_the_file(tmp_path):
                        b=tensor_record("ByteStorage", "1", 400, (400,), (1,), fmt="legacy"))
     path = write_legacy_pth(tmp_path / "two.pth", pkl, {"0": (400, bytes(400))})
     assert 400 + len(pkl) < path.stat().st_size < 800
-    with pytest.raises(weights.CheckpointError, match=rf"{path}: storage '1' claims 400 elements.*damaged or truncated"):
+    with pytest.raises(weights.CheckpointError,
+                       match=rf"{path}: storage '1' claims 400 elements.*damaged or truncated"):
         weights.read_pth(path)
 
 
@@ -437,6 +438,7 @@ def train_loads_pretrained(monkeypatch):
     monkeypatch.setattr(engine, "load_torchvision_start", weights.load_pretrained)
 
 
+@pytest.mark.filterwarnings("ignore:evaluate_coco: no detections")  # two iterations find nothing
 def test_train_weights_imagenet_backbone(torch, tiny_data, tmp_path, capsys, train_loads_pretrained):
     import torchvision
 

@@ -356,7 +356,7 @@ def _read_legacy(path):
                 raise CheckpointError(f"{path}: storage {key!r} claims {numel} elements, and with the storages before "
                                       f"it {claimed} bytes, more than the file's {file_size - start} after the object: "
                                       "the file is damaged or truncated")
-            storages[key] = _Storage(np.empty(numel, storage_type.dtype), storage_type.name, f"storage {key!r}")
+            storages[key] = _Storage(np.empty(numel, storage_type.dtype), storage_type.name, key)
         root = storages[key]
         if view is None:
             return root
@@ -615,10 +615,11 @@ def load_pretrained(model, source):
             f"{what}: no name matches, as they are or under {_BODY!r}. The file's: {_examples(state)}; the model's: "
             f"{_examples(own)}. Pass torchvision weights of this architecture (a detector's checkpoint, or an "
             "ImageNet ResNet of the backbone's depth)")
+    reshaped = {k for k, _, _ in result.mismatched}
     body_loaded = sum(k in matched for k in body)
     if body_loaded < len(body):
         mis = [f"{k} file {a} model {b}" for k, a, b in result.mismatched if k.startswith(_BODY)]
-        lacking = [k for k in body if k not in matched and k not in {m for m, _, _ in result.mismatched}]
+        lacking = [k for k in body if k not in matched and k not in reshaped]
         raise CheckpointError(
             f"{what}: only {body_loaded} of the backbone's {len(body)} arrays fit"
             + (f"; mis-shaped ({len(mis)}): {_examples(mis)}" if mis else "")
@@ -632,7 +633,7 @@ def load_pretrained(model, source):
     if result.mismatched:
         lines.append("  kept as built (shape differs): " + ", ".join(
             f"{k} {theirs}->{ours}" for k, theirs, ours in result.mismatched))
-    kept = [k for k in own if k not in matched and k not in {m for m, _, _ in result.mismatched}]
+    kept = [k for k in own if k not in matched and k not in reshaped]
     if kept:
         lines.append(f"  kept as built (not in the file): {len(kept)} arrays, e.g. {_examples(kept, 5)}")
     if result.unexpected:
@@ -772,7 +773,7 @@ def _read_npz(path):
                                   "load_torchvision)")
         for info in archive.infolist():
             _check_stored(info, path, file_size)
-            name = info.filename[: -len(".npy")]
+            name = info.filename.removesuffix(".npy")
             with archive.open(info) as f:
                 try:
                     version = np.lib.format.read_magic(f)
