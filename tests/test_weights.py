@@ -175,10 +175,10 @@ def test_refuses_foreign_globals_without_running_them(tmp_path, writer):
     assert marker.exists()
     marker.unlink()
     # ... our reader refuses it, naming the global, and nothing runs
-    with pytest.raises(pickle.UnpicklingError, match=r"'(builtins|__builtin__)\.eval'"):
+    with pytest.raises(weights.CheckpointError, match=r"'(builtins|__builtin__)\.eval'"):
         weights.read_pth(writer(tmp_path / "eval.pth", evil_eval))
     evil_system = _Payload(os.system, f"touch {marker}")
-    with pytest.raises(pickle.UnpicklingError, match=rf"'{os.system.__module__}\.system'"):
+    with pytest.raises(weights.CheckpointError, match=rf"'{os.system.__module__}\.system'"):
         weights.read_pth(writer(tmp_path / "system.pth", evil_system))
     assert not marker.exists()
 
@@ -241,7 +241,7 @@ def test_storage_bounds_are_checked(tmp_path, offset):
     if offset == 1:  # in bounds: the crafted record is a valid tensor
         assert np.array_equal(weights.read_pth(path)["w"], np.array([1, 2, 3], np.float32))
     else:
-        with pytest.raises(pickle.UnpicklingError, match="reach element 4 of a storage of 4"):
+        with pytest.raises(weights.CheckpointError, match="reach element 4 of a storage of 4"):
             weights.read_pth(path)
 
 
@@ -373,6 +373,119 @@ def test_state_dict_from_errors():
         weights.state_dict_from({"epoch": 3, "args": "x"})
     with pytest.raises(TypeError, match="expected a state_dict mapping"):
         weights.state_dict_from([np.zeros(2)])
+
+
+# ---------------------------------------------------------------------------------------------
+# load_pretrained: what `train --weights` does
+# ---------------------------------------------------------------------------------------------
+
+def _snapshot(module):
+    return {k: v.copy() for k, v in module.state_dict().items()}
+
+
+def test_imagenet_resnet18_starts_the_detector_backbone(torch, imagenet_resnet18):
+    """torchvision's ImageNet resnet18 (conv1.weight, layer1.0..., fc.weight) into the detector's
+    backbone.body: every array equal to torch's, fc left out, nothing else touched; in float64 the
+    loaded body gives torchvision's ResNet features."""
+    import torchvision
+
+    from tinymaskrcnn.models.mask_rcnn import maskrcnn_resnet18_fpn
+
+    path, state = imagenet_resnet18
+    model = maskrcnn_resnet18_fpn(num_classes=4, norm="batch")
+    before = _snapshot(model)
+    lines = weights.load_pretrained(model, path)
+    assert lines[0] == (f"weights {path} (an ImageNet ResNet into backbone.body., fc left out): loaded 120 of "
+                        f"{len(before)} arrays, the backbone's 120 of 120")
+    own = model.state_dict()
+    for key, ref in state.items():
+        if not key.startswith("fc."):
+            assert own["backbone.body." + key].dtype == ref.numpy().dtype, key
+            assert np.array_equal(own["backbone.body." + key], ref.numpy()), key
+    for key, value in before.items():
+        if not key.startswith("backbone.body."):
+            assert np.array_equal(own[key], value), key  # FPN and heads stay as built
+
+    theirs = torchvision.models.resnet18(weights=None).double().eval()
+    theirs.load_state_dict(state)
+    theirs.double()
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96))
+    with torch.no_grad():
+        t = theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(torch.from_numpy(x)))))
+        expected = []
+        for layer in (theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4):
+            t = layer(t)
+            expected.append(t.numpy())
+    model.to(dtype=np.float64).eval()
+    with tm.no_grad():
+        features = model.backbone.body(tm.Tensor(x))
+    assert list(features) == ["0", "1", "2", "3"]
+    for ours, ref in zip(features.values(), expected):
+        assert ours.data.dtype == np.float64
+        assert np.abs(ours.data - ref).max() <= 1e-9 * np.abs(ref).max()
+
+
+def test_imagenet_resnet18_into_the_instance_norm_model(imagenet_resnet18):
+    """The main job's model normalises each image by its own statistics: convs and affine loaded,
+    BatchNorm's running statistics reported as ignored."""
+    from tinymaskrcnn.engine import SHAPES_MODEL_DEFAULTS
+    from tinymaskrcnn.models.mask_rcnn import maskrcnn_resnet18_fpn
+
+    path, state = imagenet_resnet18
+    model = maskrcnn_resnet18_fpn(num_classes=4, **SHAPES_MODEL_DEFAULTS)
+    lines = weights.load_pretrained(model, path)
+    assert "loaded 60 of 102 arrays, the backbone's 60 of 60" in lines[0]
+    assert lines[-1].startswith("  in the file but not in the model (ignored): 60 arrays, e.g. bn1.running_mean, ")
+    assert np.array_equal(model.state_dict()["backbone.body.layer4.1.bn2.weight"], state["layer4.1.bn2.weight"].numpy())
+
+
+def test_detector_checkpoint_keeps_heads_of_another_shape():
+    from tinymaskrcnn.models.mask_rcnn import maskrcnn_resnet18_fpn
+
+    tm.manual_seed(0)
+    coco = maskrcnn_resnet18_fpn(num_classes=91, norm="batch").state_dict()
+    tm.manual_seed(1)
+    model = maskrcnn_resnet18_fpn(num_classes=4, norm="batch")
+    before = _snapshot(model)
+    lines = weights.load_pretrained(model, coco)
+    heads = {"roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
+             "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
+             "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias"}
+    assert lines[0] == f"weights the state (a detector's checkpoint): loaded {len(before) - 6} of {len(before)} " \
+                       "arrays, the backbone's 120 of 120"
+    assert lines[1].startswith("  kept as built (shape differs): "
+                               "roi_heads.box_predictor.cls_score.weight (91, 256)->(4, 256)")
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key] if key in heads else coco[key]), key
+
+
+def test_pretrained_that_fits_nothing_or_part_of_the_backbone_is_refused(torch, imagenet_resnet18):
+    """Today's silent 'loaded 0 of 102 arrays' and a resnet50 file for a resnet18 model: errors
+    with the counts and example keys, and the model untouched."""
+    import torchvision
+
+    from tinymaskrcnn.models.mask_rcnn import maskrcnn_resnet18_fpn
+
+    model = maskrcnn_resnet18_fpn(num_classes=4, norm="batch")
+    before = _snapshot(model)
+    unrelated = {"encoder.weight": np.zeros((3, 3)), "decoder.weight": np.zeros(3)}
+    with pytest.raises(weights.CheckpointError,
+                       match=r"the state \(2 arrays\) into MaskRCNN \(162 arrays\): no name matches.*The file's: "
+                             r"encoder.weight, decoder.weight; the model's: backbone.body.conv1.weight"):
+        weights.load_pretrained(model, unrelated)
+    resnet50 = torchvision.models.resnet50(weights=None).state_dict()
+    with pytest.raises(weights.CheckpointError,
+                       match=r"only 97 of the backbone's 120 arrays fit; mis-shaped \(23\): backbone.body.layer1.0."
+                             r"conv1.weight file \(64, 64, 1, 1\) model \(64, 64, 3, 3\).*resnet50 weights for a "
+                             "resnet18 model"):
+        weights.load_pretrained(model, resnet50)
+    _, state = imagenet_resnet18
+    partial = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    with pytest.raises(weights.CheckpointError, match=r"only 90 of the backbone's 120 arrays fit; not in the file "
+                                                      r"\(30\): backbone.body.layer4.0.conv1.weight"):
+        weights.load_pretrained(model, partial)
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key]), key
 
 
 # ---------------------------------------------------------------------------------------------
