@@ -30,8 +30,11 @@ def load_instances(ann_file):
     """Read and check a COCO instances file; returns the parsed dict.
 
     Every error names the file and what is wrong: a missing file, text that is not JSON, a
-    missing top-level key or entry field, an annotation pointing at an unknown image or
-    category, a repeated id.
+    missing top-level key or entry field, an image size that is not two positive integers, an
+    annotation pointing at an unknown image or category, a repeated id. Annotations that
+    pycocotools cannot use (a polygon of fewer than three points, an RLE that does not fit its
+    image, ...) are left out with a warning naming each; ``iscrowd`` and ``area``, which
+    COCOeval reads, are filled in where missing.
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -100,16 +103,17 @@ def _polygon_problem(polygon, height, width):
     xs, ys = polygon[0::2], polygon[1::2]
     # one image size of slack each side: points just outside are common and harmless, far-away
     # ones make pycocotools rasterise an enormous outline
-    if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-        return f"reaches far outside the {height}x{width} image (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g})"
-    return None
+    if -width <= min(xs) and max(xs) <= 2 * width and -height <= min(ys) and max(ys) <= 2 * height:
+        return None
+    return f"reaches far outside the {height}x{width} image (x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g})"
 
 
 def _number_problem(values):
-    """Why ``values`` are not all finite numbers, or None. (math.fsum is quick and refuses
-    whatever is not a number; an overflowing sum means a coordinate far beyond any image.)"""
+    """Why ``values`` are not all finite numbers, or None. (One ``sum``: quick, it refuses
+    whatever is not a number and carries a NaN or infinity through; a sum too large for a
+    float means a value far beyond any image.)"""
     try:
-        if math.isfinite(math.fsum(values)):
+        if math.isfinite(sum(values)):
             return None
     except TypeError:
         return f"holds {_short(next(v for v in values if not isinstance(v, (int, float))))}, which is not a number"
@@ -217,13 +221,13 @@ def _usable_annotations(path, data):
         if "segmentation" in ann:
             seg_problems, usable = segmentation_problems(ann["segmentation"], *sizes[ann["image_id"]])
             problems += seg_problems
-        if not problems:
-            kept.append(ann)
-        elif bbox_problem is None and usable is not None:
-            kept.append({**ann, "segmentation": usable})
-            trimmed.append((ann["id"], problems))
-        else:
+        if problems and (bbox_problem or usable is None):
             dropped.append((ann["id"], problems))
+            continue
+        if problems:
+            ann = {**ann, "segmentation": usable}
+            trimmed.append((ann["id"], problems))
+        kept.append(_completed(ann, *sizes[ann["image_id"]]))
     if dropped or trimmed:
         def listing(entries):
             shown = "; ".join(f"id {i}: {', '.join(problems)}" for i, problems in entries[:5])
@@ -236,6 +240,31 @@ def _usable_annotations(path, data):
                          f"polygons ({listing(trimmed)})")
         warnings.warn(f"{path}: " + "; ".join(parts) + ". Fix these annotations to use them")
     return kept
+
+
+def _completed(ann, height, width):
+    """``ann`` with the fields COCOeval reads that COCO files made by other tools may lack:
+    ``iscrowd`` (0) and ``area`` (the mask's pixel count, as COCO defines it; the box's without
+    a segmentation). Unchanged when it has both."""
+    from pycocotools import mask as mask_utils
+
+    area = ann.get("area")
+    if "iscrowd" in ann and isinstance(area, (int, float)) and math.isfinite(area):
+        return ann
+    ann = {"iscrowd": 0, **ann}
+    if not (isinstance(area, (int, float)) and math.isfinite(area)):
+        segmentation = ann.get("segmentation")
+        if segmentation is None:
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        else:
+            if isinstance(segmentation, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+            elif isinstance(segmentation["counts"], list):
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            else:
+                rle = segmentation
+            ann["area"] = float(mask_utils.area(rle))
+    return ann
 
 
 def _pycocotools_index(data):
@@ -260,8 +289,9 @@ def load_image(path, height=None, width=None):
 
     Images come as their files have them: 8-bit ones in any mode become RGB (grey repeated,
     a palette looked up); an alpha channel (RGBA, LA, a palette with transparency) is laid
-    over white, as a viewer on a white page shows it; 16-bit ones (PNG, TIFF) are divided by
-    65535, their full range, rather than clipped to 8 bits. Errors name the file: missing,
+    over white, as a viewer on a white page shows it; 16-bit greyscale ones (PNG, TIFF) are
+    divided by 65535, their full range, rather than clipped to 8 bits (16-bit colour PNGs
+    Pillow itself reads at 8 bits a channel, scaled right). Errors name the file: missing,
     damaged or truncated, or of a kind that has no sensible RGB (32-bit integers outside the
     16-bit range, floats outside [0, 1]).
     """
@@ -490,7 +520,7 @@ def check_datasets(datasets):
         if dataset is not None:
             report += [f"  {split} ({dataset.ann_file}): {line}" for line in dataset.image_problems()]
     if report:
-        raise ValueError("the data is not usable as it is; nothing was done:\n" + "\n".join(report)
+        raise ValueError("the data has problems (found before any work was done):\n" + "\n".join(report)
                          + "\nFix the image folder or the annotation file's file_name/height/width entries")
 
 
