@@ -30,8 +30,8 @@ import numpy as np
 
 from . import optim, random as tm_random, weights
 from .autograd import no_grad
-from .data import CocoDetection, Compose, check_datasets, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
-from .data.coco import write_json_atomic
+from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
+from .data.coco import check_datasets, write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
