@@ -62,14 +62,14 @@ def test_items_have_the_model_format(shapes_set):
 
 def test_crowd_is_excluded_and_empty_images_kept_or_skipped(shapes_set, tmp_path):
     def add_crowd(data):
-        first = data["images"][0]
-        h, w = first["height"], first["width"]
+        first, second = data["images"][:2]
+        h, w = second["height"], second["width"]
         crowd = {"size": [h, w], "counts": [h * 2, h * 3, h * w - h * 5]}  # uncompressed RLE, columns 2-4
         # image 1's own annotations all become crowd, and one crowd region is added to image 2
         for ann in data["annotations"]:
             if ann["image_id"] == first["id"]:
                 ann["iscrowd"] = 1
-        data["annotations"].append({"id": 999, "image_id": data["images"][1]["id"], "category_id": 2,
+        data["annotations"].append({"id": 999, "image_id": second["id"], "category_id": 2,
                                     "segmentation": crowd, "area": float(h * 3), "bbox": [2, 0, 3, h],
                                     "iscrowd": 1})
 

@@ -203,15 +203,35 @@ def evaluate_command(args):
 
 
 def predict_command(args):
-    from tinymaskrcnn import engine
-    from tinymaskrcnn.data.coco import load_image
+    import gc
+    from pathlib import Path
 
-    images = [load_image(path) for path in args.images]  # a missing file fails before any work
-    model, state = engine.load_model(args.checkpoint)
-    names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
+    from tinymaskrcnn import engine
+    from tinymaskrcnn.data import image_paths, load_image
+
+    paths = image_paths(args.images)  # folders expanded; a missing file fails before any work
+    names = [p.stem for p in paths]
     if len(set(names)) != len(names):
-        raise ValueError(f"images {args.images} share file names; their outputs would overwrite each other")
-    written = engine.predict_images(model, images, state["class_names"], args.out_dir, names,
+        repeated = sorted({str(p) for p in paths if names.count(p.stem) > 1})
+        raise ValueError(f"images {repeated} share a file name; their outputs would overwrite each other")
+    out_dir = Path(args.out_dir)
+    overwritten = {p.resolve() for p in paths} & {(out_dir / f"{n}.{ext}").resolve() for n in names
+                                                    for ext in ("png", "json")}
+    if overwritten:
+        raise ValueError(f"the outputs in {out_dir} would overwrite the input images {sorted(map(str, overwritten))}: "
+                         "choose another --out-dir")
+    model, state = engine.load_model(args.checkpoint)
+
+    def one_at_a_time():
+        """Each image decoded when the previous one is written and dropped: memory does not grow
+        with the number of images."""
+        for path in paths:
+            # the previous picture's matplotlib Figure (and the image copies it drew) sits in
+            # reference cycles, which Python frees only when its cycle collector runs
+            gc.collect()
+            yield load_image(path)
+
+    written = engine.predict_images(model, one_at_a_time(), state["class_names"], out_dir, names,
                                     score_threshold=args.score_threshold)
     for path in written:
         print(path)
@@ -315,7 +335,8 @@ def build_parser():
 
     p = sub.add_parser("predict", help="detect objects in images: one PNG and one JSON per image")
     p.add_argument("checkpoint", help="a run's checkpoint.npz")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...) or folders of them "
+                                                                  "(every image file directly inside)")
     p.add_argument("--out-dir", default="predictions", help="where the PNG and JSON files go (default predictions/)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed (default 0.5)")
     p.set_defaults(func=predict_command)

@@ -31,7 +31,7 @@ import numpy as np
 from . import optim, random as tm_random, weights
 from .autograd import no_grad
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
-from .data.coco import write_json_atomic
+from .data.coco import check_datasets, write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
@@ -359,6 +359,7 @@ def train(config):
     splits = resolve_data(config)
     train_set = CocoDetection(*splits["train"], skip_empty=True)
     val_set = CocoDetection(*splits["val"]) if "val" in splits else None
+    check_datasets({"train": train_set, "val": val_set})  # every image file, before any work
     tm_random.manual_seed(config.seed)
     model = build_model(config.model, train_set.num_classes, config.model_kwargs)
     if config.weights and not config.resume:
