@@ -23,6 +23,14 @@ def test_ci_runs_the_readme_test_command():
     assert "export REQUIRE_REFERENCE=1" in ci_lines
 
 
+def test_ci_runs_the_readme_first_command():
+    """.ci/run runs the README's first command word for word, with flags for a short run added."""
+    command = "pip install . && tinymaskrcnn train"
+    assert f"\n    {command}\n" in (ROOT / "README.md").read_text()
+    ci_lines = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines()]
+    assert any(line == command or line.startswith(command + " --") for line in ci_lines)
+
+
 def test_kernels_import_as_a_subpackage():
     import tinymaskrcnn.kernels.im2col as k
 
