@@ -33,7 +33,7 @@ setup(
         "contourpy>=1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25"],
+        "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "wheel"],  # wheel: tests build one
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
         "gpu": ["cupy-cuda12x", "numba-cuda"],
     },

@@ -1,14 +1,19 @@
 """The ``tinymaskrcnn`` command line: every subcommand has --help; ``train`` on tiny settings
 writes every artefact of a run folder and a report; ``evaluate`` and ``predict`` read its
 checkpoint; ``shapes`` and ``coco-subset`` write data; bad input ends with a clear error
-naming the file, not a traceback."""
+naming the file, not a traceback (exit code 2), while a bug keeps its traceback; a run that
+fails after a checkpoint prints the command that resumes it; ``evaluate`` never writes over
+the run's own results."""
+import contextlib
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tinymaskrcnn import cli, weights
+from tinymaskrcnn import cli, data_parallel, engine, weights
 from test_engine import TINY_MODEL, make_tiny_shapes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
@@ -26,8 +31,6 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     make_tiny_shapes(base / "shapes")
     capture = base / "stdout.txt"
-    import contextlib
-
     with open(capture, "w") as f, contextlib.redirect_stdout(f):
         rc = cli.main(["train", "--data", str(base / "shapes"), "--out-dir", str(base / "run")] + TINY_FLAGS)
     assert rc == 0
@@ -131,3 +134,115 @@ def test_shapes_and_coco_subset(tmp_path, capsys):
     assert len(subset["images"]) == 2 and {c["name"] for c in subset["categories"]} == {"circle", "square"}
     assert cli.main(["coco-subset", str(train_ann), str(out), "--categories", "hexagon"]) == 2
     assert "category 'hexagon' is not in" in capsys.readouterr().err
+
+
+def test_evaluate_on_other_data_keeps_the_runs_own_results(run, capsys):
+    data, run_dir, _ = run
+    # the files themselves, not only their content: a tiny model's metrics may be all zeros on any data
+    def files():
+        return {name: ((run_dir / name).stat().st_ino, (run_dir / name).stat().st_mtime_ns, (run_dir / name).read_bytes())
+                for name in ("metrics.json", "results.json")}
+
+    own = files()
+    # the train split as "other data", with the default output folder
+    assert cli.main(["evaluate", str(run_dir / "checkpoint.npz"), "--val-ann",
+                     str(data / "annotations" / "instances_train.json"), "--val-images", str(data / "images" / "train"),
+                     "--no-progress"]) == 0
+    assert files() == own
+    (written,) = (run_dir / "evaluate").glob("instances_train-*/metrics.json")
+    assert str(written) in capsys.readouterr().out and (written.parent / "results.json").is_file()
+
+
+def test_a_dead_worker_ends_in_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    make_tiny_shapes(tmp_path / "shapes")
+    monkeypatch.setattr(data_parallel, "_BOOTSTRAP", "import sys; sys.exit('ImportError: no tinymaskrcnn here')")
+    assert cli.main(["train", "--data", str(tmp_path / "shapes"), "--out-dir", str(tmp_path / "runs" / "a"),
+                     "--processes", "2"] + TINY_FLAGS) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "worker process died (exit code 1), its last error line: ImportError: no tinymaskrcnn here" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_running_out_of_memory_says_what_and_what_to_try(tmp_path, capsys):
+    """Images resized to a short side of 2 million pixels: the first array of that size (tens of
+    TiB) is refused at once under Linux's overcommit heuristic."""
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() not in ("0", "2"):
+        pytest.skip("this kernel may grant any allocation (overcommit_memory=1) and kill the process later")
+    make_tiny_shapes(tmp_path / "shapes")
+    assert cli.main(["train", "--data", str(tmp_path / "shapes"), "--out-dir", str(tmp_path / "run"),
+                     "--processes", "1"] + TINY_FLAGS + ["--min-size", "2000000", "--max-size", "3000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "error: out of memory: Unable to allocate" in err and "TiB" in err
+    assert "--min-size/--max-size" in err and "--batch-size" in err and "--processes 1" in err
+
+
+def test_a_run_that_fails_after_a_checkpoint_prints_the_resume_command(tmp_path, monkeypatch, capsys):
+    make_tiny_shapes(tmp_path / "shapes")
+    build, calls = engine.build_model, []
+
+    def build_poisoned(*args, **kwargs):  # the fourth training forward pass (iteration 4) returns a NaN loss
+        model = build(*args, **kwargs)
+        forward = model.forward
+
+        def poisoned(images, targets=None, **kw):
+            out = forward(images, targets, **kw)
+            if model.training:
+                calls.append(1)
+                if len(calls) == 4:
+                    out["loss_mask"] = out["loss_mask"] * float("nan")
+            return out
+
+        object.__setattr__(model, "forward", poisoned)
+        return model
+
+    monkeypatch.setattr(engine, "build_model", build_poisoned)
+    run_dir = tmp_path / "run with space"
+    flags = ["train", "--data", str(tmp_path / "shapes"), "--out-dir", str(run_dir), "--processes", "1"] + TINY_FLAGS \
+        + ["--iterations", "5", "--checkpoint-period", "2"]
+    assert cli.main(flags) == 2
+    first, note = capsys.readouterr().err.splitlines()
+    assert first.startswith("tinymaskrcnn train: error: iteration 4: loss_mask = nan")
+    prefix = f"  the run's last checkpoint is {run_dir / 'checkpoint.npz'} (iteration 2); continue from it with: "
+    assert note.startswith(prefix)
+    command = shlex.split(note[len(prefix):])
+    assert command[:2] == ["tinymaskrcnn", "train"] and command[-1] == "--resume"
+    # the command given, with --resume, is what it says: it continues the run to the end
+    monkeypatch.setattr(engine, "build_model", build)
+    assert cli.main(command[1:]) == 0
+    assert weights.load(run_dir / "checkpoint.npz")["iteration"] == 5
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_resume_command_repeats_every_flag_given():
+    argv = ["train", "--data", "d", "--val-ann", "v.json", "--val-images", "v", "--train-ann", "t.json",
+            "--train-images", "t", "--shapes-root", "s", "--shapes-train", "3", "--shapes-val", "2",
+            "--model", "maskrcnn_resnet50_fpn", "--min-size", "64", "--max-size", "96",
+            "--model-kwargs", '{"fpn_channels": 8}', "--weights", "w.pth", "--iterations", "7", "--batch-size", "4",
+            "--processes", "1", "--optimizer", "sgd", "--lr", "0.015", "--momentum", "0.8", "--weight-decay", "0.001",
+            "--warmup-iters", "3", "--schedule", "step", "--clip-grad-norm", "5.5", "--eval-period", "2",
+            "--checkpoint-period", "3", "--num-predictions", "1", "--seed", "9", "--no-progress"]
+    parser = cli.build_parser()
+    args = parser.parse_args(argv)
+    command = shlex.split(cli._resume_command(args, "runs/x"))
+    assert command[0] == "tinymaskrcnn"
+    again = parser.parse_args(command[1:])
+    assert vars(again) == {**vars(args), "out_dir": "runs/x", "resume": True}
+
+
+def test_a_bug_keeps_its_traceback_and_ctrl_c_is_not_one(monkeypatch, capsys):
+    def bug(config, resume_command=None):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(engine, "train", bug)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        cli.main(["train"])
+
+    def interrupted(config, resume_command=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err == "tinymaskrcnn train: interrupted\n"

@@ -1,11 +1,12 @@
 """Data-parallel training: the averaged gradient is the mean of the two halves' gradients as one
-process computes them, the optimizer's updates reach the worker, and a worker's failure is
-reported with its traceback."""
+process computes them, the optimizer's updates reach the worker, the worker imports the caller's
+package whatever the current folder holds, and a worker's failure is reported with its type and
+traceback, its death with its exit status and last error line."""
 import numpy as np
 import pytest
 
-from tinymaskrcnn import engine, optim, random as tm_random
-from tinymaskrcnn.data_parallel import DataParallel, forward_backward
+from tinymaskrcnn import data_parallel, engine, optim, random as tm_random
+from tinymaskrcnn.data_parallel import DataParallel, WorkerDiedError, forward_backward
 from tinymaskrcnn.gradcheck import rel_error
 
 from test_engine import TINY_MODEL
@@ -77,11 +78,12 @@ def test_gradient_is_the_mean_of_the_halves(rng):
 def test_worker_failure_is_reported_and_the_worker_stopped(rng):
     images, targets = _batch(rng)
     targets[1]["labels"] = np.array([1, 9])  # class 9 of a 4-class model: fails in the worker's half
-    with pytest.raises(RuntimeError, match="worker process failed") as info:
+    with pytest.raises(ValueError, match="target value 9 is out of range") as info:  # the worker's own error
         with DataParallel(_model(), BUILD) as parallel:
             process = parallel._process
             parallel.step(images, targets)
-    assert "9" in str(info.value) and "Traceback" in str(info.value)
+    cause = str(info.value.__cause__)
+    assert "worker process failed" in cause and "Traceback" in cause and "cross_entropy" in cause
     assert process.poll() is not None  # stopped on leaving the block
 
 
@@ -90,8 +92,31 @@ def test_worker_that_dies_is_named(rng):
     with DataParallel(_model(), BUILD) as parallel:
         parallel._process.kill()
         parallel._process.wait()
-        with pytest.raises(RuntimeError, match="worker process died"):
+        with pytest.raises(WorkerDiedError, match=r"worker process died \(killed by SIGKILL.*--processes 1"):
             parallel.step(images, targets)
+
+
+def test_worker_that_cannot_start_gives_its_last_error_line(monkeypatch):
+    monkeypatch.setattr(data_parallel, "_BOOTSTRAP", "import sys; print('starting', file=sys.stderr); "
+                                                     "raise ImportError('no module named decoy')")
+    with pytest.raises(WorkerDiedError, match=r"exit code 1\), its last error line: ImportError: no module named decoy"):
+        with DataParallel(_model(), BUILD):
+            pass
+
+
+def test_worker_imports_the_callers_package_not_the_current_folders(rng, tmp_path, monkeypatch):
+    """Run from a repository root with a non-editable install, the current folder holds the source
+    tree's tinymaskrcnn/, which lacks the kernels installed from kernels/: the worker must import
+    the package its caller imported. A decoy package in the current folder stands for it."""
+    decoy = tmp_path / "tinymaskrcnn"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy tinymaskrcnn in the current folder')\n")
+    (decoy / "data_parallel.py").write_text("raise ImportError('the decoy tinymaskrcnn in the current folder')\n")
+    monkeypatch.chdir(tmp_path)
+    images, targets = _batch(rng)
+    with DataParallel(_model(), BUILD) as parallel:
+        values, _ = parallel.step(images, targets)
+    assert all(np.isfinite(v) for v in values.values())
 
 
 def test_batch_of_one_is_refused(rng):

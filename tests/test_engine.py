@@ -1,7 +1,9 @@
 """The training and evaluation loops on a tiny shapes set and a tiny model: a run stopped and
 resumed ends bit-identical to one that never stopped; a NaN loss stops training with an error
-naming the iteration and the term and leaves the last checkpoint loadable; evaluation writes
-COCOeval metrics; torchvision weights load with mismatched heads left as built."""
+naming the iteration, the term, the settings and what to try, and leaves the last checkpoint
+loadable and named with how to resume; a run that cannot start leaves no folder, and a start
+clears what a killed run left half written; evaluation writes COCOeval metrics; torchvision
+weights load with mismatched heads left as built."""
 import dataclasses
 import json
 import math
@@ -91,7 +93,8 @@ def test_data_parallel_drops_an_epochs_last_single_image(shapes_root, tmp_path):
     assert [r["iteration"] for r in _records(tmp_path / "run") if "loss" in r] == [1, 2]
 
 
-def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [10.0, 0.0])
+def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monkeypatch, clip):
     build = engine.build_model
 
     def build_poisoned(*args, **kwargs):
@@ -111,8 +114,20 @@ def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monke
 
     monkeypatch.setattr(engine, "build_model", build_poisoned)
     with pytest.raises(FloatingPointError, match=r"iteration 3: loss_mask = nan") as info:
-        engine.train(tiny_config(shapes_root, tmp_path / "run"))
-    assert str(tmp_path / "run" / engine.CHECKPOINT) in str(info.value)
+        engine.train(tiny_config(shapes_root, tmp_path / "run", clip_grad_norm=clip))
+    message = str(info.value)
+    assert str(tmp_path / "run" / engine.CHECKPOINT) in message
+    # what was on, and what to try given that
+    assert "a lower lr (peak 0.01" in message and "a longer warmup (warmup_iters 1)" in message
+    if clip:
+        assert "a lower clip_grad_norm (gradients were clipped at norm 10)" in message
+        assert "clip_grad_norm, e.g. 10" not in message
+    else:
+        assert "gradient clipping (clip_grad_norm, e.g. 10; it was off)" in message
+    # the checkpoint it can continue from, and how
+    (note,) = info.value.__notes__
+    assert f"last checkpoint is {tmp_path / 'run' / engine.CHECKPOINT} (iteration 2)" in note
+    assert f"resume=True, out_dir={str(tmp_path / 'run')!r}" in note
     monkeypatch.setattr(engine, "build_model", build)
     model, state = engine.load_model(tmp_path / "run" / engine.CHECKPOINT)
     assert state["iteration"] == 2  # the last good one; nothing was written from the bad state
@@ -188,3 +203,40 @@ def test_torchvision_weights_with_other_heads(torch, shapes_root, tmp_path):
     report = "\n".join(lines)
     assert f"loaded {len(before) - len(heads)} of {len(before)}" in report
     assert all(k in report for k in heads)
+
+
+def test_a_run_that_cannot_start_leaves_no_folder(shapes_root, tmp_path, monkeypatch):
+    from tinymaskrcnn import data_parallel
+
+    runs = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="not in COCO layout"):  # no data
+        engine.train(tiny_config(tmp_path / "nothing", runs / "a"))
+    with pytest.raises(FileNotFoundError):  # weights that are not there, after data and model
+        engine.train(tiny_config(shapes_root, runs / "b", weights=str(tmp_path / "missing.pth")))
+    # a worker that cannot start, after everything else
+    monkeypatch.setattr(data_parallel, "_BOOTSTRAP", "raise SystemExit('no worker today')")
+    with pytest.raises(data_parallel.WorkerDiedError, match="no worker today"):
+        engine.train(tiny_config(shapes_root, runs / "c", processes=2))
+    assert not runs.exists()
+
+
+def test_a_start_removes_what_a_killed_write_left(shapes_root, tmp_path):
+    """A run killed while writing its checkpoint leaves the hidden temporary file (nothing runs
+    after SIGKILL to remove it): the next start or resume of that folder removes it."""
+    run = tmp_path / "run"
+    engine.train(tiny_config(shapes_root, run, iterations=2, checkpoint_period=0, processes=1))
+    left = [run / ".checkpoint.npz.0123456789ab.tmp", run / ".metrics.jsonl.tmp", run / ".config.json.4242.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 1000)
+    unrelated = run / ".notes.tmp"  # not one of the run's files: kept
+    unrelated.write_text("mine")
+    engine.train(tiny_config(shapes_root, run, iterations=2, checkpoint_period=0, processes=1, resume=True))
+    assert not any(path.exists() for path in left) and unrelated.exists()
+    (run / ".checkpoint.npz.ba9876543210.tmp").write_bytes(b"\0" * 1000)
+    engine.train(tiny_config(shapes_root, run, iterations=1, warmup_iters=0, checkpoint_period=0, processes=1))  # fresh
+    assert sorted(p.name for p in run.glob(".*")) == [".notes.tmp"]
+
+
+def test_an_unknown_model_keyword_is_named():
+    with pytest.raises(ValueError, match=r"maskrcnn_resnet18_fpn takes no keyword argument 'fpn_chanels'.*fpn_channels"):
+        engine.build_model("maskrcnn_resnet18_fpn", 4, {"fpn_chanels": 8})

@@ -1,7 +1,11 @@
 """The package installs as the design says: kernels/ as tinymaskrcnn.kernels, the README's
-commands are the ones CI runs, the console script exists."""
+commands are the ones CI runs, the console script exists, and an installed package started from
+the repository root (where the source tree's tinymaskrcnn/ has no kernels) starts its
+data-parallel worker from the installed package too."""
 import subprocess
 import sys
+import textwrap
+import venv
 import zipfile
 from pathlib import Path
 
@@ -19,19 +23,60 @@ def test_ci_runs_the_readme_test_command():
     assert "export REQUIRE_REFERENCE=1" in ci_lines
 
 
+def test_ci_runs_the_readme_first_command():
+    """.ci/run runs the README's first command word for word, with flags for a short run added."""
+    command = "pip install . && tinymaskrcnn train"
+    assert f"\n    {command}\n" in (ROOT / "README.md").read_text()
+    ci_lines = [l.strip() for l in (ROOT / ".ci/run").read_text().splitlines()]
+    assert any(line == command or line.startswith(command + " --") for line in ci_lines)
+
+
 def test_kernels_import_as_a_subpackage():
     import tinymaskrcnn.kernels.im2col as k
 
     assert Path(k.__file__).parent.name == "kernels"
 
 
-def test_wheel_installs_kernels_under_tinymaskrcnn(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
     pytest.importorskip("setuptools")
+    folder = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
-    (wheel,) = tmp_path.glob("tinymaskrcnn-*.whl")
+                    "-w", str(folder), str(ROOT)], check=True, capture_output=True)
+    (path,) = folder.glob("tinymaskrcnn-*.whl")
+    return path
+
+
+def test_wheel_installs_kernels_under_tinymaskrcnn(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tinymaskrcnn/kernels/im2col.py" in names
     assert not any(n.startswith("kernels/") for n in names)  # a registry package has that name
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tinymaskrcnn = tinymaskrcnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_installed_package_run_from_the_repository_root_starts_its_worker(wheel, tmp_path):
+    """The README's first command: a non-editable install, run from the repository root. A fresh
+    virtual environment holds the wheel's files and sees this one's dependencies through a .pth
+    line (not its editable install of tinymaskrcnn, whose finder would hide the problem)."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    (purelib,) = env_dir.glob("lib/python*/site-packages")
+    zipfile.ZipFile(wheel).extractall(purelib)
+    # this process's import path for the dependencies, less the repository (and the tests in it)
+    outside = [p for p in sys.path if p and Path(p).is_dir() and ROOT.resolve() not in Path(p).resolve().parents
+               and Path(p).resolve() != ROOT.resolve()]
+    (purelib / "dependencies.pth").write_text("\n".join(outside) + "\n")
+    script = tmp_path / "start_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import tinymaskrcnn
+        from tinymaskrcnn import engine
+        from tinymaskrcnn.data_parallel import DataParallel
+
+        assert tinymaskrcnn.__file__.startswith({str(purelib)!r}), tinymaskrcnn.__file__
+        build = ("maskrcnn_resnet18_fpn", 3, dict(fpn_channels=8, representation_size=16, mask_channels=8))
+        with DataParallel(engine.build_model(*build), build):  # the worker imports and builds its replica
+            print("worker ready")
+        """))
+    done = subprocess.run([str(env_dir / "bin" / "python"), str(script)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "worker ready" in done.stdout, done.stderr

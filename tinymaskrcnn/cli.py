@@ -11,8 +11,10 @@ Each subcommand has ``--help``. The work itself lives in ``tinymaskrcnn.engine``
 only turns flags into its calls and prints reports.
 """
 import argparse
+import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -147,12 +149,25 @@ def _config_from_args(args):
     return TrainConfig(**values)
 
 
+def _resume_command(args, out_dir):
+    """The command line that continues this run exactly: its train flags as given (each flag's
+    dest is its name), then --out-dir and --resume."""
+    words = ["tinymaskrcnn", "train"]
+    for name, value in vars(args).items():
+        if name in ("command", "func", "out_dir", "resume") or value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    return shlex.join(words + ["--out-dir", str(out_dir), "--resume"])
+
+
 def train_command(args):
     from tinymaskrcnn import engine
 
     config = _config_from_args(args)
+    config.out_dir = config.out_dir or engine.default_out_dir()  # named now, for the resume command
     t0 = time.perf_counter()
-    result = engine.train(config)
+    result = engine.train(config, resume_command=_resume_command(args, config.out_dir))
     minutes = (time.perf_counter() - t0) / 60
     print(f"\nreport ({config.iterations} iterations, {minutes:.1f} min)")
     if result["metrics"] is not None:
@@ -165,6 +180,16 @@ def train_command(args):
     if result["predictions"]:
         print(f"  predictions: {os.path.dirname(result['predictions'][0])} ({len(result['predictions']) // 2} images)")
     return 0
+
+
+def _evaluation_folder(checkpoint, ann_file):
+    """Where ``evaluate`` writes without --out-dir: beside the run's own files, in a folder named
+    after the data (evaluate/<annotation file>-<hash of its path>/), so that evaluating other
+    data never replaces the run's metrics.json and results.json."""
+    ann_file = os.path.abspath(ann_file)
+    tag = hashlib.sha1(ann_file.encode()).hexdigest()[:8]
+    stem = os.path.splitext(os.path.basename(ann_file))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "evaluate", f"{stem}-{tag}")
 
 
 def _val_split(args, saved_config):
@@ -190,11 +215,12 @@ def evaluate_command(args):
     from tinymaskrcnn.data import CocoDetection
 
     model, state = engine.load_model(args.checkpoint)
-    dataset = CocoDetection(*_val_split(args, state["config"]))
+    ann_file, image_dir = _val_split(args, state["config"])
+    dataset = CocoDetection(ann_file, image_dir)
     if dataset.num_classes != state["num_classes"]:
         raise ValueError(f"{args.checkpoint} predicts {state['num_classes'] - 1} classes but the val set has "
                          f"{dataset.num_classes - 1}: evaluate on data with the categories it was trained on")
-    out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    out_dir = args.out_dir or _evaluation_folder(args.checkpoint, ann_file)
     metrics = engine.evaluate(model, dataset, out_dir, progress=not args.no_progress, verbose=False)
     print(f"evaluation of {args.checkpoint} on {len(dataset)} images")
     _print_metrics(metrics)
@@ -329,7 +355,8 @@ def build_parser():
     p = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on a val set")
     p.add_argument("checkpoint", help="a run's checkpoint.npz")
     _add_data_flags(p)
-    p.add_argument("--out-dir", help="where metrics.json and results.json go (default: the checkpoint's folder)")
+    p.add_argument("--out-dir", help="where metrics.json and results.json go (default: a folder named after the "
+                                      "data under the run's evaluate/, never over the run's own files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=evaluate_command)
 
@@ -351,14 +378,40 @@ def build_parser():
     return parser
 
 
+# what to try when memory runs out, by command
+_MEMORY_ADVICE = {
+    "train": "try smaller images (--min-size/--max-size), a smaller --batch-size, or --processes 1 "
+             "(one copy of the model and its activations instead of two)",
+    "evaluate": "the model resizes images to the min_size/max_size it was trained with; close other programs "
+                "or evaluate on a machine with more memory",
+    "predict": "try smaller images or close other programs",
+}
+
+
 def main(argv=None):
+    from tinymaskrcnn.data_parallel import WorkerDiedError
+
     args = build_parser().parse_args(argv)
+
+    def fail(message, error, code=2):
+        # one line naming the file, key or flag and the fix (a traceback would only bury it), then
+        # any notes (e.g. the checkpoint a stopped run can resume from)
+        print(f"tinymaskrcnn {args.command}: {message}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):
+            print(f"  {note}", file=sys.stderr)
+        return code
+
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as e:
-        # the errors name the file, key or flag and the fix: a traceback would only bury that
-        print(f"tinymaskrcnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    # errors a user can cause; a TypeError or the like is a bug in tinymaskrcnn and keeps its traceback
+    except (ValueError, OSError, FloatingPointError, WorkerDiedError) as e:
+        return fail(f"error: {e}", e)
+    except MemoryError as e:
+        what = str(e) or "an allocation did not fit"  # NumPy's says what: its size, shape and dtype
+        return fail(f"error: out of memory: {what}; "
+                    f"{_MEMORY_ADVICE.get(args.command, 'close other programs or use smaller inputs')}", e)
+    except KeyboardInterrupt as e:
+        return fail("interrupted", e, code=130)
 
 
 if __name__ == "__main__":

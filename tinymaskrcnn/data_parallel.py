@@ -23,6 +23,8 @@ How (the scheme of torch's DistributedDataParallel, on one machine):
   start; the running statistics that count are the main process's, as DDP's rank 0.
 """
 import os
+import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +39,17 @@ from . import random as tm_random
 # each process runs on one core: two processes are the two cores' work
 _SINGLE_THREADED = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                     "MKL_NUM_THREADS": "1"}
+# The worker's first line: look for tinymaskrcnn first where the caller's package lives (argv[1]),
+# not in the current folder as `python -m` would. From a repository root that folder holds the
+# source tree's tinymaskrcnn/, which has no kernels (they are installed from kernels/ as
+# tinymaskrcnn.kernels), so a non-editable install's worker would fail to import.
+_BOOTSTRAP = "import sys; sys.path[0] = sys.argv[1]; from tinymaskrcnn.data_parallel import _worker_main; _worker_main()"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WorkerDiedError(RuntimeError):
+    """The data-parallel worker process ended without reporting an error of its own (it could
+    not start, or it was killed); the message gives its exit status and last error line."""
 
 
 def _block_layout(params):
@@ -88,8 +101,8 @@ def _worker(connection):
             p.data = view
         grads = _views(np.memmap(grad_file, np.uint8, "r+", shape=size), params, layout)
         connection.send(("ready",))
-    except Exception:
-        connection.send(("error", traceback.format_exc()))
+    except Exception as e:
+        _send_error(connection, e)
         return
     while True:
         try:
@@ -106,8 +119,23 @@ def _worker(connection):
                 else:
                     g[...] = p.grad
             connection.send(("ok", values, stats))
-        except Exception:
-            connection.send(("error", traceback.format_exc()))
+        except Exception as e:
+            _send_error(connection, e)
+
+
+def _send_error(connection, error):
+    """Send the worker's traceback, and the exception itself when it survives pickling, so the
+    main process raises the same type (a MemoryError stays a MemoryError)."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        error = None
+    connection.send(("error", traceback.format_exc(), error))
+
+
+def _worker_main():
+    """Entry point of the worker interpreter (see _BOOTSTRAP): argv is [-c, package parent, fd]."""
+    _worker(Connection(int(sys.argv[2])))
 
 
 class DataParallel:
@@ -117,9 +145,12 @@ class DataParallel:
     to make the replica. Use as a context manager (the worker is stopped on leaving, also on an
     error); ``step(images, targets)`` leaves the averaged gradient in every trainable
     parameter's ``.grad`` and returns the halves' mean losses and statistics. Both processes
-    run single-threaded meanwhile. The worker is a fresh interpreter (``python -m
-    tinymaskrcnn.data_parallel``), so the caller's script is never re-imported and no thread
-    pool is copied by a fork.
+    run single-threaded meanwhile. The worker is a fresh interpreter that imports this very
+    tinymaskrcnn package (see _BOOTSTRAP), so the caller's script is never re-imported and no
+    thread pool is copied by a fork.
+
+    An exception in the worker is raised here with its type (its traceback as the cause); a
+    worker that dies raises WorkerDiedError with its exit status and last line of stderr.
     """
 
     def __init__(self, model, build):
@@ -129,7 +160,7 @@ class DataParallel:
             raise ValueError("data-parallel training needs a model with trainable parameters")
         if any(not isinstance(p.data, np.ndarray) for p in self.params):
             raise TypeError("data-parallel training runs on NumPy arrays (the CPU); a GPU model trains in one process")
-        self._process = self._connection = None
+        self._process = self._connection = self._stderr = None
 
     def __enter__(self):
         import numba
@@ -150,9 +181,11 @@ class DataParallel:
             self._worker_grads = _views(grad_block, self.params, layout)
             ours, theirs = socket.socketpair()
             self._connection = Connection(ours.detach())
+            # the worker's stderr is kept (unlinked, in a temporary file) for the message if it dies
+            self._stderr = tempfile.TemporaryFile()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "tinymaskrcnn.data_parallel", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env={**os.environ, **_SINGLE_THREADED})
+                [sys.executable, "-c", _BOOTSTRAP, _PACKAGE_PARENT, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), env={**os.environ, **_SINGLE_THREADED}, stderr=self._stderr)
             theirs.close()
             self._numba_threads = numba.get_num_threads()
             numba.set_num_threads(1)
@@ -186,12 +219,30 @@ class DataParallel:
             if hasattr(self, "_blas"):
                 self._blas.restore_original_limits()
                 numba.set_num_threads(self._numba_threads)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         return False
 
     def _died(self):
-        code = self._process.wait(timeout=5)
-        return RuntimeError(f"the data-parallel worker process died (exit code {code}); "
-                            "train with processes=1 to see the error in this process")
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # its end of the connection is gone but it still runs
+            self._process.kill()
+            code = self._process.wait()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            how = f"killed by {name}" + (", as the system's out-of-memory killer does" if name == "SIGKILL" else "")
+        else:
+            how = f"exit code {code}"
+        self._stderr.seek(0)
+        lines = [line.strip() for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
+        last = f", its last error line: {lines[-1]}" if lines else ""
+        return WorkerDiedError(f"the data-parallel worker process died ({how}){last}; "
+                               "train with --processes 1 (processes=1) to run in this process alone")
 
     def _send(self, message):
         try:
@@ -205,7 +256,11 @@ class DataParallel:
         except (EOFError, OSError):
             raise self._died() from None
         if message[0] == "error":
-            raise RuntimeError(f"the data-parallel worker process failed:\n{message[1]}")
+            _, text, error = message
+            cause = RuntimeError(f"the data-parallel worker process failed:\n{text}")
+            if error is None:
+                raise cause
+            raise error from cause
         return message
 
     def step(self, images, targets):
@@ -228,6 +283,3 @@ class DataParallel:
         stats = {k: (v + worker_stats[k]) / 2 if k in worker_stats else v for k, v in stats.items()}
         return values, stats
 
-
-if __name__ == "__main__":  # the worker: python -m tinymaskrcnn.data_parallel FD
-    _worker(Connection(int(sys.argv[1])))

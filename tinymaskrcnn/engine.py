@@ -16,6 +16,10 @@ What a run folder holds when training ends::
     losses.png         the loss curves
     results.json, metrics.json   COCO results and the COCOeval summary of the final model on val
     predictions/       a PNG and a JSON of the detections for a few val images
+
+The folder is made only once everything has loaded (data, model, weights, the checkpoint to
+resume, the data-parallel worker): a run that cannot start leaves nothing behind. Each start or
+resume removes the hidden temporary files of writes that a killed run left half done.
 """
 import dataclasses
 import json
@@ -174,12 +178,23 @@ def resolve_data(config):
 
 
 def build_model(name, num_classes, model_kwargs=None):
-    """``tm.models.<name>(num_classes=..., **model_kwargs)`` for a name in MODELS."""
+    """``tm.models.<name>(num_classes=..., **model_kwargs)`` for a name in MODELS; a keyword
+    that neither the builder nor MaskRCNN takes is a ValueError naming it."""
+    import inspect
+
     from . import models
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {MODELS}")
-    return getattr(models, name)(num_classes=num_classes, **(model_kwargs or {}))
+    builder = getattr(models, name)
+    # the builders pass their **kwargs on to MaskRCNN
+    known = (set(inspect.signature(builder).parameters) | set(inspect.signature(models.MaskRCNN).parameters)) \
+        - {"kwargs", "backbone", "num_classes"}
+    unknown = sorted(set(model_kwargs or {}) - known)
+    if unknown:
+        raise ValueError(f"{name} takes no keyword argument {', '.join(map(repr, unknown))} "
+                         f"(model_kwargs / --model-kwargs); it takes: {', '.join(sorted(known))}")
+    return builder(num_classes=num_classes, **(model_kwargs or {}))
 
 
 def load_torchvision_start(model, path):
@@ -338,10 +353,40 @@ class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite; training stopped before updating the parameters."""
 
 
-def train(config):
+def default_out_dir():
+    """The run folder when none is given: runs/<date-time>."""
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+
+
+# the files a run folder's writers replace atomically, through a hidden temporary file beside them
+_RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.json", "metrics.json", "results.json")
+
+
+def _remove_stale_temporaries(out_dir):
+    """Delete the hidden ``.<file>...tmp`` files that a run killed while writing left behind
+    (a checkpoint's can be 150 MB); an interrupted write that is not killed removes its own."""
+    for name in _RUN_FILES:
+        for tmp in out_dir.glob(f".{name}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _add_note(error, note):
+    """``error.add_note(note)`` (Python 3.11+), or the same attribute on older versions, where
+    the command line still prints it."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
+def train(config, resume_command=None):
     """Train a Mask R-CNN as ``config`` (a TrainConfig) says; returns a dict with the run
     folder, the checkpoint path, the final COCO metrics (None without a val split) and the
-    prediction pictures. See the module docstring for what the run folder holds."""
+    prediction pictures. See the module docstring for what the run folder holds.
+
+    An error (or interruption) once a checkpoint of this run exists gets a note naming the
+    checkpoint and how to continue: ``resume_command`` (the command line passes its own), else
+    the TrainConfig fields to set."""
     from tqdm import tqdm
 
     config = dataclasses.replace(config)
@@ -349,12 +394,11 @@ def train(config):
     config = with_optimizer_defaults(config)  # so config.json and the checkpoint say what was used
     if uses_shapes(config):
         config.model_kwargs = {**SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
-    out_dir = Path(config.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    out_dir = Path(config.out_dir or default_out_dir())
     checkpoint_path = out_dir / CHECKPOINT
     metrics_path = out_dir / "metrics.jsonl"
     if config.resume and not checkpoint_path.is_file():
         raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint_path}")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     splits = resolve_data(config)
     train_set = CocoDetection(*splits["train"], skip_empty=True)
@@ -388,10 +432,7 @@ def train(config):
         loader.load_state_dict(state["loader"])
         tm_random.set_state(state["rng"])
         start = int(state["iteration"])
-        _truncate_metrics(metrics_path, start)
-    elif metrics_path.exists():
-        metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
-    write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
+    saved = {"iteration": start if config.resume else None}  # this run's checkpoint on disk
 
     def save_checkpoint(iteration):
         weights.save(checkpoint_path, {
@@ -400,6 +441,7 @@ def train(config):
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "loader": loader.state_dict(), "rng": tm_random.get_state(), "iteration": iteration,
             "config": dataclasses.asdict(config)})
+        saved["iteration"] = iteration
 
     def write_loss_curve():
         from .visualize import plot_losses
@@ -412,57 +454,77 @@ def train(config):
         return metrics
 
     def stop(iteration, what):
-        where = f"last good checkpoint: {checkpoint_path}" if checkpoint_path.is_file() else "no checkpoint yet"
+        where = f"last good checkpoint: {checkpoint_path}" if saved["iteration"] is not None else "no checkpoint yet"
+        clip = config.clip_grad_norm
+        tries = [f"a lower lr (peak {config.lr:g}, {optimizer.param_groups[0]['lr']:.3g} at this iteration)",
+                 f"a longer warmup (warmup_iters {config.warmup_iters})",
+                 f"a lower clip_grad_norm (gradients were clipped at norm {clip:g})" if clip else
+                 "gradient clipping (clip_grad_norm, e.g. 10; it was off)"]
         raise NonFiniteLossError(f"iteration {iteration}: {what}; training stopped before the update ({where}). "
-                                 "Lower the lr, lengthen the warmup or set clip_grad_norm")
+                                 f"Try {', '.join(tries[:-1])} or {tries[-1]}")
 
     batches = _forever(loader)
     recent = {"loss": [], "loss_mask": []}  # the last 20 values of what the progress bar shows
     build = (config.model, train_set.num_classes, config.model_kwargs)
-    with DataParallel(model, build) if processes(config) == 2 else nullcontext() as parallel:
-        bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
-                   initial=start, total=config.iterations)
-        for it in bar:
-            iteration = it + 1  # iterations completed once this one is done
-            t0 = time.perf_counter()
-            images, targets = next(batches)
-            values, stats = parallel.step(images, targets) if parallel else forward_backward(model, images, targets)
-            bad = [name for name, v in values.items() if not math.isfinite(v)]
-            if bad:
-                stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
-            norm = None
-            if config.clip_grad_norm:
-                norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
-                if not math.isfinite(norm):
-                    stop(iteration, f"the gradient norm is {norm}")
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
-                      **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
-                      "time": time.perf_counter() - t0}
-            _append_jsonl(metrics_path, record)
-            for name, window in recent.items():
-                window.append(record[name])
-                del window[:-20]
-            bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
-                            lr=f"{lr:.2g}")
-            if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
-                    and iteration < config.iterations:
-                run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
-            if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
-                save_checkpoint(iteration)
-                write_loss_curve()  # kept current, so a stopped run has its curve too
-        bar.close()
+    try:
+        with DataParallel(model, build) if processes(config) == 2 else nullcontext() as parallel:
+            # everything has loaded and the worker runs: only now is the run folder made or touched
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(out_dir)
+            if config.resume:
+                _truncate_metrics(metrics_path, start)
+            elif metrics_path.exists():
+                metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
+            write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
+            bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
+                       initial=start, total=config.iterations)
+            for it in bar:
+                iteration = it + 1  # iterations completed once this one is done
+                t0 = time.perf_counter()
+                images, targets = next(batches)
+                values, stats = parallel.step(images, targets) if parallel else forward_backward(model, images, targets)
+                bad = [name for name, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
+                norm = None
+                if config.clip_grad_norm:
+                    norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
+                    if not math.isfinite(norm):
+                        stop(iteration, f"the gradient norm is {norm}")
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
+                          **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
+                          "time": time.perf_counter() - t0}
+                _append_jsonl(metrics_path, record)
+                for name, window in recent.items():
+                    window.append(record[name])
+                    del window[:-20]
+                bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
+                                lr=f"{lr:.2g}")
+                if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
+                        and iteration < config.iterations:
+                    run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
+                if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
+                    save_checkpoint(iteration)
+                    write_loss_curve()  # kept current, so a stopped run has its curve too
+            bar.close()
 
-    result = {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "metrics_jsonl": str(metrics_path),
-              "loss_curve": str(out_dir / "losses.png"), "metrics": None, "predictions": []}
-    if val_set is not None:
-        result["metrics"] = run_evaluation(config.iterations, out_dir)
-        result["metrics_json"] = str(out_dir / "metrics.json")
-        picks = range(min(config.num_predictions, len(val_set)))
-        samples = [val_set[i] for i in picks]
-        result["predictions"] = predict_images(
-            model, [image for image, _ in samples], val_set.category_names, out_dir / "predictions",
-            [f"val_{target['image_id']:06d}" for _, target in samples])
+        result = {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "metrics_jsonl": str(metrics_path),
+                  "loss_curve": str(out_dir / "losses.png"), "metrics": None, "predictions": []}
+        if val_set is not None:
+            result["metrics"] = run_evaluation(config.iterations, out_dir)
+            result["metrics_json"] = str(out_dir / "metrics.json")
+            picks = range(min(config.num_predictions, len(val_set)))
+            samples = [val_set[i] for i in picks]
+            result["predictions"] = predict_images(
+                model, [image for image, _ in samples], val_set.category_names, out_dir / "predictions",
+                [f"val_{target['image_id']:06d}" for _, target in samples])
+    except BaseException as e:
+        if saved["iteration"] is not None:
+            how = resume_command or f"train() with resume=True, out_dir={str(out_dir)!r} and the same settings"
+            _add_note(e, f"the run's last checkpoint is {checkpoint_path} (iteration {saved['iteration']}); "
+                         f"continue from it with: {how}")
+        raise
     return result
