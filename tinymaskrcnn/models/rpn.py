@@ -156,7 +156,8 @@ class RegionProposalNetwork(nn.Module):
 
     def compute_loss(self, objectness, box_deltas, labels, regression_targets):
         """BCE over a balanced sample of anchors; smooth L1 (beta 1/9, summed) over its positives,
-        divided by the sample size."""
+        divided by the sample size. Returns the two losses and the sample: the indices of its
+        positive and its negative anchors in the batch's flattened anchors."""
         xp = get_array_module(labels[0])
         pos, neg = self.fg_bg_sampler(labels)
         pos = xp.nonzero(xp.concatenate(pos))[0]
@@ -167,7 +168,7 @@ class RegionProposalNetwork(nn.Module):
         box_loss = F.smooth_l1_loss(box_deltas[pos], regression_targets[pos], beta=1 / 9, reduction="sum") * (
             1.0 / max(sampled.size, 1))
         objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
-        return objectness_loss, box_loss, (pos, neg, labels)
+        return objectness_loss, box_loss, (pos, neg)
 
     def forward(self, images, features, targets=None, intermediates=None, stats=None):
         """Proposals for each image, and in training the two RPN losses.
@@ -198,7 +199,7 @@ class RegionProposalNetwork(nn.Module):
             regression_targets = [self.box_coder.encode(m, a) for m, a in zip(matched_boxes, anchors)]
             loss_objectness, loss_box, sample = self.compute_loss(objectness, box_deltas, labels, regression_targets)
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
-            pos, neg, flat_labels = sample
+            pos, neg = sample
             if intermediates is not None:
                 intermediates.update(rpn_labels=labels, rpn_sampled_positive=pos, rpn_sampled_negative=neg)
             if stats is not None:
