@@ -203,9 +203,14 @@ class RegionProposalNetwork(nn.Module):
             if intermediates is not None:
                 intermediates.update(rpn_labels=labels, rpn_sampled_positive=pos, rpn_sampled_negative=neg)
             if stats is not None:
-                # how often the sampled anchors' objectness sign agrees with their label
-                logit = objectness.data
-                stats["rpn_fg_accuracy"] = float((logit[pos] > 0).mean()) if pos.size else float("nan")
-                stats["rpn_bg_accuracy"] = float((logit[neg] <= 0).mean()) if neg.size else float("nan")
-                stats["rpn_num_positive"] = int(pos.size)
+                _objectness_stats(stats, objectness.data, pos, neg)
         return boxes, losses
+
+
+def _objectness_stats(stats, logits, pos, neg):
+    """How often the sampled anchors' objectness sign agrees with their label: the fraction of
+    the positives ``pos`` with a logit > 0 and of the negatives ``neg`` with a logit <= 0 (indices
+    into the flattened ``logits``), and the number of positives."""
+    stats["rpn_fg_accuracy"] = float((logits[pos] > 0).mean()) if pos.size else float("nan")
+    stats["rpn_bg_accuracy"] = float((logits[neg] <= 0).mean()) if neg.size else float("nan")
+    stats["rpn_num_positive"] = int(pos.size)
