@@ -11,8 +11,8 @@ import numba.np.ufunc.parallel
 
 # The parallel kernels here (roi_align, paste_masks) alternate with NumPy work that runs on
 # OpenBLAS's threads. Numba's default OpenMP workers busy-wait for milliseconds after each
-# parallel region, keeping the cores from OpenBLAS (measured: convolutions 3-10x slower on 2
-# cores when they ran on Numba's threads), and OMP_WAIT_POLICY cannot reliably stop it (torch,
+# parallel region, keeping the cores from OpenBLAS (convolutions ran several times slower
+# when they followed Numba's threads: docs/benchmarks.md), and OMP_WAIT_POLICY cannot reliably stop it (torch,
 # when imported first, brings its own libgomp). Numba's built-in "workqueue" layer sleeps at
 # once. It must be chosen before anything starts Numba's thread pool (we warn if something
 # did); a layer chosen through NUMBA_THREADING_LAYER is kept. workqueue aborts the process if

@@ -2,9 +2,9 @@
 
 The update (torch.optim.AdamW, see ``tinymaskrcnn.optim``) written with NumPy operators walks
 the parameter, its gradient and two moment buffers about a dozen times and makes as many
-temporaries; for a 14M-parameter model that was 0.1 s a step, a tenth of a training step on
-the CPU. The kernel reads each element once, parallel over elements. ``step`` is the step
-number after this update (1 on the first), ``p``, ``g``, ``m``, ``v`` arrays of one shape and
+temporaries, a noticeable share of a training step on the CPU (docs/benchmarks.md). The
+kernel reads each element once, parallel over elements. ``step`` is the step number after
+this update (1 on the first), ``p``, ``g``, ``m``, ``v`` arrays of one shape and
 dtype, C-contiguous for the kernel; ``p``, ``m`` and ``v`` are updated in place.
 """
 import math

@@ -90,7 +90,7 @@ def phase_split_reference(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     q[pi*sw + pj, c, u*Wq + v] = x[c, u*sh + pi - ph, v*sw + pj - pw], 0 outside x.
     Only the phases some tap reads are written (the others are never read)."""
     C, H, W = x.shape
-    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    _, _, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
     q = np.zeros((sh * sw, C, hq * wq), x.dtype) if out is None else out
     if q.shape != (sh * sw, C, hq * wq):
         raise ValueError("phase_split: out must have shape (sh*sw, C, Hq*Wq)")
@@ -140,7 +140,7 @@ def phase_merge_reference(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     """The adjoint of phase_split: the (C, H, W) image whose pixel (i, j) is the phase-image
     entry phase_split put it in. Written into ``out`` if given."""
     C = q.shape[1]
-    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    _, _, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
     if q.shape != (sh * sw, C, hq * wq):
         raise ValueError("phase_merge: q must have shape (sh*sw, C, Hq*Wq)")
     padded = np.zeros((C, sh * hq + sh, sw * wq + sw), q.dtype)
@@ -166,7 +166,7 @@ def phase_split(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     Numba: row by row of each phase image: the zeros of the padding, then a strided run of x.
     """
     C, H, W = x.shape
-    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    _, _, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
     if out is None:
         q = np.zeros((sh * sw, C, hq * wq), x.dtype)
     else:
@@ -267,7 +267,7 @@ def phase_merge(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     Numba: row by row of the image, each phase's pixels of the row at a time.
     """
     C = q.shape[1]
-    ho, wo, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
+    _, _, hq, wq = phase_grid(H, W, kh, kw, sh, sw, ph, pw, dh, dw)
     if q.shape[0] != sh * sw or q.shape[2] != hq * wq:
         raise ValueError("phase_merge: q must have shape (sh*sw, C, Hq*Wq)")
     if out is None:

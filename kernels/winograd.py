@@ -46,8 +46,7 @@ Each kernel comes twice, a NumPy version (suffix ``_reference``) that states the
 matrices, and a single-threaded Numba kernel (``nogil``: the conv op runs one per core, on its
 own bands, as it does im2col) with the same results.
 
-Accuracy: in float32 the algorithm's error is of the order of im2col's (a 3x3 256->256 conv
-of unit-variance data: rms error 4.9e-7 against 3.6e-7; 64->64: 2.4e-7 against 3.0e-7); the
+Accuracy: in float32 the algorithm's error is of the order of im2col's (docs/benchmarks.md); the
 products add transformed values larger than the inputs, and the output transform's sums
 partly cancel. Transforming in float64 did not change that (the products dominate).
 """
@@ -203,7 +202,7 @@ def winograd_input(x, ph, pw, n0, n1, r0, r1, tw, out=None):
 
     Numba: a row of tiles at a time, into a small staging block (16, Tw) that stays in the L1
     cache, then copied out as 16 contiguous runs: writing the 16 entries of each tile straight
-    to their 16 far-apart rows of V ran 2-3x slower (more streams than the core tracks). Within
+    to their 16 far-apart rows of V was slower (more streams than the core tracks). Within
     a tile, the row transform of each of the patch's rows as it is read (patches inside the
     image skip the bounds tests), then the column transform.
     """
@@ -331,8 +330,8 @@ def weight_transform(weight):
     """U (16, Cout, C) = G g G^T of every (Cout, C, 3, 3) kernel, entry ab = 4a + b.
 
     Numba rather than the twin's matrix product: a multi-threaded BLAS call here would leave
-    OpenBLAS's threads spinning on the cores the conv's workers are about to use (measured:
-    the 3x3 64->64 conv at 200x272 took 36 ms instead of 18). One output channel at a time
+    OpenBLAS's threads spinning on the cores the conv's workers are about to use, slowing
+    them down. One output channel at a time
     through a staging block, as in ``winograd_input``.
     """
     cout, c_in = weight.shape[0], weight.shape[1]

@@ -8,7 +8,8 @@ import pytest
 
 import tinymaskrcnn as tm
 from tinymaskrcnn.gradcheck import gradcheck
-from tinymaskrcnn.models.roi_heads import fastrcnn_loss, maskrcnn_loss
+from tinymaskrcnn.models.roi_heads import _box_stats, _mask_stats, fastrcnn_loss, maskrcnn_loss
+from tinymaskrcnn.models.rpn import _objectness_stats
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,9 @@ def _target(h=60, w=80, boxes=((5, 6, 40, 50), (30, 10, 75, 40)), labels=(1, 3))
             "masks": masks}
 
 
+# Finite differences check these gradients against the code's own forward: a wrong loss formula
+# passes them. The formulas are checked against torchvision's losses in
+# test_maskrcnn_reference.py::test_training_step_matches_torchvision_float64.
 def test_fastrcnn_loss_gradients_match_finite_differences(rng):
     labels = [np.array([0, 2, 1, 0, 3]), np.array([1, 0])]
     targets = [rng.standard_normal((5, 4)), rng.standard_normal((2, 4))]
@@ -140,3 +144,45 @@ def test_bad_input_is_named(model, rng):
         model([_image(rng)])
     with pytest.raises(TypeError):
         model([(_image(rng) * 255).astype(np.uint8)], [_target()])
+
+
+# ----- training statistics on hand-made logits and targets, with known counts -----------------
+
+
+def test_objectness_stats_count_the_sampled_anchors():
+    logits = np.array([2.0, -1, 0.5, 3, -2, 0, 1, -0.5, 4, -3])
+    pos, neg = np.array([0, 1, 2]), np.array([4, 5, 6, 7, 9])  # anchors 3 and 8 were not sampled
+    stats = {}
+    _objectness_stats(stats, logits, pos, neg)
+    # positives with a logit > 0: 2 of 3; negatives with a logit <= 0 (0 counts): 4 of 5
+    assert stats == pytest.approx({"rpn_fg_accuracy": 2 / 3, "rpn_bg_accuracy": 4 / 5, "rpn_num_positive": 3})
+
+
+def test_box_stats_count_the_sampled_rois():
+    labels = [np.array([1, 1, 1, 2]), np.array([3, 0, 0, 0])]  # 5 foreground, 3 background RoIs
+    predicted = np.array([1, 0, 2, 2, 3, 0, 1, 0])
+    logits = np.eye(4)[predicted] * 5 - 1  # the largest logit is the predicted class
+    stats = {}
+    _box_stats(stats, logits, labels)
+    assert stats == pytest.approx({"roi_accuracy": 5 / 8,  # 3 foreground and 2 background right
+                     "roi_fg_accuracy": 3 / 5,
+                     "roi_false_negative": 1 / 5,  # one foreground RoI called background
+                     "roi_bg_accuracy": 2 / 3})
+
+
+def test_mask_stats_count_the_pixels():
+    """Two RoIs of 2x2 pixels: 3 target pixels on (soft targets above 0.5), 5 off; predicted on
+    (logit > 0, in the RoI's own class channel) are 2 of the on pixels and 2 of the off ones."""
+    labels = np.array([2, 1])
+    targets = np.array([[[0.9, 0.6], [0.2, 0.5]],
+                        [[0.0, 1.0], [0.4, 0.1]]])
+    predicted = np.array([[[1, 0], [1, 0]],
+                          [[0, 1], [1, 0]]], dtype=bool)
+    logits = np.zeros((2, 3, 2, 2))
+    logits[np.arange(2), labels] = np.where(predicted, 2.0, -2.0)
+    logits[:, 0] = np.where(predicted, -2.0, 2.0)  # a channel of no RoI's class disagrees
+    stats = {}
+    _mask_stats(stats, logits, labels, targets)
+    assert stats == pytest.approx({"mask_accuracy": 5 / 8,
+                     "mask_false_positive": 2 / 5,  # predicted on among the 5 off pixels
+                     "mask_false_negative": 1 / 3})  # predicted off among the 3 on pixels

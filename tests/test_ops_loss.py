@@ -45,6 +45,7 @@ def test_cross_entropy_all_ignored_is_nan_with_zero_gradient_like_torch(torch, s
     np.testing.assert_array_equal(x.grad, np.zeros((2, 3)))
 
 
+# Against our own forward: a wrong formula passes here; test_cross_entropy_matches_torch catches it.
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_cross_entropy_gradcheck(rng, reduction, smoothing):
@@ -86,6 +87,7 @@ def test_bce_with_logits_is_stable_for_large_logits(torch, dtype):
         [x, t], dtype)
 
 
+# Against our own forward: a wrong formula passes here; test_bce_with_logits_matches_torch catches it.
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_bce_with_logits_gradcheck(rng, reduction):
     w, q = rng.uniform(0.5, 2, (2, 1)), rng.uniform(0.5, 2, (3,))
@@ -127,6 +129,7 @@ def test_smooth_l1_at_the_threshold_and_at_zero_follows_torch(torch, dtype, beta
                          lambda x, t: torch.nn.functional.smooth_l1_loss(x, t, reduction="none", beta=beta), [x, t], dtype)
 
 
+# Against our own forward: a wrong formula passes here; test_smooth_l1_matches_torch catches it.
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
 def test_smooth_l1_gradcheck(rng, reduction, beta):

@@ -577,10 +577,7 @@ class GetItem(Function):
     def backward(self, g):
         xp = get_array_module(g)
         dx = xp.zeros(self.shape, dtype=self.dtype)
-        if xp is np:
-            np.add.at(dx, self.index, g)
-        else:  # pragma: no cover - CuPy
-            xp.add.at(dx, self.index, g)
+        xp.add.at(dx, self.index, g)
         return (dx,)
 
 

@@ -89,10 +89,10 @@ def _worker(connection):
     """The worker process: build the replica, map the shared blocks, answer steps until told to
     stop or until the main process goes away."""
     try:
-        from . import engine
+        from .build import build_model
 
         _, build, state, param_file, grad_file = connection.recv()
-        model = engine.build_model(*build)
+        model = build_model(*build)
         model.load_state_dict(state)
         model.train()
         params = _trainable(model)
@@ -141,7 +141,7 @@ def _worker_main():
 class DataParallel:
     """Train ``model`` with its batches split between this process and one worker process.
 
-    ``build`` is ``(model_name, num_classes, model_kwargs)``, what ``engine.build_model`` needs
+    ``build`` is ``(model_name, num_classes, model_kwargs)``, what ``build.build_model`` needs
     to make the replica. Use as a context manager (the worker is stopped on leaving, also on an
     error); ``step(images, targets)`` leaves the averaged gradient in every trainable
     parameter's ``.grad`` and returns the halves' mean losses and statistics. Both processes

@@ -34,13 +34,13 @@ import numpy as np
 
 from . import optim, random as tm_random, weights
 from .autograd import no_grad
+from .build import MODELS, build_model
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
 from .data.coco import check_datasets, write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
-MODELS = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn")
 # The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
 # would only make the mask head and evaluation slower, not the AP higher. The mask head trains
 # on at most 8 positive RoIs per image (the RPN soon gives each object a dozen near-copies):
@@ -175,26 +175,6 @@ def resolve_data(config):
     if config.val_ann is not None:
         splits["val"] = (config.val_ann, config.val_images)
     return splits
-
-
-def build_model(name, num_classes, model_kwargs=None):
-    """``tm.models.<name>(num_classes=..., **model_kwargs)`` for a name in MODELS; a keyword
-    that neither the builder nor MaskRCNN takes is a ValueError naming it."""
-    import inspect
-
-    from . import models
-
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {MODELS}")
-    builder = getattr(models, name)
-    # the builders pass their **kwargs on to MaskRCNN
-    known = (set(inspect.signature(builder).parameters) | set(inspect.signature(models.MaskRCNN).parameters)) \
-        - {"kwargs", "backbone", "num_classes"}
-    unknown = sorted(set(model_kwargs or {}) - known)
-    if unknown:
-        raise ValueError(f"{name} takes no keyword argument {', '.join(map(repr, unknown))} "
-                         f"(model_kwargs / --model-kwargs); it takes: {', '.join(sorted(known))}")
-    return builder(num_classes=num_classes, **(model_kwargs or {}))
 
 
 def load_torchvision_start(model, path):

@@ -156,7 +156,8 @@ class RegionProposalNetwork(nn.Module):
 
     def compute_loss(self, objectness, box_deltas, labels, regression_targets):
         """BCE over a balanced sample of anchors; smooth L1 (beta 1/9, summed) over its positives,
-        divided by the sample size."""
+        divided by the sample size. Returns the two losses and the sample: the indices of its
+        positive and its negative anchors in the batch's flattened anchors."""
         xp = get_array_module(labels[0])
         pos, neg = self.fg_bg_sampler(labels)
         pos = xp.nonzero(xp.concatenate(pos))[0]
@@ -167,7 +168,7 @@ class RegionProposalNetwork(nn.Module):
         box_loss = F.smooth_l1_loss(box_deltas[pos], regression_targets[pos], beta=1 / 9, reduction="sum") * (
             1.0 / max(sampled.size, 1))
         objectness_loss = F.binary_cross_entropy_with_logits(objectness[sampled], labels[sampled])
-        return objectness_loss, box_loss, (pos, neg, labels)
+        return objectness_loss, box_loss, (pos, neg)
 
     def forward(self, images, features, targets=None, intermediates=None, stats=None):
         """Proposals for each image, and in training the two RPN losses.
@@ -198,13 +199,18 @@ class RegionProposalNetwork(nn.Module):
             regression_targets = [self.box_coder.encode(m, a) for m, a in zip(matched_boxes, anchors)]
             loss_objectness, loss_box, sample = self.compute_loss(objectness, box_deltas, labels, regression_targets)
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
-            pos, neg, flat_labels = sample
+            pos, neg = sample
             if intermediates is not None:
                 intermediates.update(rpn_labels=labels, rpn_sampled_positive=pos, rpn_sampled_negative=neg)
             if stats is not None:
-                # how often the sampled anchors' objectness sign agrees with their label
-                logit = objectness.data
-                stats["rpn_fg_accuracy"] = float((logit[pos] > 0).mean()) if pos.size else float("nan")
-                stats["rpn_bg_accuracy"] = float((logit[neg] <= 0).mean()) if neg.size else float("nan")
-                stats["rpn_num_positive"] = int(pos.size)
+                _objectness_stats(stats, objectness.data, pos, neg)
         return boxes, losses
+
+
+def _objectness_stats(stats, logits, pos, neg):
+    """How often the sampled anchors' objectness sign agrees with their label: the fraction of
+    the positives ``pos`` with a logit > 0 and of the negatives ``neg`` with a logit <= 0 (indices
+    into the flattened ``logits``), and the number of positives."""
+    stats["rpn_fg_accuracy"] = float((logits[pos] > 0).mean()) if pos.size else float("nan")
+    stats["rpn_bg_accuracy"] = float((logits[neg] <= 0).mean()) if neg.size else float("nan")
+    stats["rpn_num_positive"] = int(pos.size)

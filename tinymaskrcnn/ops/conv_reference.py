@@ -40,9 +40,11 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
     ho, wo = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
     taps = cols.reshape(n, c, kh, kw, ho, wo)
     x = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
-    for ki in range(kh):  # tap (ki, kj) saw the pixels ki*dh + oh*sh, kj*dw + ow*sw
+    for ki in range(kh):  # tap (ki, kj) saw the padded pixels (ki*dh + oh*sh, kj*dw + ow*sw)
         for kj in range(kw):
-            x[:, :, ki * dh:ki * dh + sh * (ho - 1) + 1:sh, kj * dw:kj * dw + sw * (wo - 1) + 1:sw] += taps[:, :, ki, kj]
+            rows = slice(ki * dh, ki * dh + sh * (ho - 1) + 1, sh)
+            columns = slice(kj * dw, kj * dw + sw * (wo - 1) + 1, sw)
+            x[:, :, rows, columns] += taps[:, :, ki, kj]
     return x[:, :, ph:ph + h, pw:pw + w]
 
 

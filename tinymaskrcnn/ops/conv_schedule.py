@@ -10,9 +10,9 @@ here with the signatures of the textbook path (ops/conv_reference.py):
 Choices made for speed and memory
 ---------------------------------
 * im2col reads the input through its padded phase images on a wide output grid
-  (kernels/im2col.py): every row of X^ is then a few long contiguous copies, 3-5x faster than
-  gathering it pixel by pixel. The wide grid has Wq >= Wo columns per output row; the extra
-  columns' outputs are dropped, and their dL/dy is taken as 0 in the backward.
+  (kernels/im2col.py): every row of X^ is then a few long contiguous copies, several times
+  faster than gathering it pixel by pixel. The wide grid has Wq >= Wo columns per output row;
+  the extra columns' outputs are dropped, and their dL/dy is taken as 0 in the backward.
 * The products run tile by tile: a tile is a band of output rows of one image, or several
   whole images when they are small (the mask head's RoIs). One worker thread per core takes a
   share of the tiles and, for each, fills X^ restricted to the tile's columns into its own
@@ -82,8 +82,8 @@ MIN_TILE_POSITIONS = 256
 # Handing a conv to the worker threads costs a few hundred microseconds (waking them, waiting
 # for the last), so convs under PARALLEL_MIN_FLOPS (a couple of milliseconds of work) run in the
 # calling thread instead, in tiles of up to SERIAL_TILE_BYTES with BLAS's own threads on the
-# products: the many small convs of a training step on small images ran 1.4x slower on 2
-# cores when each was shared out.
+# products: sharing out each of the many small convs of a training step on small images costs
+# more than it gains (docs/benchmarks.md).
 PARALLEL_MIN_FLOPS = 3e9
 SERIAL_TILE_BYTES = 32 << 20
 # The weight gradient's product dY_tile X^_tile^T sums over the tile's positions, and each
@@ -332,14 +332,14 @@ def _weight_grad(g, x, geom, groups):
 WINOGRAD = True
 # Below this many channels on either side the transforms (memory-bound, per channel) cost more
 # than the products save. Below WINOGRAD_MIN_FLOPS (im2col's count) too: the small convs that
-# run in the calling thread, with BLAS's threads on 16 small products instead of one larger,
-# made a training step on 160-pixel images 1.2x slower (0.78 s against 0.65 s).
+# run in the calling thread would have BLAS's threads on 16 small products instead of one
+# larger, which made a training step on small images slower (docs/benchmarks.md).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_FLOPS = PARALLEL_MIN_FLOPS
 # A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
 # per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
 # the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
-# wider still. Measured on the ResNet shapes (docs/benchmarks.md): 1 MB, 128 and 512.
+# wider still. The values were chosen by timing the ResNet shapes (docs/benchmarks.md).
 WINOGRAD_PIECE_BYTES = 1 << 20
 WINOGRAD_MIN_COLUMNS = 128
 WINOGRAD_WEIGHT_GRAD_COLUMNS = 512
