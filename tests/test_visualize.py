@@ -239,3 +239,21 @@ def test_clear_errors(sample):
         V.draw_detections(image, target["boxes"][:1], labels=[3], class_names=["__background__", "a"])
     with pytest.raises(ValueError, match="smoothing"):
         V.plot_losses([{"loss": 1.0}], smoothing=1.0)
+
+
+def test_draw_failure_gallery_crops_each_object(sample):
+    image, target, _ = sample
+    prediction = prediction_from(target)
+    failures = [{"image": image, "target": target, "gt": g, "prediction": prediction, "det": None if g == 0 else g,
+                 "kind": "missed" if g == 0 else "bad mask", "score": 0.1} for g in range(len(target["boxes"]))]
+    fig = V.draw_failure_gallery(failures, columns=2)
+    axes = fig.axes
+    assert len(axes) == 2 * -(-len(failures) // 2)
+    for ax, (x1, y1, x2, y2) in zip(axes, target["boxes"]):
+        left, right = ax.get_xlim()
+        bottom, top = ax.get_ylim()
+        assert left <= x1 and right >= x2 and top <= y1 and bottom >= y2   # the object is inside its crop
+        assert right - left < image.shape[2] or x2 - x1 > image.shape[2] / 2   # and the panel is a crop
+    assert "missed" in axes[0].get_title()
+    with pytest.raises(ValueError, match="empty"):
+        V.draw_failure_gallery([])

@@ -413,3 +413,52 @@ def plot_losses(metrics, out_png=None, log_scale=False, smoothing=0.6, ax=None):
     if out_png is not None:
         save_figure(ax.figure, out_png)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 13: a gallery of failures
+# ---------------------------------------------------------------------------------------------
+
+def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, panel_inches=2.6):
+    """One panel per failure, cropped around the ground-truth object; returns the Figure.
+
+    Each failure is a dict with ``image`` (3, H, W), ``target`` (boxes, labels, masks), ``gt``
+    (the object's index), ``prediction`` (boxes, labels, masks), ``det`` (the index of the
+    detection that overlaps it best, or None), ``kind`` (e.g. "missed") and ``score`` (the
+    number the failure was ranked by). The object's mask is outlined and its box drawn in green,
+    the detection in red with its class; the crop adds ``margin`` times the box's size around it.
+    """
+    import matplotlib.pyplot as plt
+
+    if not failures:
+        raise ValueError("no failures to draw: the list is empty")
+    rows = -(-len(failures) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, panel_inches * rows),
+                             layout="constrained", squeeze=False)
+    for ax, failure in zip(axes.flat, failures):
+        rgb = as_rgb(failure["image"])
+        height, width = rgb.shape[:2]
+        target, g, d = failure["target"], failure["gt"], failure["det"]
+        x1, y1, x2, y2 = _boxes(target["boxes"])[g]
+        pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
+        _show_image(ax, rgb)
+        ax.set_xlim(max(x1 - pad_x, 0), min(x2 + pad_x, width))
+        ax.set_ylim(min(y2 + pad_y, height), max(y1 - pad_y, 0))
+        centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+        gt_mask = to_numpy(target["masks"])[g].astype(np.float32)
+        ax.contour(centres_x, centres_y, gt_mask, levels=[0.5], colors=["#2ca02c"], linewidths=1.2)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#2ca02c", linewidth=1.5))
+        title = f"{failure['kind']} ({failure['score']:.2f})\ntruth: {_class_name(to_numpy(target['labels'])[g], class_names)}"
+        if d is not None:
+            prediction = failure["prediction"]
+            bx1, by1, bx2, by2 = _boxes(prediction["boxes"])[d]
+            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="#d62728", linewidth=1.5))
+            if prediction.get("masks") is not None:
+                mask = to_numpy(prediction["masks"])[d].reshape(height, width).astype(np.float32)
+                if 0 < (mask > 0.5).sum() < mask.size:
+                    ax.contour(centres_x, centres_y, mask, levels=[0.5], colors=["#d62728"], linewidths=1.0)
+            title += f", said: {_class_name(to_numpy(prediction['labels'])[d], class_names)}"
+        ax.set_title(title, fontsize=8)
+    for ax in axes.flat[len(failures):]:
+        ax.set_axis_off()
+    return fig

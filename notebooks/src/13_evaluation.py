@@ -1,0 +1,415 @@
+# %% [markdown]
+# # Chapter 13 — Evaluation: what COCO's AP measures
+#
+# A detector answers each image with boxes, classes, scores and masks. COCO's average precision
+# (AP) turns thousands of such answers into one number. This chapter takes it apart on a case
+# small enough to compute by hand, then measures a detector on the shapes set and looks at
+# where it fails.
+#
+# You will build: the greedy matching of detections to ground truth, the precision–recall
+# curve, COCO's 101-point interpolated AP, and a gallery of failures. The package does this
+# with the official tools (pycocotools' `COCOeval`) in `tinymaskrcnn/evaluation.py`; here we
+# recompute what `COCOeval` does and hold it equal.
+
+# %%
+import contextlib
+import copy
+import inspect
+import io
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+import tinymaskrcnn as tm
+from tinymaskrcnn import engine, evaluation, visualize
+from tinymaskrcnn.boxes import box_iou
+from tinymaskrcnn.chapters import QUICK, exercise, quick, rejects
+from tinymaskrcnn.data import coco as coco_data
+from tinymaskrcnn.data.shapes import make_shapes_dataset
+
+plt.rcParams["figure.dpi"] = 72
+rng = np.random.default_rng(0)
+
+# %% [markdown]
+# ## The package's entry point
+#
+# `evaluate_coco` hands result dicts (one per detection: image, category, `[x, y, w, h]` box,
+# score, RLE mask) to `COCOeval` once per IoU type and keeps its twelve summary numbers.
+
+# %%
+print(inspect.getsource(evaluation.evaluate_coco)[:1400], "...")
+
+# %% [markdown]
+# ## A case to compute by hand
+#
+# One image, one class, three objects (ground truth, green) and five detections (red) with
+# their scores. A detection is a **true positive** at IoU threshold $t$ when it overlaps a
+# not-yet-matched ground-truth box with $\mathrm{IoU} \ge t$; detections are visited in
+# decreasing score, and each takes the unmatched ground truth it overlaps best. Otherwise it is a
+# **false positive** (a duplicate of an object already found counts as one).
+
+# %%
+gt_boxes = np.array([[10, 10, 50, 50], [60, 20, 100, 60], [20, 60, 60, 95]], dtype=np.float64)
+det_boxes = np.array([[12, 12, 52, 50],    # on object 0
+                      [60, 24, 100, 64],   # on object 1
+                      [14, 10, 54, 54],    # a duplicate of object 0
+                      [70, 70, 95, 95],    # on nothing
+                      [30, 65, 60, 95]],   # half of object 2
+                     dtype=np.float64)
+det_scores = np.array([0.95, 0.90, 0.80, 0.70, 0.60])
+iou = box_iou(det_boxes, gt_boxes)
+print("IoU of each detection (rows) with each object (columns):\n", np.round(iou, 3))
+
+fig, ax = plt.subplots(figsize=(4, 4))
+canvas = np.full((3, 110, 110), 0.95)
+visualize.draw_boxes(canvas, gt_boxes, ax=ax, colour="#2ca02c", linewidth=2)
+visualize.draw_boxes(canvas, det_boxes, ax=ax, colour="#d62728", linewidth=1)
+for k, (x1, y1, _, _) in enumerate(det_boxes):
+    ax.text(x1 + 1, y1 + 6, f"d{k} {det_scores[k]:.2f}", fontsize=7, color="#d62728")
+ax.set_title("ground truth (green), detections (red)")
+plt.show()
+
+# %% [markdown]
+# At $t = 0.5$: d0 (IoU 0.86 with object 0) is a TP; d1 (0.82 with object 1) a TP; d2 overlaps
+# object 0 (0.75) but object 0 is taken and it overlaps nothing else, so a FP; d3 a FP; d4 covers
+# object 2 at IoU 0.64: a TP. In score order the flags are TP, TP, FP, FP, TP. After the $k$-th
+# detection, precision $= \mathrm{TP}_k / k$ and recall $= \mathrm{TP}_k / 3$:
+#
+# | k | flag | precision | recall |
+# |---|---|---|---|
+# | 1 | TP | 1 | 1/3 |
+# | 2 | TP | 1 | 2/3 |
+# | 3 | FP | 2/3 | 2/3 |
+# | 4 | FP | 1/2 | 2/3 |
+# | 5 | TP | 3/5 | 1 |
+#
+# COCO first makes precision monotone (each point takes the best precision at any higher recall:
+# the "envelope"), then reads it at the 101 recall levels $r = 0, 0.01, \dots, 1$ (each level
+# takes the envelope at the first point whose recall reaches it) and averages:
+#
+# $$\mathrm{AP}_{50} = \tfrac{1}{101}\Big(67 \cdot 1 + 34 \cdot \tfrac35\Big)
+#   = \tfrac{67 + 20.4}{101} \approx 0.8653$$
+#
+# (recall levels 0 … 0.66 are reached at precision 1: 67 levels; 0.67 … 1.00 need the fifth
+# detection, whose envelope is 3/5: 34 levels.)
+
+# %%
+def coco_of(boxes_by_image, category_ids, width=110, height=110):
+    """A pycocotools COCO of ground-truth boxes: {image_id: (K, 4) xyxy}, one category id per box."""
+    images, annotations = [], []
+    for image_id, boxes in boxes_by_image.items():
+        images.append({"id": image_id, "width": width, "height": height, "file_name": f"{image_id}.png"})
+        for (x1, y1, x2, y2), cat in zip(boxes, category_ids[image_id]):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cat),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": c, "name": f"class {c}"} for c in (1, 2, 3)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def box_results(image_id, boxes, scores, category_ids):
+    return [{"image_id": image_id, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
+            for (x1, y1, x2, y2), s, c in zip(boxes, scores, category_ids)]
+
+
+def run_cocoeval(gt, results):
+    """COCOeval (bbox) after evaluate() and accumulate(), its print-outs swallowed."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+hand_gt = coco_of({1: gt_boxes}, {1: [1, 1, 1]})
+hand = run_cocoeval(hand_gt, box_results(1, det_boxes, det_scores, [1] * 5))
+by_hand = (67 * 1 + 34 * 3 / 5) / 101
+print(f"AP50 by hand {by_hand:.6f}, pycocotools {hand.stats[1]:.6f}")
+assert abs(hand.stats[1] - by_hand) < 1e-12
+
+# the same through the package's front end (result dicts from our own code path)
+metrics = evaluation.evaluate_coco(box_results(1, det_boxes, det_scores, [1] * 5), hand_gt, iou_types=("bbox",),
+                                   verbose=False)
+assert metrics["bbox"]["AP50"] == hand.stats[1]
+
+# %% [markdown]
+# **AP** (the headline number) averages this over ten IoU thresholds $0.50, 0.55, \dots, 0.95$,
+# so a detector must place boxes tightly to score high; AP75 is the threshold 0.75 alone. At 0.75
+# d4 (IoU 0.64) is no longer a match, which is why AP75 is lower here. Averaging over the
+# categories (and, for APs/APm/APl, over objects by area) comes last.
+
+# %%
+iou_thresholds = hand.params.iouThrs
+ap_per_threshold = hand.eval["precision"][:, :, 0, 0, 2].mean(axis=1)   # [T, R, K, A, M]: class 0, all areas, 100 dets
+fig, ax = plt.subplots(figsize=(6, 2.6))
+ax.bar(iou_thresholds, ap_per_threshold, width=0.04)
+ax.set_xlabel("IoU threshold")
+ax.set_ylabel("AP")
+ax.set_title(f"AP = mean of these = {hand.stats[0]:.3f}; AP50 = {hand.stats[1]:.3f}, AP75 = {hand.stats[2]:.3f}")
+plt.show()
+assert abs(ap_per_threshold.mean() - hand.stats[0]) < 1e-12
+
+# %% [markdown]
+# ## A detector on the shapes set
+#
+# To see real curves we need a detector. When you have trained one (`tinymaskrcnn train` writes
+# `runs/<name>/checkpoint.npz`), this chapter uses it. Otherwise — and always in the quick mode the
+# tests use — it uses a **simulated detector**: the ground truth, perturbed as a real model errs
+# (boxes jittered, some objects missed, some given the wrong class, masks eroded or shifted, a few
+# spurious boxes), with scores that are higher for better boxes. Its numbers mean nothing about
+# Mask R-CNN; they make every kind of failure appear so we can find it.
+
+# %%
+root = Path(tempfile.mkdtemp()) / "shapes"
+paths = make_shapes_dataset(root, num_train=1, num_val=quick(12, 64), image_size=(128, 160), seed=3)
+val = coco_data.CocoDetection(*paths["val"])
+names = val.category_names
+checkpoints = sorted(Path("..").glob("runs/*/checkpoint.npz"))
+
+
+def simulated_prediction(target, rng):
+    """The ground truth of one image perturbed into a plausible detector output."""
+    boxes, labels, scores, masks = [], [], [], []
+    height, width = target["masks"].shape[1:]
+    for box, label, mask in zip(target["boxes"], target["labels"], target["masks"]):
+        if rng.random() < 0.12:                                     # missed
+            continue
+        size = np.array([box[2] - box[0], box[3] - box[1]] * 2)
+        noise = rng.normal(0, 0.08, 4) * size
+        if rng.random() < 0.1:
+            label = rng.choice([c for c in (1, 2, 3) if c != label])     # wrong class
+        shift = rng.integers(-2, 3, 2)
+        if rng.random() < 0.15:                                     # a mask slipped off its object
+            shift = shift + np.sign(shift + 0.5).astype(int) * (box[3] - box[1]) // 2
+        boxes.append(np.clip(box + noise, 0, [width, height, width, height]))
+        labels.append(label)
+        scores.append(float(np.clip(0.95 - 2 * np.abs(noise / size).mean() + rng.normal(0, 0.05), 0.05, 1)))
+        masks.append(np.roll(mask, tuple(shift), axis=(0, 1)).astype(np.float32))
+    for _ in range(rng.poisson(0.6)):                                 # spurious boxes
+        x, y = rng.uniform(0, width - 20), rng.uniform(0, height - 20)
+        w, h = rng.uniform(10, 40, 2)
+        boxes.append(np.array([x, y, min(x + w, width), min(y + h, height)]))
+        labels.append(rng.integers(1, 4))
+        scores.append(float(rng.uniform(0.05, 0.6)))
+        spurious = np.zeros((height, width), np.float32)
+        spurious[int(y):int(y + h), int(x):int(x + w)] = 1
+        masks.append(spurious)
+    return {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
+            "scores": np.array(scores, np.float32),
+            "masks": np.array(masks, np.float32).reshape(-1, 1, height, width)}
+
+
+if checkpoints and not QUICK:
+    model, _ = engine.load_model(checkpoints[-1])
+    print("using the trained model", checkpoints[-1])
+
+    def predict(image, target):
+        with tm.no_grad():
+            return {k: tm.backend.to_numpy(getattr(v, "data", v)) for k, v in model([image])[0].items()}
+else:
+    sim_rng = np.random.default_rng(1)
+    print("using the simulated detector")
+
+    def predict(image, target):
+        return simulated_prediction(target, sim_rng)
+
+samples = [val[i] for i in range(len(val))]
+predictions = {target["image_id"]: predict(image, target) for image, target in samples}
+results = evaluation.coco_results(predictions, val)
+metrics = evaluation.evaluate_coco(results, val, verbose=True)
+
+# %% [markdown]
+# ### The precision–recall curves
+#
+# `COCOeval.eval["precision"]` holds the envelope read at the 101 recall levels, per IoU
+# threshold, class, area range and detection limit. At IoU 0.5 a curve stays high until the
+# missed objects and the slipped masks cap its recall (past that, precision 0: never reached);
+# at 0.75 the jittered masks fall out too and the curve drops earlier.
+
+# %%
+gt_copy = COCO()                          # COCOeval rewrites the ground truth it is given: hand it a copy
+gt_copy.dataset = copy.deepcopy(val.coco.dataset)
+with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' progress lines
+    gt_copy.createIndex()
+    segm = COCOeval(gt_copy, gt_copy.loadRes(copy.deepcopy(results)), "segm")
+    segm.evaluate()
+    segm.accumulate()
+precision = segm.eval["precision"]               # [T=10, R=101, K=3, A=4, M=3]
+recall_levels = segm.params.recThrs
+fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True)
+for k, ax in enumerate(axes):
+    for t, style in ((0, "-"), (5, "--")):
+        curve = precision[t, :, k, 0, 2]
+        ax.plot(recall_levels, np.where(curve < 0, np.nan, curve), style,
+                label=f"IoU {segm.params.iouThrs[t]:.2f}: AP {curve[curve >= 0].mean():.2f}")
+    ax.set_title(names[k + 1])
+    ax.set_xlabel("recall")
+    ax.legend(fontsize=7, loc="lower left")
+axes[0].set_ylabel("precision (mask)")
+plt.show()
+# the mean of these curves over thresholds and classes is the AP that COCOeval reported
+assert abs(precision[:, :, :, 0, 2][precision[:, :, :, 0, 2] > -1].mean() - metrics["segm"]["AP"]) < 1e-12
+
+# %% [markdown]
+# ### Ground truth beside prediction
+
+# %%
+image, target = samples[0]
+visualize.draw_ground_truth_and_prediction(image, target, predictions[target["image_id"]], names,
+                                           score_threshold=0.3)
+plt.show()
+
+# %% [markdown]
+# ## Where it fails
+#
+# Each ground-truth object falls in one of four bins, decided at IoU 0.5 by the best detection
+# of any class that overlaps it: **found** (right class, box and mask IoU ≥ 0.5), **wrong
+# class** (a box overlaps it but names another class), **bad mask** (right class and box, mask
+# IoU < 0.5) and **missed** (no box overlaps it). The gallery shows the worst of each bin.
+
+# %%
+def mask_iou(a, b):
+    a, b = a > 0.5, b > 0.5
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+failures = []
+for image, target in samples:
+    pred = predictions[target["image_id"]]
+    keep = pred["scores"] >= 0.3
+    ious = box_iou(target["boxes"], pred["boxes"][keep]) if keep.any() else np.zeros((len(target["boxes"]), 0))
+    for g in range(len(target["boxes"])):
+        if ious.shape[1] == 0 or ious[g].max() < 0.5:
+            kind, d, score = "missed", None, 0.0
+        else:
+            d = int(np.flatnonzero(keep)[ious[g].argmax()])
+            if pred["labels"][d] != target["labels"][g]:
+                kind, score = "wrong class", float(ious[g].max())
+            else:
+                m = mask_iou(target["masks"][g], pred["masks"][d, 0])
+                kind, score = ("bad mask", m) if m < 0.5 else ("found", m)
+        failures.append({"kind": kind, "score": score, "image": image, "gt": g, "det": d, "target": target,
+                         "prediction": pred})
+
+counts = {k: sum(f["kind"] == k for f in failures) for k in ("found", "wrong class", "bad mask", "missed")}
+print(counts)
+worst = [f for k in ("missed", "wrong class", "bad mask")
+         for f in sorted((f for f in failures if f["kind"] == k), key=lambda f: f["score"])[:2]]
+visualize.draw_failure_gallery(worst, names)
+plt.show()
+assert counts["missed"] > 0 and counts["found"] > counts["missed"]
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1 — COCO's 101-point AP
+#
+# Write `ap_101(flags, num_gt)`: `flags` are the true-positive flags (1 or 0) of one class's
+# detections in decreasing score order, `num_gt` the number of objects. Build precision and
+# recall, take the envelope, read it at the 101 recall levels (0 where a level is never
+# reached) and average. The check compares with pycocotools on random cases.
+
+# %%
+@exercise
+def check_ap_101(ap_101):
+    r = np.random.default_rng(5)
+    for trial in range(20):
+        num_gt = int(r.integers(1, 6))
+        gt = np.array([[20 * i, 0, 20 * i + 10, 10] for i in range(num_gt)], dtype=np.float64)
+        # each detection sits exactly on an object (TP unless that object is taken) or on nothing
+        on = r.integers(-1, num_gt, size=int(r.integers(1, 8)))
+        dets = np.array([gt[o] if o >= 0 else [500, 500, 510, 510] for o in on], dtype=np.float64)
+        scores = np.sort(r.random(len(on)))[::-1]
+        taken, flags = set(), []
+        for o in on:
+            flags.append(int(o >= 0 and o not in taken))
+            taken.add(int(o))
+        truth = run_cocoeval(coco_of({1: gt}, {1: [1] * num_gt}, width=600, height=600),
+                             box_results(1, dets, scores, [1] * len(on))).stats[1]
+        mine = ap_101(np.array(flags), num_gt)
+        assert abs(mine - truth) < 1e-9, f"flags {flags}, {num_gt} objects: you get {mine:.4f}, COCOeval {truth:.4f}"
+
+
+def my_ap_101(flags, num_gt):
+    raise NotImplementedError   # your code
+
+
+check_ap_101(my_ap_101)
+
+# %% [solution]
+def solution_ap_101(flags, num_gt):
+    tp = np.cumsum(flags)
+    precision = tp / np.arange(1, len(flags) + 1)
+    recall = tp / num_gt
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    levels = np.linspace(0, 1, 101)
+    first = np.searchsorted(recall, levels, side="left")    # first point whose recall reaches each level
+    return np.where(first < len(flags), envelope[np.minimum(first, len(flags) - 1)], 0.0).mean()
+
+
+def trapezoid_ap(flags, num_gt):   # a plausible mistake: the area under the raw curve
+    tp = np.cumsum(flags)
+    return np.trapezoid(tp / np.arange(1, len(flags) + 1), tp / num_gt)
+
+
+assert check_ap_101(solution_ap_101)
+assert rejects(check_ap_101, trapezoid_ap)
+
+# %% [markdown]
+# ### Exercise 2 — greedy matching
+#
+# Write `match(iou, threshold)`: `iou` is the (detections × objects) IoU matrix with the detections
+# already in decreasing score order. Return one flag per detection: 1 if it matches an object,
+# each detection taking the not-yet-matched object of highest IoU ≥ `threshold`. The check
+# compares with the matches COCOeval records (`evalImgs[...]["dtMatches"]`).
+
+# %%
+@exercise
+def check_match(match):
+    r = np.random.default_rng(7)
+    for trial in range(20):
+        gt = r.uniform(0, 60, (int(r.integers(1, 5)), 2))
+        gt = np.hstack([gt, gt + r.uniform(10, 30, gt.shape)])
+        det = gt[r.integers(0, len(gt), int(r.integers(1, 7)))] + r.normal(0, 4, (1, 4))
+        det[:, 2:] = np.maximum(det[:, 2:], det[:, :2] + 1)
+        scores = np.sort(r.random(len(det)))[::-1]
+        for threshold in (0.5, 0.75):
+            ev = run_cocoeval(coco_of({1: gt}, {1: [1] * len(gt)}), box_results(1, det, scores, [1] * len(det)))
+            t = int(np.argmin(np.abs(ev.params.iouThrs - threshold)))
+            record = next(e for e in ev.evalImgs if e is not None and e["aRng"] == ev.params.areaRng[0])
+            truth = (record["dtMatches"][t] > 0).astype(int)
+            mine = np.asarray(match(box_iou(det, gt), threshold)).astype(int)
+            assert np.array_equal(mine, truth), f"threshold {threshold}: you flag {mine}, COCOeval {truth}"
+
+
+def my_match(iou, threshold):
+    raise NotImplementedError   # your code
+
+
+check_match(my_match)
+
+# %% [solution]
+def solution_match(iou, threshold):
+    taken, flags = set(), []
+    for row in iou:
+        candidates = [(v, g) for g, v in enumerate(row) if g not in taken and v >= threshold]
+        if candidates:
+            taken.add(max(candidates)[1])
+        flags.append(int(bool(candidates)))
+    return flags
+
+
+def match_without_taking(iou, threshold):   # a plausible mistake: duplicates all count as hits
+    return [int(row.max() >= threshold) for row in iou]
+
+
+assert check_match(solution_match)
+assert rejects(check_match, match_without_taking)

@@ -1,0 +1,373 @@
+# %% [markdown]
+# # Chapter 14 — Real data and real weights: COCO subsets, and torchvision's `.pth` without PyTorch
+#
+# Everything so far ran on the synthetic shapes set and on random weights. This chapter connects
+# the model to the outside world, in the two ways practitioners use it:
+#
+# 1. **COCO-format data.** Full COCO (118k images, 80 classes) is far too much for a laptop CPU;
+#    `tinymaskrcnn coco-subset` cuts a small instances file (a few hundred images, a few classes)
+#    that trains in minutes. Here we cut one from the shapes set's own annotation file and train on
+#    it; give `COCO_ANN` below the path of your COCO download to cut a real one.
+# 2. **torchvision's weights.** A `.pth` file is a zip of pickles and raw tensor bytes. We open one
+#    by hand, read it with the package's restricted unpickler (`tinymaskrcnn/weights.py`), watch
+#    it refuse a malicious pickle, and load a torchvision Mask R-CNN's weights into ours.
+
+# %%
+import inspect
+import io
+import json
+import os
+import pickle
+import pickletools
+import tempfile
+import zipfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinymaskrcnn as tm
+from tinymaskrcnn import engine, visualize
+from tinymaskrcnn.chapters import QUICK, exercise, quick, reference, rejects
+from tinymaskrcnn.data import coco as coco_data
+from tinymaskrcnn.data.shapes import make_shapes_dataset
+
+plt.rcParams["figure.dpi"] = 72
+work = Path(tempfile.mkdtemp())
+COCO_ANN = os.environ.get("COCO_ANN")        # e.g. ".../annotations/instances_val2017.json"
+COCO_IMAGES = os.environ.get("COCO_IMAGES")  # e.g. ".../val2017"
+
+# %% [markdown]
+# ## 1. A COCO subset
+#
+# A COCO instances file is one JSON object with three lists that refer to each other by id:
+# `images` (file name, height, width), `categories` (id, name) and `annotations` (image id,
+# category id, `[x, y, w, h]` box, polygon or RLE mask, `iscrowd`). A subset keeps some images,
+# some categories and only the annotations where both survive; the image files stay where they
+# are. `coco_subset` picks the images at random (seeded) among those that show a chosen category:
+
+# %%
+print(inspect.getsource(coco_data.coco_subset))
+
+# %%
+shapes = make_shapes_dataset(work / "shapes", num_train=quick(24, 200), num_val=quick(8, 50), image_size=(128, 160),
+                             seed=1)
+if COCO_ANN and Path(COCO_ANN).is_file():
+    source_ann, source_images, wanted = COCO_ANN, COCO_IMAGES, ["person", "dog"]
+    print("cutting your COCO file", COCO_ANN)
+else:
+    source_ann, source_images, wanted = shapes["train"].ann_file, shapes["train"].image_dir, ["circle", "square"]
+    print("no COCO_ANN given: cutting the shapes set's training file")
+
+full = json.loads(Path(source_ann).read_text())
+subset_ann = coco_data.coco_subset(source_ann, work / "subset_train.json", num_images=quick(12, 100),
+                                   categories=wanted, seed=0)
+subset = json.loads(Path(subset_ann).read_text())
+
+
+def per_category(data):
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    counts = {name: 0 for name in names.values()}
+    for a in data["annotations"]:
+        counts[names[a["category_id"]]] += 1
+    return counts
+
+
+print(f"{'':10s} images  annotations per category")
+print(f"{'full':10s} {len(full['images']):6d}  {per_category(full)}")
+print(f"{'subset':10s} {len(subset['images']):6d}  {per_category(subset)}")
+
+# every annotation of the subset refers to a kept image and a kept category
+kept_images = {im["id"] for im in subset["images"]}
+assert all(a["image_id"] in kept_images for a in subset["annotations"])
+assert {c["name"] for c in subset["categories"]} == set(wanted)
+
+# %% [markdown]
+# The command line does the same: `tinymaskrcnn coco-subset ANN OUT --num-images N --categories a,b`.
+# The class count the model needs follows from the subset: `num_classes` = the kept categories
+# **plus one for the background** (label 0), and labels are renumbered 1..C in category-id order.
+
+# %%
+train_set = coco_data.CocoDetection(subset_ann, source_images, skip_empty=True)
+print("num_classes =", train_set.num_classes, "labels:", dict(enumerate(train_set.category_names)))
+assert train_set.num_classes == len(wanted) + 1 and train_set.category_names[0] == "__background__"
+image, target = train_set[0]
+visualize.draw_detections(image, target["boxes"], target["labels"], masks=target["masks"],
+                          class_names=train_set.category_names, title="a training image of the subset")
+plt.show()
+
+# %% [markdown]
+# ### Training on it
+#
+# `engine.train` takes any COCO-format pair of files. A few iterations here (a few hundred when
+# you run the chapter yourself, about a minute each hundred on two cores) show the losses
+# moving; `docs/benchmarks.md` shows what a full run on the shapes set reaches.
+
+# %%
+val_ann = coco_data.coco_subset(shapes["val"].ann_file, work / "subset_val.json", num_images=None,
+                                categories=["circle", "square"])
+config = engine.TrainConfig(train_ann=str(subset_ann), train_images=str(source_images),
+                            val_ann=str(val_ann), val_images=shapes["val"].image_dir,
+                            iterations=quick(6, 300), warmup_iters=quick(2, 50), batch_size=2, processes=1,
+                            model_kwargs={"fpn_channels": 64, "norm": "instance"},
+                            out_dir=str(work / "run"), progress=False, num_predictions=1,
+                            checkpoint_period=0)
+result = engine.train(config)
+records = [json.loads(line) for line in Path(result["metrics_jsonl"]).read_text().splitlines()]
+records = [r for r in records if "loss" in r]          # training records (evaluations are logged too)
+print(f"{len(records)} iterations; loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}")
+print("mask AP50 on the val subset:", round(result["metrics"]["segm"]["AP50"], 3))
+visualize.plot_losses(result["metrics_jsonl"])
+plt.show()
+assert len(records) == config.iterations and np.isfinite(records[-1]["loss"])
+
+# %% [markdown]
+# ## 2. What a `.pth` file is
+#
+# `torch.save(state_dict, path)` writes a **zip** archive:
+#
+# | entry | holds |
+# |---|---|
+# | `<name>/data.pkl` | the pickled object: a dict from names to tensors |
+# | `<name>/data/<key>` | the raw little-endian bytes of one *storage* (a flat buffer) |
+# | `<name>/byteorder`, `<name>/version` | how to read them |
+#
+# A tensor inside `data.pkl` is not data but a *call*: "rebuild a tensor from storage `key`, at
+# `offset`, with this `size` and `stride`". The storage is a *persistent id*, resolved by the
+# loader. We make such a file from a small torchvision model (random weights, nothing downloaded)
+# and open it by hand.
+
+# %%
+torch = reference()
+if torch is not None:
+    import torchvision
+
+    torch.manual_seed(0)
+    small = torchvision.models.resnet18(weights=None, num_classes=10)
+    pth = work / "resnet18.pth"
+    torch.save(small.state_dict(), pth)
+    with zipfile.ZipFile(pth) as z:
+        names = z.namelist()
+        pkl = z.read(next(n for n in names if n.endswith("data.pkl")))
+    print(len(names), "entries:", names[:4], "...", names[-2:])
+    listing = io.StringIO()
+    pickletools.dis(pkl, out=listing)
+    print("\n".join(listing.getvalue().splitlines()[:28]))
+
+# %% [markdown]
+# Read the disassembly: a `GLOBAL 'collections OrderedDict'`, then for each key a
+# `GLOBAL 'torch._utils _rebuild_tensor_v2'` applied (`REDUCE`) to a tuple whose first element is a
+# `BINPERSID` — the storage record `('storage', FloatStorage, '0', 'cpu', numel)`.
+#
+# **Why not `pickle.load`?** A pickle can name *any* importable function and unpickling *calls*
+# it. The package's unpickler resolves only the handful of names a state_dict needs, each to a
+# harmless function that builds a NumPy view of the storage's bytes:
+
+# %%
+print(inspect.getsource(tm.weights._SafeUnpickler.find_class))
+
+# %%
+if torch is not None:
+    arrays = tm.weights.read_pth(pth)
+    theirs = small.state_dict()
+    assert list(arrays) == list(theirs)
+    for key, value in theirs.items():
+        assert arrays[key].dtype == value.numpy().dtype and np.array_equal(arrays[key], value.numpy()), key
+    print(f"read {len(arrays)} arrays without torch, each equal to torch's tensor, e.g.",
+          "conv1.weight", arrays["conv1.weight"].shape, arrays["conv1.weight"].dtype)
+
+# %% [markdown]
+# ### A malicious `.pth`
+#
+# Here is a file that looks like a checkpoint but whose pickle calls `os.system` when unpickled:
+# it would create a marker file (a real attack would do worse). We build it by hand — no need for
+# torch — and hand it to the package's reader. **Never** open such a file with `torch.load` on an
+# old PyTorch (before 2.6, `weights_only` was off by default) or with `pickle.load`.
+
+# %%
+marker = work / "you_were_hacked"
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {marker}",))
+
+
+evil = work / "evil.pth"
+with zipfile.ZipFile(evil, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps({"conv1.weight": Payload()}, protocol=2))
+    z.writestr("archive/byteorder", "little")
+    z.writestr("archive/version", "3")
+
+try:
+    tm.weights.read_pth(evil)
+    raise AssertionError("the malicious file was read")
+except (pickle.UnpicklingError, ValueError) as e:
+    print("refused:", e)
+assert not marker.exists(), "the payload ran"
+
+# %% [markdown]
+# ## 3. torchvision's Mask R-CNN weights in our model
+#
+# Our parameter names are torchvision's state_dict keys, so loading is by name, with nothing to
+# map. We build torchvision's `maskrcnn_resnet50_fpn` with random weights (calibrated so every
+# activation stays of order one — see `tinymaskrcnn.reference`), save it as torchvision's
+# published files are saved, load the file into ours without torch, and compare the backbone's
+# features in float64.
+
+# %%
+if torch is not None:
+    from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+
+    theirs = torchvision_maskrcnn(num_classes=91, calibration_size=(128, 160)).eval()
+    path = save_state_dict(theirs, directory=work)          # float32, as the published files
+    theirs.double()
+    ours = tm.models.maskrcnn_resnet50_fpn(num_classes=91)
+    result = tm.weights.load_torchvision(ours, path)
+    ours.to(dtype=np.float64).eval()
+    print(f"{Path(path).stat().st_size / 1e6:.0f} MB file; missing {len(result.missing)}, unexpected "
+          f"{len(result.unexpected)}, mis-shaped {len(result.mismatched)}")
+    x = np.random.default_rng(0).random((1, 3, 128, 160))
+    with torch.no_grad():
+        their_features = theirs.backbone(torch.from_numpy(x))
+    with tm.no_grad():
+        our_features = ours.backbone(tm.Tensor(x))
+    for level, feature in their_features.items():
+        err = np.abs(our_features[level].data - feature.numpy()).max() / np.abs(feature.numpy()).max()
+        print(f"level {level}: shape {tuple(feature.shape)}, largest difference / largest value {err:.1e}")
+        assert err < 1e-10
+    os.remove(path)
+
+# %% [markdown]
+# ### The real COCO weights
+#
+# torchvision's COCO-trained file is `maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth` (170 MB). On a
+# machine with internet access, `tm.weights.download("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")`
+# fetches it and checks its SHA-256 against the `bf2d0c1e` in its name; or copy it from
+# `~/.cache/torch/hub/checkpoints/` if torchvision has fetched it before. Point `COCO_WEIGHTS` at it
+# and this cell runs the real detector on a shapes image (it will find "clocks", "frisbees" and
+# "kites": COCO has no triangles); without the file it says so and moves on.
+
+# %%
+weights_file = os.environ.get("COCO_WEIGHTS", str(Path.home() / ".cache/torch/hub/checkpoints/"
+                                                 "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"))
+if Path(weights_file).is_file() and not QUICK:
+    coco_model = tm.models.maskrcnn_resnet50_fpn(num_classes=91)
+    tm.weights.load_torchvision(coco_model, weights_file)
+    coco_model.eval()
+    with tm.no_grad():
+        out = coco_model([image])[0]
+    visualize.draw_detections(image, out["boxes"], out["labels"], out["scores"], out["masks"], score_threshold=0.3)
+    plt.show()
+else:
+    print(f"no COCO weights at {weights_file} (or quick mode): skipped")
+
+# %% [markdown]
+# ## Exercises
+#
+# ### Exercise 1 — a subset by hand
+#
+# Write `my_subset(data, category_names)`: from a COCO dict keep the categories named, the images
+# that show at least one non-crowd annotation of them, and the annotations of kept categories on
+# kept images. (`coco_subset` also samples `num_images` at random; yours keeps them all.) The check
+# compares with `coco_subset(..., num_images=None)` on the shapes set, and checks every reference.
+
+# %%
+@exercise
+def check_subset(my_subset):
+    data = json.loads(Path(shapes["train"].ann_file).read_text())
+    for names in (["circle"], ["square", "triangle"]):
+        mine = my_subset(json.loads(json.dumps(data)), names)
+        truth = json.loads(Path(coco_data.coco_subset(shapes["train"].ann_file, work / "check.json", None,
+                                                      names)).read_text())
+        for key in ("images", "annotations", "categories"):
+            ids = sorted(e["id"] for e in mine[key])
+            assert ids == sorted(e["id"] for e in truth[key]), f"{names}: your {key} differ ({len(ids)} kept)"
+
+
+def my_subset(data, category_names):
+    raise NotImplementedError   # your code
+
+
+check_subset(my_subset)
+
+# %% [solution]
+def solution_subset(data, category_names):
+    chosen = {c["id"] for c in data["categories"] if c["name"] in category_names}
+    images = {a["image_id"] for a in data["annotations"] if a["category_id"] in chosen and not a.get("iscrowd", 0)}
+    return {"images": [im for im in data["images"] if im["id"] in images],
+            "annotations": [a for a in data["annotations"] if a["image_id"] in images and a["category_id"] in chosen],
+            "categories": [c for c in data["categories"] if c["id"] in chosen]}
+
+
+def subset_keeping_all_annotations(data, category_names):   # forgets to drop the other classes' objects
+    out = solution_subset(data, category_names)
+    kept = {im["id"] for im in out["images"]}
+    out["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    return out
+
+
+assert check_subset(solution_subset)
+assert rejects(check_subset, subset_keeping_all_annotations)
+
+# %% [markdown]
+# ### Exercise 2 — a tensor from its storage
+#
+# Write `rebuild(raw, dtype, offset, size, stride)`: `raw` is the bytes of one storage entry of a
+# `.pth` zip, the rest the arguments of `_rebuild_tensor_v2` (offset and strides count elements,
+# not bytes). Return the NumPy array. The check reads every tensor of a small torch-saved file,
+# transposed and sliced ones included, and compares with torch (it needs torch).
+
+# %%
+@exercise
+def check_rebuild(rebuild):
+    if torch is None:
+        print("(needs torch to make the file; skipped)")
+        return
+    base = torch.arange(60, dtype=torch.float32).reshape(5, 12)
+    tensors = {"plain": base, "transposed": base.t(), "slice": base[1:4, 2::3], "vector": base[2]}
+    path = work / "views.pth"
+    torch.save(tensors, path)
+    with zipfile.ZipFile(path) as z:
+        raw = {n.rsplit("/", 1)[-1]: z.read(n) for n in z.namelist() if "/data/" in n}
+        records = {}
+
+        class Recorder(pickle.Unpickler):      # records each tensor's arguments instead of building it
+            def find_class(self, module, name):
+                if name == "_rebuild_tensor_v2":
+                    return lambda storage, offset, size, stride, *rest: (storage, offset, size, stride)
+                if name == "FloatStorage":
+                    return np.float32
+                return super().find_class(module, name)
+
+            def persistent_load(self, pid):
+                return pid[2]                   # the storage's key
+
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        records = Recorder(io.BytesIO(pkl)).load()
+    for name, (key, offset, size, stride) in records.items():
+        mine = rebuild(raw[key], np.float32, offset, tuple(size), tuple(stride))
+        assert np.array_equal(mine, tensors[name].numpy()), f"{name}: size {tuple(size)}, stride {tuple(stride)}"
+
+
+def my_rebuild(raw, dtype, offset, size, stride):
+    raise NotImplementedError   # your code: np.frombuffer, then np.lib.stride_tricks.as_strided
+
+
+check_rebuild(my_rebuild)
+
+# %% [solution]
+def solution_rebuild(raw, dtype, offset, size, stride):
+    flat = np.frombuffer(raw, dtype=dtype)
+    itemsize = flat.itemsize
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=[s * itemsize for s in stride]).copy()
+
+
+def rebuild_ignoring_strides(raw, dtype, offset, size, stride):   # right for plain tensors only
+    flat = np.frombuffer(raw, dtype=dtype)
+    return flat[offset:offset + int(np.prod(size))].reshape(size)
+
+
+assert check_rebuild(solution_rebuild)
+if torch is not None:
+    assert rejects(check_rebuild, rebuild_ignoring_strides)
