@@ -160,6 +160,10 @@ def test_load_model_names_the_file_for_another_architecture(shapes_root, tmp_pat
     weights.save(plain, {"model": state["model"]})
     with pytest.raises(ValueError, match=r"plain\.npz .*not one written by training"):
         engine.load_model(plain)
+    cut = tmp_path / "cut.npz"
+    weights.save(cut, {k: v for k, v in state.items() if k != "model_name"})
+    with pytest.raises(ValueError, match=r"cut\.npz is a training checkpoint without model_name"):
+        engine.load_model(cut)
     # resuming with another architecture names the checkpoint too
     with pytest.raises(ValueError, match=r"checkpoint\.npz was saved from another architecture"):
         engine.train(dataclasses.replace(tiny_config(shapes_root, tmp_path / "run", iterations=2, resume=True),
@@ -193,7 +197,7 @@ def test_torchvision_weights_with_other_heads(torch, shapes_root, tmp_path):
     torch.save({k: torch.tensor(np.asarray(v) + 1) for k, v in source.state_dict().items()}, str(pth))
     model = engine.build_model("maskrcnn_resnet18_fpn", 4, TINY_MODEL)
     before = {k: v.copy() for k, v in model.state_dict().items()}
-    lines = engine.load_torchvision_start(model, str(pth))
+    lines = weights.load_pretrained(model, str(pth))
     heads = {"roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.cls_score.bias",
              "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias",
              "roi_heads.mask_predictor.mask_fcn_logits.weight", "roi_heads.mask_predictor.mask_fcn_logits.bias"}

@@ -428,18 +428,8 @@ def test_console_script_reports_a_damaged_checkpoint(tmp_path):
 # Point 7 at the command line: an ImageNet ResNet for --weights
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def train_loads_pretrained(monkeypatch):
-    """``train --weights`` through weights.load_pretrained. engine.load_torchvision_start is not
-    this branch's to edit; once it returns ``weights.load_pretrained(model, path)`` this fixture
-    changes nothing and can go."""
-    from tinymaskrcnn import engine
-
-    monkeypatch.setattr(engine, "load_torchvision_start", weights.load_pretrained)
-
-
 @pytest.mark.filterwarnings("ignore:evaluate_coco. no detections:UserWarning")  # two iterations find nothing
-def test_train_weights_imagenet_backbone(torch, tiny_data, tmp_path, capsys, train_loads_pretrained):
+def test_train_weights_imagenet_backbone(torch, tiny_data, tmp_path, capsys):
     import torchvision
 
     from test_cli import TINY_FLAGS

@@ -177,24 +177,6 @@ def resolve_data(config):
     return splits
 
 
-def load_torchvision_start(model, path):
-    """Start from torchvision weights: every key whose name and shape match is loaded; the
-    rest (e.g. heads for another number of classes) stay as built. Returns report lines."""
-    result = weights.load_torchvision(model, path, strict=False)
-    loaded = len(model.state_dict()) - len(result.missing) - len(result.mismatched)
-    lines = [f"weights {path}: loaded {loaded} of {len(model.state_dict())} arrays"]
-    if result.mismatched:
-        lines.append("  re-initialised (shape differs, kept as built): " + ", ".join(
-            f"{k} {theirs}->{ours}" for k, theirs, ours in result.mismatched))
-    if result.missing:
-        lines.append(f"  not in the file (kept as built): {len(result.missing)} arrays, e.g. "
-                     + ", ".join(k for k, _ in result.missing[:5]))
-    if result.unexpected:
-        lines.append(f"  in the file but not in the model (ignored): {len(result.unexpected)} arrays, e.g. "
-                     + ", ".join(k for k, _ in result.unexpected[:5]))
-    return lines
-
-
 def load_model(checkpoint):
     """The model saved in a training checkpoint, in eval mode, and the checkpoint dict.
 
@@ -204,6 +186,10 @@ def load_model(checkpoint):
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
                          f"(no '{CHECKPOINT_FORMAT}' format tag): pass the checkpoint.npz of a run folder")
+    missing = [key for key in ("model_name", "num_classes", "model_kwargs", "model") if key not in state]
+    if missing:
+        raise ValueError(f"{checkpoint} is a training checkpoint without {', '.join(missing)}: it was cut short "
+                         "or edited; use another checkpoint of the run")
     model = build_model(state["model_name"], state["num_classes"], state["model_kwargs"])
     try:
         model.load_state_dict(state["model"])
@@ -387,7 +373,7 @@ def train(config, resume_command=None):
     tm_random.manual_seed(config.seed)
     model = build_model(config.model, train_set.num_classes, config.model_kwargs)
     if config.weights and not config.resume:
-        for line in load_torchvision_start(model, config.weights):
+        for line in weights.load_pretrained(model, config.weights):
             print(line)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
