@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ MALFORMED = [
     ("RLE negative run", lambda h, w: {"size": [h, w], "counts": [-5, h * w + 5]}, "non-negative integers"),
     ("RLE string garbage", lambda h, w: {"size": [h, w], "counts": "~~~~"}, "not a valid compressed RLE"),
     ("RLE string of a smaller mask", lambda h, w: {"size": [h, w], "counts": _square_rle(h - 1, w)["counts"].decode()},
-     f"RLE runs cover"),
+     "RLE runs cover"),
     ("RLE counts a number", lambda h, w: {"size": [h, w], "counts": 12}, "RLE counts is int"),
 ]
 
