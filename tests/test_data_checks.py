@@ -256,6 +256,17 @@ def test_greyscale_palette_and_alpha_images(tmp_path):
     np.testing.assert_array_equal(load_image(tmp_path / "palette.png"), expected.transpose(2, 0, 1))
 
 
+def test_upright_follows_the_exif_orientation(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: a viewer turns the stored picture 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "phone.png", exif=exif)
+    stored = load_image(tmp_path / "phone.png")
+    np.testing.assert_array_equal(stored, rgb.transpose(2, 0, 1) / np.float32(255))
+    upright = load_image(tmp_path / "phone.png", upright=True)
+    np.testing.assert_array_equal(upright, np.rot90(stored, k=-1, axes=(1, 2)))  # turned clockwise
+
+
 def test_damaged_images_are_named(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
     whole = (tmp_path / "a.jpg").read_bytes()
