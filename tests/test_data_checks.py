@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ MALFORMED = [
     ("RLE negative run", lambda h, w: {"size": [h, w], "counts": [-5, h * w + 5]}, "non-negative integers"),
     ("RLE string garbage", lambda h, w: {"size": [h, w], "counts": "~~~~"}, "not a valid compressed RLE"),
     ("RLE string of a smaller mask", lambda h, w: {"size": [h, w], "counts": _square_rle(h - 1, w)["counts"].decode()},
-     f"RLE runs cover"),
+     "RLE runs cover"),
     ("RLE counts a number", lambda h, w: {"size": [h, w], "counts": 12}, "RLE counts is int"),
 ]
 
@@ -255,6 +254,17 @@ def test_greyscale_palette_and_alpha_images(tmp_path):
     expected = np.array(palette, np.float32).reshape(4, 3)[indices] / 255
     expected[indices == 0] = 1.0
     np.testing.assert_array_equal(load_image(tmp_path / "palette.png"), expected.transpose(2, 0, 1))
+
+
+def test_upright_follows_the_exif_orientation(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: a viewer turns the stored picture 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "phone.png", exif=exif)
+    stored = load_image(tmp_path / "phone.png")
+    np.testing.assert_array_equal(stored, rgb.transpose(2, 0, 1) / np.float32(255))
+    upright = load_image(tmp_path / "phone.png", upright=True)
+    np.testing.assert_array_equal(upright, np.rot90(stored, k=-1, axes=(1, 2)))  # turned clockwise
 
 
 def test_damaged_images_are_named(tmp_path):

@@ -255,7 +255,7 @@ def predict_command(args):
             # the previous picture's matplotlib Figure (and the image copies it drew) sits in
             # reference cycles, which Python frees only when its cycle collector runs
             gc.collect()
-            yield load_image(path)
+            yield load_image(path, upright=True)  # a phone's portrait photo as the user sees it
 
     written = engine.predict_images(model, one_at_a_time(), state["class_names"], out_dir, names,
                                     score_threshold=args.score_threshold)

@@ -284,8 +284,12 @@ def _xywh_to_clamped_xyxy(bbox, height, width):
             min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
 
 
-def load_image(path, height=None, width=None):
+def load_image(path, height=None, width=None, upright=False):
     """(3, H, W) float32 in [0, 1] from an image file; checks the size the annotations expect.
+
+    ``upright``: turn the image as its EXIF orientation says (a phone's portrait photo is
+    stored on its side), as viewers show it. Off for data sets, whose annotations are drawn
+    over the pixels as stored.
 
     Images come as their files have them: 8-bit ones in any mode become RGB (grey repeated,
     a palette looked up); an alpha channel (RGBA, LA, a palette with transparency) is laid
@@ -295,7 +299,7 @@ def load_image(path, height=None, width=None):
     damaged or truncated, or of a kind that has no sensible RGB (32-bit integers outside the
     16-bit range, floats outside [0, 1]).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
@@ -304,7 +308,7 @@ def load_image(path, height=None, width=None):
     try:
         with Image.open(path) as im:
             im.load()  # decodes now, so a damaged file fails here, where its name is known
-            pixels = _unit_rgb(im, path)
+            pixels = _unit_rgb(ImageOps.exif_transpose(im) if upright else im, path)
     except (OSError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as e:
         # Pillow's messages ("image file is truncated", "broken PNG file") do not say which file
         raise OSError(f"{path}: cannot read the image ({e}); the file is damaged, truncated or not an image") from None
