@@ -102,7 +102,9 @@ assert np.array_equal(levels[1][2, 3] - levels[1][0, 0], np.tile([3 * 8, 2 * 8],
 #
 # The RPN labels its anchors with the matcher of chapter 5: IoU ≥ 0.7 with some object:
 # positive; < 0.3 with every object: negative; in between: ignored; and each object's best
-# anchor(s) positive in any case (low-quality matches). On this image:
+# anchor(s) positive in any case (low-quality matches). On this image only a handful of the
+# 6138 anchors are positive: with one size a level, an object fits one or two anchors by IoU
+# 0.7. That imbalance is why the loss looks at a balanced sample (chapter 5), not at all anchors.
 
 # %%
 anchors = gen(image_size, grid_sizes, dtype=np.float64)[0]               # (total, 4), levels concatenated
