@@ -29,7 +29,7 @@ import numpy as np
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
-from tinymaskrcnn.chapters import exercise, quick, reference, rejects
+from tinymaskrcnn.chapters import exercise, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
 from tinymaskrcnn.kernels import nms as nms_kernels
 from tinymaskrcnn.ops import nms
@@ -168,8 +168,8 @@ plt.show()
 plt.close(fig)
 
 # %% [markdown]
-# To see the low-quality rule at work, shrink the candidates so that one object's best IoU is
-# below 0.7: without the rule that object has no positive; with it, its best candidate (and any
+# Here every object already has candidates above 0.7, so the rule changes nothing. To see it at
+# work, take fewer, noisier candidates, so that one object's best IoU is below 0.7: without the rule that object has no positive; with it, its best candidate (and any
 # candidate tied with it) becomes positive.
 
 # %%
@@ -260,12 +260,15 @@ print(inspect.getsource(BoxCoder.encode))
 # %% [markdown]
 # **Why weights (10, 10, 5, 5) in the box head and (1, 1, 1, 1) in the RPN?** The box head
 # refines proposals that already overlap their object by IoU ≥ 0.5, so its raw targets are
-# small. The regression loss is smooth L1 with $\beta = 1/9$: quadratic (tiny gradient,
-# $|d|/\beta$) below $\beta$, linear (gradient ±1) above. Raw targets mostly fall in the
-# quadratic zone, where the loss barely pushes; multiplied by (10, 10, 5, 5) — about the inverse
-# of their standard deviations, as Fast R-CNN normalised its targets to unit variance — they
-# land in the linear zone, on the same scale as the classification loss. Below: targets of
-# proposals matched at IoU ≥ 0.5, with both weightings; the grey band is $|d| < \beta$.
+# small. The regression loss is smooth L1 with $\beta = 1/9$,
+# $\ell(x) = x^2 / (2\beta)$ for $|x| < \beta$ and $|x| - \beta/2$ above: in the quadratic zone its
+# gradient $x/\beta$ shrinks with the error, above it is ±1. Raw targets mostly fall in the
+# quadratic zone, where the loss barely pushes. Fast R-CNN's code divided its targets by their
+# standard deviations, (0.1, 0.1, 0.2, 0.2); the weights (10, 10, 5, 5) are those inverses, built
+# into the coder: the targets get about unit spread and land in the linear zone, on the scale of
+# the classification loss. The RPN's targets were never normalised in the original code, and
+# torchvision keeps both choices. Below: targets of proposals matched at IoU ≥ 0.5, with both
+# weightings; the grey band is $|d| < \beta$.
 
 # %%
 objects = np.concatenate([(xy := rng.uniform(0, 300, (4000, 2))), xy + rng.uniform(16, 200, (4000, 2))], axis=1)

@@ -51,7 +51,8 @@ print(f"image {image.shape}, object sizes √(w·h): {np.sqrt(np.prod(gt[:, 2:] 
 #
 # torchvision's Mask R-CNN gives P2…P6 one size each, 32, 64, 128, 256, 512, with ratios
 # 0.5, 1, 2: three anchors per cell. Those sizes suit its 800–1333 px inputs; our shapes images
-# are 128×192, so this chapter uses half of them, 16…256 (the project's small model does too).
+# are 128×192, so this chapter uses half of them, 16…256 (the project's small model starts from
+# the same sizes, with three a level: section 4 shows why).
 
 # %%
 print(inspect.getsource(generate_cell_anchors))
@@ -75,9 +76,8 @@ print(inspect.getsource(AnchorGenerator.grid_anchors))
 
 # %% [markdown]
 # The padded 128×192 image gives grids of 32×48, 16×24, 8×12, 4×6 and 2×3 cells. Below: the three
-# anchors at the centre cell of each level (left), and every level's anchor centres (right:
-# the points where the anchors of each level sit; a level's anchors are far apart where its
-# anchors are large).
+# anchors at the centre cell of each level (left), and every level's anchor centres (right):
+# the coarser the level, the fewer and farther apart its centres, and the larger its anchors.
 
 # %%
 image_size = image.shape[1:]

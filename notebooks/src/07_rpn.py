@@ -159,6 +159,15 @@ plt.close(fig)
 # %% [markdown]
 # ## 4. From anchors to proposals
 #
+# Every anchor is decoded with its deltas; then the boxes are filtered: on each level the
+# `pre_nms_top_n` best by objectness (so the many small anchors of P2 cannot crowd out the
+# others), clipped to the image, boxes under 0.001 px dropped, NMS at 0.7 within each level, and
+# the `post_nms_top_n` best of the image kept:
+
+# %%
+print(inspect.getsource(RegionProposalNetwork.filter_proposals))
+
+# %% [markdown]
 # The ten anchors with the highest objectness (left) crowd onto the same objects; their decoded
 # boxes (middle) fit the objects better than the anchors did; NMS (right) then keeps one box per
 # place, so the top ten proposals spread over the image.
@@ -210,8 +219,8 @@ assert recall_curve(proposals, gt, 0.5)[-1] == 1.0
 #
 # The loss is written with the package's differentiable ops; the tape gives its gradient with
 # respect to every logit and delta. Check both losses against central differences in float64,
-# on 40 of the image's anchors (the sampler is re-seeded at every evaluation, so it draws the
-# same anchors each time).
+# with random logits and deltas on a few dozen of the image's anchors, its positives among them
+# (the sampler is re-seeded at every evaluation, so it draws the same anchors each time).
 
 # %%
 rng = np.random.default_rng(0)
@@ -251,9 +260,9 @@ if torch is not None:
 # torchvision's Mask R-CNN with a ResNet-18 FPN and random weights, every frozen BatchNorm
 # calibrated to the statistics of its input (`tinymaskrcnn.reference.calibrate_frozen_batchnorm`,
 # so that activations stay of order one and the comparison means something), is saved with
-# `torch.save` and loaded into ours by name, without torch. In float64 the RPN's proposals and
-# their scores agree to rounding; so do the two training losses when both sample every anchor
-# (no randomness).
+# `torch.save` and loaded into ours by name, without torch. In float64 the RPN's proposals
+# agree to rounding; so do the two training losses when both sample every anchor (no
+# randomness).
 
 # %%
 if torch is not None:
@@ -294,7 +303,12 @@ if torch is not None:
     # training: every anchor sampled; torchvision makes anchor labels float32 even in float64,
     # so cast them back to float64 for an exact comparison (the values 0, 1, -1 are unchanged)
     assign = theirs.rpn.assign_targets_to_anchors
-    theirs.rpn.assign_targets_to_anchors = lambda a, t: ([l.double() for l in assign(a, t)[0]], assign(a, t)[1])
+
+    def assign_float64(anchors, targets):
+        labels, matched = assign(anchors, targets)
+        return [l.double() for l in labels], matched
+
+    theirs.rpn.assign_targets_to_anchors = assign_float64
     theirs.rpn.train()
     ours.rpn.train()
     with torch.no_grad():
@@ -358,8 +372,8 @@ assert rejects(check_flatten, channel_major)
 # ### Exercise 2 — the objectness loss, stable
 #
 # Write `my_bce(logits, labels)`: the mean binary cross-entropy $-[y\log\sigma(o) + (1-y)\log(1-\sigma(o))]$
-# from logits, without overflow for logits of any size (a confident, wrong RPN produces logits
-# in the hundreds). Hint: $-\log\sigma(o) = \max(-o, 0) + \log(1 + e^{-|o|})$. The check compares
+# from logits, without overflow for logits of any size ($e^{800}$ overflows float64, and
+# $\sigma(40)$ is exactly 1 in it, so $\log(1 - \sigma)$ is $-\infty$). Hint: $-\log\sigma(o) = \max(-o, 0) + \log(1 + e^{-|o|})$. The check compares
 # with `torch.nn.functional.binary_cross_entropy_with_logits` (or, without torch, with the
 # package's, which the tests hold equal to torch's).
 
