@@ -208,8 +208,9 @@ if torch is not None:
 print(inspect.getsource(BalancedPositiveNegativeSampler.__call__))
 
 # %%
-many = tm.boxes.clip_boxes_to_image(np.concatenate([jitter(gt, 60, 0.2, rng), np.sort(
-    rng.uniform(0, 192, (3000, 2, 2)), axis=1).transpose(0, 2, 1).reshape(-1, 4)]), image.shape[1:])
+corners = rng.uniform([0, 0], [192, 128], (3000, 2))
+random_boxes = np.concatenate([corners, corners + rng.uniform(8, 60, (3000, 2))], axis=1)
+many = tm.boxes.clip_boxes_to_image(np.concatenate([jitter(gt, 60, 0.2, rng), random_boxes]), image.shape[1:])
 many = many[tm.boxes.remove_small_boxes(many, 2.0)]
 labels = to_labels(Matcher(0.7, 0.3, allow_low_quality_matches=True)(box_iou(gt, many)))
 tm.manual_seed(0)

@@ -114,7 +114,8 @@ labels = np.where(matches >= 0, 1, np.where(matches == Matcher.BELOW_LOW_THRESHO
 print(f"{len(anchors)} anchors: {np.sum(labels == 1)} positive, {np.sum(labels == 0)} negative, "
       f"{np.sum(labels == -1)} ignored")
 fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-V.draw_boxes(image, anchors, labels=labels, ax=ax, max_boxes=150, title="anchors: positive, negative, ignored")
+V.draw_boxes(image, anchors, labels=labels, ax=ax, max_boxes=60, linewidth=1.5,
+             title="anchors: positive, negative, ignored (60 drawn)")
 plt.show()
 plt.close(fig)
 assert np.sum(labels == 1) >= len(gt)     # every object has at least one positive anchor
