@@ -257,3 +257,38 @@ def test_draw_failure_gallery_crops_each_object(sample):
     assert "missed" in axes[0].get_title()
     with pytest.raises(ValueError, match="empty"):
         V.draw_failure_gallery([])
+
+
+# Chapters 5-7: boxes, anchors, the RPN
+
+def test_draw_box_groups_colours_fills_and_points(tmp_path):
+    image = V.blank_image(40, 60)
+    assert image.shape == (3, 40, 60) and np.allclose(image, 0.96)
+    groups = {"a": np.array([[5.0, 5, 30, 20]]), "b": np.array([[10.0, 8, 50, 30], [0, 0, 4, 4]]),
+              "a ∩ b": np.array([[10.0, 8, 30, 20]]), "none": np.zeros((0, 4))}
+    points = {"p": np.array([[1.0, 2], [3, 4], [5, 6]]), "q": np.array([[10.0, 10]])}
+    ax = V.draw_box_groups(image, groups, filled=["a ∩ b"], points=points, markersize=[2, 7], title="t")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["a (1)", "b (2)", "a ∩ b (1)", "none (0)", "p (3)", "q (1)"]
+    polys = {c.get_label(): c for c in ax.collections}
+    np.testing.assert_allclose(polys["b (2)"].get_paths()[0].vertices[:4], [[10, 8], [50, 8], [50, 30], [10, 30]])
+    assert polys["a ∩ b (1)"].get_facecolor()[0][3] > 0 and len(polys["a (1)"].get_facecolor()) == 0
+    assert [line.get_markersize() for line in ax.lines] == [2, 7]
+    np.testing.assert_array_equal(ax.lines[0].get_xydata(), points["p"])
+    ax.figure.savefig(tmp_path / "groups.png", dpi=30)
+    assert png_size(tmp_path / "groups.png") == tuple(round(s * 30) for s in ax.figure.get_size_inches())
+    with pytest.raises(ValueError, match=r"filled names \['c'\] are not groups"):
+        V.draw_box_groups(image, groups, filled=["c"])
+
+
+def test_draw_matrix_values_and_annotations():
+    matrix = np.array([[0.0, 0.25, 1.0], [0.5, 0.75, 0.1]])
+    ax = V.draw_matrix(matrix, vmin=0, vmax=1, annotate=True, xlabel="x", ylabel="y", title="m")
+    np.testing.assert_array_equal(ax.images[0].get_array(), matrix)
+    assert ax.images[0].get_clim() == (0, 1)
+    assert [t.get_text() for t in ax.texts] == ["0.00", "0.25", "1.00", "0.50", "0.75", "0.10"]
+    assert len(ax.figure.axes) == 2  # the heat map and its colour bar
+    ax = V.draw_matrix(matrix, colorbar=False, ax=plt.subplots()[1])
+    assert len(ax.figure.axes) == 1 and not ax.texts
+    with pytest.raises(ValueError, match="expected 2-D"):
+        V.draw_matrix(np.zeros((2, 3, 4)))

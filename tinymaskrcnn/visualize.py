@@ -279,9 +279,7 @@ def draw_boxes(image, boxes, labels=None, ax=None, max_boxes=500, linewidth=0.8,
     ax = _new_axes(ax, height, width)
     _show_image(ax, rgb)
     for name, idx in groups.items():
-        x1, y1, x2, y2 = boxes[idx].T
-        outlines = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
-                             np.stack([x1, y2], 1)], axis=1)
+        outlines = _outlines(boxes[idx])
         edge = colour if name is None else MATCH_COLOURS[name]
         legend = None if name is None else f"{name} ({counts[name]})"
         ax.add_collection(PolyCollection(outlines, facecolors="none", edgecolors=edge, linewidths=linewidth,
@@ -462,3 +460,81 @@ def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, pane
     for ax in axes.flat[len(failures):]:
         ax.set_axis_off()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 5-7: boxes, anchors, the RPN
+# ---------------------------------------------------------------------------------------------
+
+def _outlines(boxes):
+    """The (N, 4, 2) corner polygons of (N, 4) xyxy boxes, for a PolyCollection."""
+    x1, y1, x2, y2 = boxes.T
+    return np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
+                     np.stack([x1, y2], 1)], axis=1)
+
+
+def blank_image(height, width, grey=0.96):
+    """A plain light (3, height, width) image to draw boxes on when no photograph is needed."""
+    return np.full((3, int(height), int(width)), float(grey))
+
+
+def draw_box_groups(image, groups, ax=None, title=None, linewidth=1.5, filled=(), points=None, markersize=6):
+    """Draw named groups of boxes over an image, one colour and legend entry per group; returns the Axes.
+
+    ``groups``: a dict name → (N, 4) boxes (an empty group still gets its legend entry, "(0)").
+    Groups named in ``filled`` are also tinted inside (e.g. the intersection of two boxes).
+    ``points``: a dict name → (N, 2) (x, y) points (anchor centres), drawn as dots with their
+    own colours after the boxes', ``markersize`` points across (one number, or one per group).
+    Names in the legend carry their counts.
+    """
+    rgb = as_rgb(image)
+    height, width = rgb.shape[:2]
+    points = {} if points is None else points
+    unknown = set(filled) - set(groups)
+    if unknown:
+        raise ValueError(f"filled names {sorted(unknown)} are not groups; the groups are {list(groups)}")
+    ax = _new_axes(ax, height, width)
+    _show_image(ax, rgb)
+    for k, (name, boxes) in enumerate(groups.items()):
+        boxes = _boxes(np.reshape(to_numpy(boxes), (-1, 4)))
+        colour = PALETTE[k % len(PALETTE)]
+        outlines = _outlines(boxes)
+        face = np.append(colour, 0.35) if name in filled else "none"
+        ax.add_collection(PolyCollection(outlines, facecolors=face, edgecolors=colour, linewidths=linewidth,
+                                         label=f"{name} ({len(boxes)})"))
+    marker_sizes = np.broadcast_to(np.asarray(markersize, dtype=np.float64), (len(points),))
+    for k, ((name, xy), size) in enumerate(zip(points.items(), marker_sizes), start=len(groups)):
+        xy = to_numpy(xy).astype(np.float64).reshape(-1, 2)
+        ax.plot(xy[:, 0], xy[:, 1], "o", color=PALETTE[k % len(PALETTE)], markersize=size, linestyle="none",
+                label=f"{name} ({len(xy)})")
+    if groups or points:
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_matrix(matrix, ax=None, title=None, xlabel=None, ylabel=None, cmap="viridis", vmin=None, vmax=None,
+                annotate=False, colorbar=True):
+    """A 2-D array as a heat map (IoU matrices, objectness per grid cell); returns the Axes.
+
+    ``annotate`` writes each value in its cell (for small matrices); ``vmin``/``vmax`` fix the
+    colour scale (e.g. 0 and 1 for IoUs and probabilities, so that two maps compare).
+    """
+    matrix = to_numpy(matrix).astype(np.float64)
+    if matrix.ndim != 2:
+        raise ValueError(f"matrix has shape {matrix.shape}: expected 2-D (rows, columns); "
+                         "for a feature map (C, H, W) use draw_feature_map or pick one channel")
+    ax = _new_axes(ax, *matrix.shape)
+    shown = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if colorbar:
+        ax.figure.colorbar(shown, ax=ax, shrink=0.8)
+    if annotate:
+        middle = np.nanmean([np.nanmin(matrix), np.nanmax(matrix)]) if vmin is None or vmax is None else (vmin + vmax) / 2
+        for (r, c), v in np.ndenumerate(matrix):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > middle else "white")
+    ax.set_xlabel(xlabel or "")
+    ax.set_ylabel(ylabel or "")
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
