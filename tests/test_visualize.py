@@ -239,3 +239,33 @@ def test_clear_errors(sample):
         V.draw_detections(image, target["boxes"][:1], labels=[3], class_names=["__background__", "a"])
     with pytest.raises(ValueError, match="smoothing"):
         V.plot_losses([{"loss": 1.0}], smoothing=1.0)
+
+
+# ----- Chapters 8-10: RoIAlign, the box head, the mask head ---------------------------------------
+
+def test_draw_roi_align_marks_the_kernels_samples_and_the_shifted_box():
+    X = 10.0 * np.arange(5)[:, None] + np.arange(6)[None, :]
+    ax = V.draw_roi_align(X, (1, 1, 3, 3), 2, sampling_ratio=2, aligned=True, values=True)
+    box = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)][0]
+    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (0.5, 0.5, 2.0, 2.0)  # shifted by 1/2
+    filled, hollow = (c.get_offsets() for c in ax.collections)
+    assert sorted(set(np.asarray(filled)[:, 0])) == [0.75, 1.25, 1.75, 2.25] and len(hollow) == 0
+    assert "2×2 a bin" in ax.get_title() and len(ax.texts) == X.size
+    plt.close(ax.figure)
+    # legacy, partly off the map: samples at x = -2.5 lie more than a pixel outside and are hollow
+    ax = V.draw_roi_align(X, (-4, 0, 2, 2), 2, sampling_ratio=1)
+    filled, hollow = (np.asarray(c.get_offsets()) for c in ax.collections)
+    assert np.array_equal(np.unique(hollow[:, 0]), [-2.5]) and np.array_equal(np.unique(filled[:, 0]), [0.5])
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match=r"an \(H, W\) map"):
+        V.draw_roi_align(np.zeros((1, 5, 6)), (1, 1, 3, 3), 2)
+
+
+def test_draw_roi_pool_tints_torchvisions_bins():
+    M = np.arange(64.0).reshape(8, 8)
+    ax = V.draw_roi_pool(M, (1.4, 1.6, 6.3, 5.2), 2)
+    rects = [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches]
+    # x rounds to 1..6 (bins of 3 columns), y to 2..5 (bins of 2 rows); pixel j spans [j - 1/2, j + 1/2)
+    assert rects[1:] == [(0.5, 1.5, 3, 2), (3.5, 1.5, 3, 2), (0.5, 3.5, 3, 2), (3.5, 3.5, 3, 2)]
+    assert rects[0] == pytest.approx((1.4, 1.6, 4.9, 3.6))  # the exact box, dashed
+    plt.close(ax.figure)

@@ -413,3 +413,91 @@ def plot_losses(metrics, out_png=None, log_scale=False, smoothing=0.6, ax=None):
     if out_png is not None:
         save_figure(ax.figure, out_png)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 8-10: RoIAlign, the box head, the mask head
+# ---------------------------------------------------------------------------------------------
+
+def _draw_map(ax, feature, values, cmap="Greys"):
+    """A 2-D map with pixel (i, j) centred at (x=j, y=i), as RoIAlign's coordinates put it."""
+    feature = to_numpy(feature).astype(np.float64)
+    if feature.ndim != 2:
+        raise ValueError(f"feature has shape {feature.shape}: give one channel of one image, an (H, W) map")
+    height, width = feature.shape
+    ax.imshow(feature, cmap=cmap, extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest",
+              alpha=0.6)
+    if values:
+        for (i, j), v in np.ndenumerate(feature):
+            ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=7, color="black")
+    ax.set_xticks(range(width))
+    ax.set_yticks(range(height))
+    ax.tick_params(labelsize=7)
+    ax.set_xlim(-1.2, width + 0.2)
+    ax.set_ylim(height + 0.2, -1.2)
+    return height, width
+
+
+def draw_roi_align(feature, box, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, ax=None,
+                   values=False, title=None):
+    """Where RoIAlign samples a map for one box; returns the Axes.
+
+    ``feature`` is one (H, W) map, drawn with pixel centres at integer coordinates (RoIAlign's
+    own convention), ``box`` (x1, y1, x2, y2) in image coordinates. The RoI as the samples see
+    it (scaled, shifted by half a pixel when ``aligned``, at least one pixel wide when not) is
+    outlined in blue, its bins dashed, and every sample point marked: a filled dot reads the
+    map bilinearly, a hollow one lies more than a pixel outside and adds zero. ``values``
+    writes each pixel's value. The sample positions come from
+    ``tinymaskrcnn.kernels.roi_align.sample_coordinates``, the rule the kernels use.
+    """
+    from .kernels.roi_align import sample_coordinates
+
+    ax = _new_axes(ax, 1, 1, width_inches=4.0)
+    height, width = _draw_map(ax, feature, values)
+    ph, pw = (output_size, output_size) if np.isscalar(output_size) else output_size
+    x1, y1, x2, y2 = (np.float64(v) for v in box)
+    rule = (np.float64(spatial_scale), int(sampling_ratio), bool(aligned))
+    y0, h, ys = sample_coordinates(y1, y2, ph, *rule)
+    x0, w, xs = sample_coordinates(x1, x2, pw, *rule)
+    ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor="#1f77b4", linewidth=2))
+    for p in range(1, ph):
+        ax.plot([x0, x0 + w], [y0 + p * h / ph] * 2, color="#1f77b4", linestyle="--", linewidth=0.8)
+    for p in range(1, pw):
+        ax.plot([x0 + p * w / pw] * 2, [y0, y0 + h], color="#1f77b4", linestyle="--", linewidth=0.8)
+    gy, gx = np.meshgrid(ys.ravel(), xs.ravel(), indexing="ij")
+    inside = (gy >= -1) & (gy <= height) & (gx >= -1) & (gx <= width)
+    ax.scatter(gx[inside], gy[inside], s=14, color="#d62728", zorder=3)
+    ax.scatter(gx[~inside], gy[~inside], s=14, facecolors="none", edgecolors="#d62728", zorder=3)
+    grid = f"{ys.shape[1]}×{xs.shape[1]}"
+    ax.set_title(title if title is not None else
+                 f"aligned={aligned}, ratio {sampling_ratio}: {grid} a bin", fontsize=9)
+    return ax
+
+
+def draw_roi_pool(feature, box, output_size, spatial_scale=1.0, ax=None, values=False, title=None):
+    """Which pixels RoIPool (Fast R-CNN) max-pools into each bin for one box; returns the Axes.
+
+    RoIPool rounds the scaled box to whole pixels and splits it into bins of whole pixels
+    (torchvision.ops.roi_pool's rule: bin p spans floor(p·s) .. ceil((p+1)·s) for a bin size s,
+    so neighbouring bins may share a row). Each bin's pixels are tinted in turn; the exact box
+    is dashed, so the quantisation shows as the gap between the two.
+    """
+    ax = _new_axes(ax, 1, 1, width_inches=4.0)
+    height, width = _draw_map(ax, feature, values)
+    ph, pw = (output_size, output_size) if np.isscalar(output_size) else output_size
+    x1, y1, x2, y2 = (float(v) * spatial_scale for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="black", linestyle="--", linewidth=1.5))
+
+    def bins(lo, hi, pooled, size):
+        start, end = int(np.floor(lo + 0.5)), int(np.floor(hi + 0.5))  # round half away from zero (lo, hi ≥ 0)
+        step = max(end - start + 1, 1) / pooled
+        return [(min(max(int(np.floor(p * step)) + start, 0), size), min(max(int(np.ceil((p + 1) * step)) + start, 0), size))
+                for p in range(pooled)]
+
+    for py, (r0, r1) in enumerate(bins(y1, y2, ph, height)):
+        for px, (c0, c1) in enumerate(bins(x1, x2, pw, width)):
+            colour = PALETTE[(py * pw + px) % len(PALETTE)]
+            ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, facecolor=colour, alpha=0.35,
+                                   edgecolor=colour, linewidth=1.5))
+    ax.set_title(title if title is not None else "RoIPool: the box rounded to whole pixels", fontsize=9)
+    return ax
