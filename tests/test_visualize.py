@@ -269,3 +269,31 @@ def test_draw_roi_pool_tints_torchvisions_bins():
     assert rects[1:] == [(0.5, 1.5, 3, 2), (3.5, 1.5, 3, 2), (0.5, 3.5, 3, 2), (3.5, 3.5, 3, 2)]
     assert rects[0] == pytest.approx((1.4, 1.6, 4.9, 3.6))  # the exact box, dashed
     plt.close(ax.figure)
+
+
+def test_draw_roi_refinement_colours_by_label_and_arrows_to_refined_boxes():
+    image = np.zeros((3, 40, 50), dtype=np.float32)
+    rois = np.array([[2, 2, 20, 20], [5, 5, 30, 25], [10, 10, 40, 35]], dtype=np.float32)
+    refined = rois + 3
+    ax = V.draw_roi_refinement(image, rois, np.array([0, 2, 2]), refined, class_names=("bg", "a", "b"))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["background (1)", "b (2)"]
+    background, objects = ax.collections
+    assert np.allclose(background.get_edgecolor()[0][:3], [0.6, 0.6, 0.6])
+    assert np.allclose(objects.get_edgecolor()[0][:3], V.PALETTE[1])
+    # one dashed refined box and one arrow per foreground RoI, from its centre to the refined centre
+    dashed = [(p.get_x(), p.get_y()) for p in ax.patches]
+    assert dashed == [(8, 8), (13, 13)]
+    arrows = [(a.xyann, a.xy) for a in ax.texts]
+    assert arrows == [((17.5, 15.0), (20.5, 18.0)), ((25.0, 22.5), (28.0, 25.5))]
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="one box per RoI"):
+        V.draw_roi_refinement(image, rois, np.array([0, 2, 2]), refined[:2])
+
+
+def test_draw_batched_nms_shifts_each_class_apart():
+    boxes = np.array([[0, 0, 10, 10], [2, 2, 12, 12], [1, 1, 11, 11]], dtype=np.float64)
+    axes = V.draw_batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), np.array([0, 2]))
+    left, right = ([(p.get_x(), p.get_y(), p.get_linestyle()) for p in ax.patches] for ax in axes)
+    assert left == [(0, 0, "-"), (2, 2, "--"), (1, 1, "-")]
+    assert right == [(0, 0, "-"), (2, 2, "--"), (14, 14, "-")]   # class 1 moved by max coordinate + 1 = 13
+    plt.close(axes[0].figure)

@@ -501,3 +501,77 @@ def draw_roi_pool(feature, box, output_size, spatial_scale=1.0, ax=None, values=
                                    edgecolor=colour, linewidth=1.5))
     ax.set_title(title if title is not None else "RoIPool: the box rounded to whole pixels", fontsize=9)
     return ax
+
+
+def _class_colour(label):
+    """A class's colour (background, label 0, grey), the same in every chapter's picture."""
+    return np.array([0.6, 0.6, 0.6]) if label <= 0 else PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
+def draw_roi_refinement(image, rois, labels, refined=None, class_names=None, ax=None, title=None):
+    """Sampled RoIs coloured by their label, and where the box head moves them; returns the Axes.
+
+    ``rois`` (K, 4) and ``labels`` (K,): background RoIs (label 0) are thin grey outlines, the
+    others take their class's colour. With ``refined`` (K, 4), each foreground RoI also gets a
+    dashed outline of its refined box and an arrow from its centre to the refined box's centre.
+    A legend counts the RoIs of each label (``class_names[label]`` names it).
+    """
+    rgb = as_rgb(image)
+    rois = _boxes(rois)
+    labels = to_numpy(labels).reshape(-1).astype(np.int64)
+    if len(labels) != len(rois):
+        raise ValueError(f"labels has {len(labels)} entries but there are {len(rois)} RoIs")
+    if refined is not None:
+        refined = _boxes(refined)
+        if refined.shape != rois.shape:
+            raise ValueError(f"refined has shape {refined.shape}; it needs one box per RoI, {rois.shape}")
+    ax = _new_axes(ax, *rgb.shape[:2])
+    _show_image(ax, rgb)
+    for label in np.unique(labels):  # background first, so the objects' RoIs are drawn on top
+        idx = np.flatnonzero(labels == label)
+        x1, y1, x2, y2 = rois[idx].T
+        outlines = np.stack([np.stack(c, 1) for c in ((x1, y1), (x2, y1), (x2, y2), (x1, y2))], axis=1)
+        name = "background" if label == 0 else (_class_name(label, class_names) or str(label))
+        ax.add_collection(PolyCollection(outlines, facecolors="none", edgecolors=[_class_colour(label)],
+                                         linewidths=0.5 if label == 0 else 1.2, label=f"{name} ({len(idx)})"))
+        if refined is None or label == 0:
+            continue
+        for (a1, b1, a2, b2), (c1, d1, c2, d2) in zip(rois[idx], refined[idx]):
+            ax.add_patch(Rectangle((c1, d1), c2 - c1, d2 - d1, fill=False, edgecolor=_class_colour(label),
+                                   linestyle="--", linewidth=1.0))
+            ax.annotate("", xy=((c1 + c2) / 2, (d1 + d2) / 2), xytext=((a1 + a2) / 2, (b1 + b2) / 2),
+                        arrowprops=dict(arrowstyle="->", color="white", linewidth=1.0))
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
+    """Batched NMS's offset trick: the boxes as they are (left) and shifted by class (right).
+
+    Each box of class c is moved by c · (max coordinate + 1) along both axes, so boxes of
+    different classes can no longer overlap and one NMS serves every class. Kept boxes (the
+    indices ``keep``) are solid, suppressed ones dashed; each box is labelled with its score.
+    Returns the two Axes.
+    """
+    boxes = _boxes(boxes)
+    scores, idxs = to_numpy(scores).reshape(-1), to_numpy(idxs).reshape(-1).astype(np.int64)
+    kept = np.zeros(len(boxes), dtype=bool)
+    kept[to_numpy(keep).astype(np.int64)] = True
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
+    offsets = idxs * (boxes.max() + 1)
+    for ax, shifted, title in ((axes[0], boxes, "the boxes: classes overlap"),
+                               (axes[1], boxes + offsets[:, None], "shifted by class · (max coordinate + 1)")):
+        for (x1, y1, x2, y2), c, s, k in zip(shifted, idxs, scores, kept):
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=_class_colour(c + 1),
+                                   linestyle="-" if k else "--", linewidth=2 if k else 1))
+            ax.text(x1, y1, f"{s:.2f}", fontsize=7, color=_class_colour(c + 1), va="bottom")
+        ax.set_xlim(shifted[:, 0].min() - 2, shifted[:, 2].max() + 2)
+        ax.set_ylim(shifted[:, 3].max() + 2, shifted[:, 1].min() - 4)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    return axes
