@@ -297,3 +297,26 @@ def test_draw_batched_nms_shifts_each_class_apart():
     assert left == [(0, 0, "-"), (2, 2, "--"), (1, 1, "-")]
     assert right == [(0, 0, "-"), (2, 2, "--"), (14, 14, "-")]   # class 1 moved by max coordinate + 1 = 13
     plt.close(axes[0].figure)
+
+
+def test_draw_mask_rows_one_row_per_roi():
+    image = np.zeros((3, 30, 40), dtype=np.float32)
+    boxes = np.array([[2, 3, 20, 25], [10, 5, 38, 28]], dtype=np.float32)
+    targets = np.random.default_rng(0).uniform(0, 1, (2, 7, 7))
+    predictions = 1 - targets
+    pasted = np.zeros((2, 1, 30, 40))
+    pasted[0, 0, 5:20, 4:18] = 0.9
+    axes = V.draw_mask_rows(image, boxes, targets, predictions, pasted, labels=np.array([1, 3]),
+                            class_names=("bg", "a", "b", "c"))
+    assert axes.shape == (2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["image crop", "target 7×7", "prediction", "pasted"]
+    assert [row[0].get_ylabel() for row in axes] == ["a", "c"]
+    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), targets[1])
+    np.testing.assert_array_equal(axes[1, 2].images[0].get_array(), predictions[1])
+    # the pasted column zooms on the box with a margin of 15 % of its longer side
+    assert axes[0, 3].get_xlim() == pytest.approx((0, 20 + 0.15 * 22))
+    assert axes[0, 3].get_ylim() == pytest.approx((25 + 0.15 * 22, 0))
+    assert len(axes[0, 3].collections) == 1 and len(axes[1, 3].collections) == 0  # a 0.5 contour where it crosses
+    plt.close(axes[0, 0].figure)
+    with pytest.raises(ValueError, match="must both be"):
+        V.draw_mask_rows(image, boxes, targets, predictions[:1], pasted)

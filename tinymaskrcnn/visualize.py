@@ -575,3 +575,53 @@ def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
         ax.set_aspect("equal")
         ax.set_title(title, fontsize=9)
     return axes
+
+
+def draw_mask_rows(image, boxes, targets, predictions, pasted, labels=None, class_names=None, axes=None):
+    """One row per RoI: its crop of the image, its M×M mask target, the M×M prediction, and the
+    prediction pasted into the image; returns the (K, 4) array of Axes.
+
+    ``boxes`` (K, 4) are the RoIs; ``targets`` and ``predictions`` (K, M, M) probabilities in
+    [0, 1] (the targets are soft: RoIAlign averages the 0/1 ground truth at the mask's edges);
+    ``pasted`` (K, H, W) or (K, 1, H, W) the pasted probabilities. The crop and the pasted column
+    show the box's region with a small margin; the pasted mask is tinted in its class colour and
+    its 0.5 contour drawn, where it is cut from the probabilities.
+    """
+    rgb = as_rgb(image)
+    height, width = rgb.shape[:2]
+    boxes = _boxes(boxes)
+    targets, predictions = to_numpy(targets), to_numpy(predictions)
+    pasted = to_numpy(pasted).reshape(len(boxes), height, width) if len(boxes) else np.zeros((0, height, width))
+    if targets.shape != predictions.shape or targets.ndim != 3 or len(targets) != len(boxes):
+        raise ValueError(f"targets {targets.shape} and predictions {predictions.shape} must both be (K, M, M) "
+                         f"with K = {len(boxes)} boxes")
+    labels = np.ones(len(boxes), dtype=np.int64) if labels is None else to_numpy(labels).astype(np.int64)
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(len(boxes), 4, figsize=(8, 2 * len(boxes)), layout="constrained", squeeze=False)
+    columns = ("image crop", f"target {targets.shape[1]}×{targets.shape[2]}", "prediction", "pasted")
+    for k, ((x1, y1, x2, y2), row) in enumerate(zip(boxes, axes)):
+        margin = 0.15 * max(x2 - x1, y2 - y1)
+        view = (max(x1 - margin, 0), min(x2 + margin, width), min(y2 + margin, height), max(y1 - margin, 0))
+        colour = _class_colour(labels[k])
+        row[0].imshow(rgb, extent=(0, width, height, 0), interpolation="nearest")
+        row[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
+        for ax, grid in ((row[1], targets[k]), (row[2], predictions[k])):
+            ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        tinted = rgb * (1 - 0.5 * pasted[k][..., None]) + 0.5 * pasted[k][..., None] * colour
+        row[3].imshow(tinted, extent=(0, width, height, 0), interpolation="nearest")
+        if pasted[k].max() > 0.5 > pasted[k].min():
+            row[3].contour(np.arange(width) + 0.5, np.arange(height) + 0.5, pasted[k], levels=[0.5],
+                           colors=[colour], linewidths=1.0)
+        for j, ax in enumerate(row):
+            if j in (0, 3):
+                ax.set_xlim(view[0], view[1])
+                ax.set_ylim(view[2], view[3])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_title(columns[j], fontsize=9)
+        name = _class_name(labels[k], class_names)
+        row[0].set_ylabel(name if name is not None else f"RoI {k}", fontsize=8)
+    return axes
