@@ -152,10 +152,11 @@ print("adaptive:", out[-1].ravel().round(4), "\nratio 2: ", out[2].ravel().round
 #
 # $$k = \left\lfloor 4 + \log_2 \frac{s}{224} \right\rfloor \text{ clamped to } [2, 5].$$
 #
-# 224 is the **canonical size**: an ImageNet-sized object is read from P4 (stride 16), where a
-# ResNet classifier would have seen it at its ImageNet input size; each halving of the side moves
-# one level finer. So every box covers about the same number of map pixels (a 7×7 patch of a
-# 7-to-14-cell region), small objects keep their detail on P2 and large ones get P5's context.
+# 224 is the **canonical size**, ImageNet's input size: a box that big is read from P4 (stride
+# 16), the level of C4, from which single-scale Faster R-CNN with a ResNet pooled every box; each
+# halving of the side moves one level finer. So every box covers about the same number of map
+# cells (14 to 28 on a side, except the smallest and largest boxes, clamped to P2 and P5): small
+# objects keep their detail on P2 and large ones get P5's context.
 
 # %%
 print(inspect.getsource(map_levels))

@@ -221,10 +221,10 @@ assert np.all(z.grad[~own] == 0) and np.allclose(z.grad[own].reshape(3, 8, 8), e
 # %% [markdown]
 # ## Why 28×28, and why masks look blocky before pasting
 #
-# 28 is what the head's shape gives: a 14×14 RoIAlign patch (enough cells for four 3×3 convs to
-# see the whole object), doubled once by the transposed conv. Every cell costs memory and compute
-# for every positive RoI and every class, so the resolution is a budget; the paper found 28 a
-# good trade. The price: a 28×28 grid stretched over a 100-pixel box has cells of 3.6 pixels, so
+# 28 is what the head's shape gives: a 14×14 RoIAlign patch, doubled once by the transposed
+# conv. Every cell costs memory and compute for every positive RoI (four 3×3 convs at 14×14, the
+# last layers at 28×28) and the logits for every class, so the resolution is a budget; the paper's
+# FPN head spends it on 28×28. The price: a 28×28 grid stretched over a 100-pixel box has cells of 3.6 pixels, so
 # the prediction looks blocky before it is pasted; bilinear pasting smooths the steps, but
 # detail finer than a cell is gone.
 #
