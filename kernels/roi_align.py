@@ -170,8 +170,14 @@ def roi_align_backward(grad_output, rois, batch_size, height, width, spatial_sca
 # ----- NumPy twins -----------------------------------------------------------------------------
 
 
-def _axis_taps_reference(lo, hi, size, pooled, spatial_scale, sampling_ratio, aligned):
-    """One RoI, one axis: (pooled, grid) arrays low, high, frac, valid, and the grid size."""
+def sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned):
+    """One RoI, one axis: where its samples fall on the map (pixel centres at integers).
+
+    ``lo``, ``hi``: the RoI's edges in the image (x1, x2 or y1, y2), scalars of one float type.
+    Returns (start, extent, coord): the RoI's first edge and length on the map after the
+    scale, the half-pixel shift and the legacy clamp, and the (pooled, grid) coordinates of the
+    samples, sample i of bin p at start + (p + (i + 1/2) / grid) · extent / pooled.
+    """
     T = type(lo)
     offset = T(0.5) if aligned else T(0.0)
     start = lo * spatial_scale - offset
@@ -182,7 +188,14 @@ def _axis_taps_reference(lo, hi, size, pooled, spatial_scale, sampling_ratio, al
     grid = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(extent / T(pooled))), 0)
     p = np.arange(pooled, dtype=T)[:, None]
     i = np.arange(grid, dtype=T)[None, :]
-    coord = start + p * bin_size + (i + T(0.5)) * bin_size / T(grid)
+    return start, extent, start + p * bin_size + (i + T(0.5)) * bin_size / T(grid)
+
+
+def _axis_taps_reference(lo, hi, size, pooled, spatial_scale, sampling_ratio, aligned):
+    """One RoI, one axis: (pooled, grid) arrays low, high, frac, valid, and the grid size."""
+    T = type(lo)
+    _, _, coord = sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned)
+    grid = coord.shape[1]
     valid = (coord >= -1) & (coord <= size)
     # clamp at 0 (the rule); clamping at `size` only tames invalid samples for the integer cast
     coord = np.clip(coord, 0, size)

@@ -292,3 +292,84 @@ def test_draw_matrix_values_and_annotations():
     assert len(ax.figure.axes) == 1 and not ax.texts
     with pytest.raises(ValueError, match="expected 2-D"):
         V.draw_matrix(np.zeros((2, 3, 4)))
+
+
+# ----- Chapters 8-10: RoIAlign, the box head, the mask head ---------------------------------------
+
+def test_draw_roi_align_marks_the_kernels_samples_and_the_shifted_box():
+    X = 10.0 * np.arange(5)[:, None] + np.arange(6)[None, :]
+    ax = V.draw_roi_align(X, (1, 1, 3, 3), 2, sampling_ratio=2, aligned=True, values=True)
+    box = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)][0]
+    assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (0.5, 0.5, 2.0, 2.0)  # shifted by 1/2
+    filled, hollow = (c.get_offsets() for c in ax.collections)
+    assert sorted(set(np.asarray(filled)[:, 0])) == [0.75, 1.25, 1.75, 2.25] and len(hollow) == 0
+    assert "2×2 a bin" in ax.get_title() and len(ax.texts) == X.size
+    plt.close(ax.figure)
+    # legacy, partly off the map: samples at x = -2.5 lie more than a pixel outside and are hollow
+    ax = V.draw_roi_align(X, (-4, 0, 2, 2), 2, sampling_ratio=1)
+    filled, hollow = (np.asarray(c.get_offsets()) for c in ax.collections)
+    assert np.array_equal(np.unique(hollow[:, 0]), [-2.5]) and np.array_equal(np.unique(filled[:, 0]), [0.5])
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match=r"an \(H, W\) map"):
+        V.draw_roi_align(np.zeros((1, 5, 6)), (1, 1, 3, 3), 2)
+
+
+def test_draw_roi_pool_tints_torchvisions_bins():
+    M = np.arange(64.0).reshape(8, 8)
+    ax = V.draw_roi_pool(M, (1.4, 1.6, 6.3, 5.2), 2)
+    rects = [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches]
+    # x rounds to 1..6 (bins of 3 columns), y to 2..5 (bins of 2 rows); pixel j spans [j - 1/2, j + 1/2)
+    assert rects[1:] == [(0.5, 1.5, 3, 2), (3.5, 1.5, 3, 2), (0.5, 3.5, 3, 2), (3.5, 3.5, 3, 2)]
+    assert rects[0] == pytest.approx((1.4, 1.6, 4.9, 3.6))  # the exact box, dashed
+    plt.close(ax.figure)
+
+
+def test_draw_roi_refinement_colours_by_label_and_arrows_to_refined_boxes():
+    image = np.zeros((3, 40, 50), dtype=np.float32)
+    rois = np.array([[2, 2, 20, 20], [5, 5, 30, 25], [10, 10, 40, 35]], dtype=np.float32)
+    refined = rois + 3
+    ax = V.draw_roi_refinement(image, rois, np.array([0, 2, 2]), refined, class_names=("bg", "a", "b"))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["background (1)", "b (2)"]
+    background, objects = ax.collections
+    assert np.allclose(background.get_edgecolor()[0][:3], [0.6, 0.6, 0.6])
+    assert np.allclose(objects.get_edgecolor()[0][:3], V.PALETTE[1])
+    # one dashed refined box and one arrow per foreground RoI, from its centre to the refined centre
+    dashed = [(p.get_x(), p.get_y()) for p in ax.patches]
+    assert dashed == [(8, 8), (13, 13)]
+    arrows = [(a.xyann, a.xy) for a in ax.texts]
+    assert arrows == [((17.5, 15.0), (20.5, 18.0)), ((25.0, 22.5), (28.0, 25.5))]
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="one box per RoI"):
+        V.draw_roi_refinement(image, rois, np.array([0, 2, 2]), refined[:2])
+
+
+def test_draw_batched_nms_shifts_each_class_apart():
+    boxes = np.array([[0, 0, 10, 10], [2, 2, 12, 12], [1, 1, 11, 11]], dtype=np.float64)
+    axes = V.draw_batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), np.array([0, 2]))
+    left, right = ([(p.get_x(), p.get_y(), p.get_linestyle()) for p in ax.patches] for ax in axes)
+    assert left == [(0, 0, "-"), (2, 2, "--"), (1, 1, "-")]
+    assert right == [(0, 0, "-"), (2, 2, "--"), (14, 14, "-")]   # class 1 moved by max coordinate + 1 = 13
+    plt.close(axes[0].figure)
+
+
+def test_draw_mask_rows_one_row_per_roi():
+    image = np.zeros((3, 30, 40), dtype=np.float32)
+    boxes = np.array([[2, 3, 20, 25], [10, 5, 38, 28]], dtype=np.float32)
+    targets = np.random.default_rng(0).uniform(0, 1, (2, 7, 7))
+    predictions = 1 - targets
+    pasted = np.zeros((2, 1, 30, 40))
+    pasted[0, 0, 5:20, 4:18] = 0.9
+    axes = V.draw_mask_rows(image, boxes, targets, predictions, pasted, labels=np.array([1, 3]),
+                            class_names=("bg", "a", "b", "c"))
+    assert axes.shape == (2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["image crop", "target 7×7", "prediction", "pasted"]
+    assert [row[0].get_ylabel() for row in axes] == ["a", "c"]
+    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), targets[1])
+    np.testing.assert_array_equal(axes[1, 2].images[0].get_array(), predictions[1])
+    # the pasted column zooms on the box with a margin of 15 % of its longer side
+    assert axes[0, 3].get_xlim() == pytest.approx((0, 20 + 0.15 * 22))
+    assert axes[0, 3].get_ylim() == pytest.approx((25 + 0.15 * 22, 0))
+    assert len(axes[0, 3].collections) == 1 and len(axes[1, 3].collections) == 0  # a 0.5 contour where it crosses
+    plt.close(axes[0, 0].figure)
+    with pytest.raises(ValueError, match="must both be"):
+        V.draw_mask_rows(image, boxes, targets, predictions[:1], pasted)
