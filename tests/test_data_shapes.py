@@ -163,3 +163,17 @@ def test_classification_set_still_works():
     assert 0 <= images.min() and images.max() <= 1 and set(labels) <= {0, 1, 2}
     again, _ = classification_set(6, size=32, seed=3)
     np.testing.assert_array_equal(images, again)
+
+
+def test_scene_is_draw_scene_as_the_detector_takes_it():
+    from tinymaskrcnn.data.shapes import draw_scene, scene
+
+    image, target = scene(3, 96, 112, max_objects=4)
+    pixels, objects = draw_scene(np.random.default_rng(3), 96, 112, 4)
+    assert image.dtype == np.float32 and image.shape == (3, 96, 112)
+    np.testing.assert_array_equal(image * 255, pixels.transpose(2, 0, 1).astype(np.float32))
+    assert target["labels"].tolist() == [category for category, _ in objects]
+    np.testing.assert_array_equal(target["masks"], np.stack([m for _, m in objects]))
+    for box, (_, mask) in zip(target["boxes"], objects):
+        x, y, w, h = tight_box(mask)           # this file's own reference: xywh from the mask's pixels
+        assert box.tolist() == [x, y, x + w, y + h]

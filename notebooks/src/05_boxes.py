@@ -30,7 +30,7 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
 from tinymaskrcnn.chapters import exercise, reference, rejects
-from tinymaskrcnn.data.shapes import draw_scene
+from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.kernels import nms as nms_kernels
 from tinymaskrcnn.ops import nms
 
@@ -39,14 +39,10 @@ rng = np.random.default_rng(0)
 torch = reference()
 
 
-def shapes_scene(seed, height=128, width=192, max_objects=4):
-    """A synthetic shapes image (3, H, W) in [0, 1] and the tight boxes of its objects (float64)."""
-    image, objects = draw_scene(np.random.default_rng(seed), height, width, max_objects)
-    boxes = []
-    for _, mask in objects:
-        ys, xs = np.nonzero(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])   # pixel edges: a tight box
-    return image.transpose(2, 0, 1) / 255.0, np.array(boxes, dtype=np.float64)
+def shapes_scene(seed):
+    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float64, pixel edges)."""
+    image, target = scene(seed)
+    return image.astype(np.float64), target["boxes"].astype(np.float64)
 
 
 def jitter(boxes, n, scale, rng):

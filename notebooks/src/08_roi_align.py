@@ -23,7 +23,7 @@ import numpy as np
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
-from tinymaskrcnn.data.shapes import draw_scene
+from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import roi_align as K
 from tinymaskrcnn.models.poolers import MultiScaleRoIAlign, map_levels
@@ -170,8 +170,7 @@ print(inspect.getsource(map_levels))
 # most RoIs from P2 and never uses P4 and P5 for pooling.
 
 # %%
-image_u8, objects = draw_scene(np.random.default_rng(14), 160, 192, max_objects=4)
-image = image_u8.transpose(2, 0, 1).astype(np.float32) / 255
+image, _ = scene(14, 160, 192)
 tm.random.manual_seed(0)
 model = tm.models.maskrcnn_resnet18_fpn(num_classes=4).eval()
 found = {}

@@ -25,7 +25,7 @@ import numpy as np
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
-from tinymaskrcnn.data.shapes import SHAPES, draw_scene
+from tinymaskrcnn.data.shapes import SHAPES, scene
 from tinymaskrcnn.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import paste_masks as PK
 from tinymaskrcnn.models.roi_heads import maskrcnn_inference, maskrcnn_loss, mask_targets, project_masks_on_boxes
@@ -44,13 +44,8 @@ names = ("background",) + SHAPES
 # `intermediates`, the sampled RoIs and the mask targets.
 
 # %%
-image_u8, objects = draw_scene(np.random.default_rng(14), 160, 192, max_objects=4)
-image = image_u8.transpose(2, 0, 1).astype(np.float32) / 255
-masks = np.stack([m for _, m in objects]).astype(np.uint8)
-gt_labels = np.array([c for c, _ in objects], dtype=np.int64)
-gt_boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-                     for ys, xs in (np.nonzero(m) for m in masks)], dtype=np.float32)
-target = {"boxes": gt_boxes, "labels": gt_labels, "masks": masks}
+image, target = scene(14, 160, 192)
+masks, gt_labels, gt_boxes = target["masks"], target["labels"], target["boxes"]
 
 tm.random.manual_seed(0)
 model = tm.models.maskrcnn_resnet18_fpn(num_classes=len(names)).train()

@@ -184,12 +184,28 @@ def _visible_masks(masks):
     return visible[::-1]
 
 
+def tight_box(mask):
+    """The xyxy box whose edges are the outer pixel edges of a non-empty mask (pixel j spans [j, j+1))."""
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def scene(seed, height=128, width=192, max_objects=4):
+    """One seeded shapes image and its target, as the detector takes them, without a data set
+    on disk: ((3, H, W) float32 in [0, 1], {"boxes": (K, 4) tight xyxy float32, "labels": (K,)
+    int64 category ids, "masks": (K, H, W) uint8}). What the chapters draw on."""
+    pixels, objects = draw_scene(np.random.default_rng(seed), height, width, max_objects)
+    masks = np.stack([mask for _, mask in objects]).astype(np.uint8)
+    target = {"boxes": np.array([tight_box(m) for m in masks], dtype=np.float32),
+              "labels": np.array([category for category, _ in objects], dtype=np.int64), "masks": masks}
+    return pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255), target
+
+
 def _annotation(ann_id, image_id, category_id, mask):
     """A COCO annotation for a visible mask; every 4th is written as RLE (alternately
     compressed and uncompressed) and so is any mask polygons cannot express (holes)."""
-    ys, xs = np.nonzero(mask)
-    x0, y0 = int(xs.min()), int(ys.min())
-    bbox = [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]  # pixel edges: tight box
+    x0, y0, x1, y1 = tight_box(mask)
+    bbox = [x0, y0, x1 - x0, y1 - y0]
     segmentation = None if ann_id % 4 == 0 else mask_to_polygons(mask)
     if segmentation is None:
         segmentation = mask_to_rle(mask, compressed=ann_id % 8 != 4)
