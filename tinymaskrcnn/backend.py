@@ -64,6 +64,6 @@ def to_device(x, device):
         return to_numpy(x)
     if device == "cuda":
         if _cupy is None:
-            raise RuntimeError("device='cuda' needs CuPy: pip install 'tinymaskrcnn[gpu]'")
+            raise RuntimeError("device='cuda' needs CuPy: pip install 'tinymaskrcnn[gpu-cuda13]' (or [gpu-cuda12] for a CUDA 12 driver)")
         return _cupy.asarray(x)
     raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
