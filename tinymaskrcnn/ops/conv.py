@@ -82,11 +82,12 @@ from numbers import Integral
 import numpy as np
 
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import get_array_module, uses_cuda_kernels
 from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase_merge, phase_split
 from ..kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
                                 winograd_output, winograd_output_adjoint)
 from ..parallel import map_shares, num_workers
+from . import conv_gemm
 
 
 class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
@@ -282,6 +283,8 @@ def _correlate(x, weight, geom, groups):
 
     x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo).
     """
+    if uses_cuda_kernels(x):  # the GPU: im2col + batched GEMM (conv_gemm.py)
+        return conv_gemm.correlate(x, weight, geom, groups)
     xp = get_array_module(x)
     n_img = x.shape[0]
     cout = weight.shape[0]
@@ -308,6 +311,8 @@ def _correlate_transpose(g, weight, geom, groups, out_chw):
 
     g (N, Cout, Ho, Wo), weight (Cout, C/G, kh, kw) -> (N, C, H, W) with (C, H, W) = out_chw.
     """
+    if uses_cuda_kernels(g):
+        return conv_gemm.correlate_transpose(g, weight, geom, groups, out_chw)
     xp = get_array_module(g)
     n_img, cout = g.shape[:2]
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # a view: BLAS transposes
@@ -343,6 +348,8 @@ def _weight_grad(g, x, geom, groups):
 
     conv2d: g = dL/dy, x = its input. conv_transpose2d: g = its input, x = dL/dy.
     """
+    if uses_cuda_kernels(g):
+        return conv_gemm.weight_grad(g, x, geom, groups)
     xp = get_array_module(g)
     n_img, cout = g.shape[:2]
     c = x.shape[1]
@@ -496,7 +503,7 @@ class Conv2d(Function):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         self.x, self.weight, self.geom, self.groups = x, weight, geom, groups
-        self.winograd = _winograd_applies(geom, groups, x.shape, weight.shape[0])
+        self.winograd = not uses_cuda_kernels(x) and _winograd_applies(geom, groups, x.shape, weight.shape[0])
         if self.winograd:
             return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
         y = _correlate(x, weight, geom, groups)
@@ -572,9 +579,9 @@ def _check_common(op, input, weight, bias, groups):
     for name, value in (("input", input), ("weight", weight), ("bias", bias)):
         if not (hasattr(value, "ndim") and hasattr(value, "dtype")) and not (name == "bias" and value is None):
             raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(value).__name__}")
-    if get_array_module(input, weight, bias) is not np:
-        raise NotImplementedError(f"{op} on CuPy arrays: the GPU kernels come in a later chapter "
-                                  "(GPU kernels); use NumPy arrays for now")
+    if len({get_array_module(a) for a in (input, weight, bias) if a is not None}) > 1:
+        raise TypeError(f"{op}: input, weight and bias must be on one device (all NumPy or all CuPy); "
+                        "move the model with model.to(device=...) and the input with backend.to_device")
     if input.ndim != 4:
         raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}; "
                          "for a single (C, H, W) image pass x[None]")
