@@ -32,6 +32,7 @@ def test_wheel_installs_kernels_under_tinymaskrcnn(tmp_path):
     (wheel,) = tmp_path.glob("tinymaskrcnn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "tinymaskrcnn/kernels/im2col.py" in names
+    assert "tinymaskrcnn/kernels/cuda/roi_align.py" in names
     assert not any(n.startswith("kernels/") for n in names)  # a registry package has that name
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tinymaskrcnn = tinymaskrcnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
