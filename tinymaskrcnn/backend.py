@@ -89,16 +89,21 @@ def to_device(x, device):
     raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
 
 
+class CUDAUnavailableError(RuntimeError):
+    """device='cuda' asked for where CUDA cannot run (no CuPy, no GPU or no driver)."""
+
+
 def check_cuda():
     """Raise one clear error when CUDA cannot be used: CuPy missing, or no usable GPU and driver
     (CuPy itself imports without a GPU and fails later with a misleading driver message)."""
     if _cupy is None:
-        raise RuntimeError("device='cuda' needs CuPy and numba-cuda: pip install 'tinymaskrcnn[gpu-cuda13]' "
-                           "(or [gpu-cuda12] for a CUDA 12 driver)")
+        raise CUDAUnavailableError("device='cuda' needs CuPy and numba-cuda: pip install 'tinymaskrcnn[gpu-cuda13]' "
+                                   "(or [gpu-cuda12] for a CUDA 12 driver)")
     try:
         available = _cupy.cuda.is_available()
     except Exception:  # pragma: no cover - depends on the machine
         available = False
     if not available:
-        raise RuntimeError("device='cuda' asked for, but CuPy finds no usable GPU (cupy.cuda.is_available() is "
-                           "False: no NVIDIA GPU, or no driver for this CuPy build); run on the CPU with device='cpu'")
+        raise CUDAUnavailableError("device='cuda' asked for, but CuPy finds no usable GPU (cupy.cuda.is_available() "
+                                   "is False: no NVIDIA GPU, or no driver for this CuPy build); run on the CPU "
+                                   "(device='cpu', --device cpu)")

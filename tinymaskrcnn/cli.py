@@ -189,7 +189,7 @@ def evaluate_command(args):
     from tinymaskrcnn import engine
     from tinymaskrcnn.data import CocoDetection
 
-    model, state = engine.load_model(args.checkpoint)
+    model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
     dataset = CocoDetection(*_val_split(args, state["config"]))
     if dataset.num_classes != state["num_classes"]:
         raise ValueError(f"{args.checkpoint} predicts {state['num_classes'] - 1} classes but the val set has "
@@ -207,7 +207,7 @@ def predict_command(args):
     from tinymaskrcnn.data.coco import load_image
 
     images = [load_image(path) for path in args.images]  # a missing file fails before any work
-    model, state = engine.load_model(args.checkpoint)
+    model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
     names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
     if len(set(names)) != len(names):
         raise ValueError(f"images {args.images} share file names; their outputs would overwrite each other")
@@ -242,6 +242,11 @@ def _add_data_flags(p):
     p.add_argument("--data", help="a folder in COCO layout (annotations/instances_{train,val}.json + images/{train,val})")
     p.add_argument("--val-ann", help="COCO instances file of the val split")
     p.add_argument("--val-images", help="image folder of the val split")
+
+
+def _add_device_flag(p):
+    p.add_argument("--device", choices=("cpu", "cuda"), help="cuda: run on the GPU through CuPy and the "
+                   "Numba-CUDA kernels (pip install 'tinymaskrcnn[gpu-cuda13]'); default cpu")
 
 
 def build_parser():
@@ -304,6 +309,7 @@ def build_parser():
     p.add_argument("--out-dir", help="run folder (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out-dir exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_flag(p)
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on a val set")
@@ -311,6 +317,7 @@ def build_parser():
     _add_data_flags(p)
     p.add_argument("--out-dir", help="where metrics.json and results.json go (default: the checkpoint's folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_device_flag(p)
     p.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("predict", help="detect objects in images: one PNG and one JSON per image")
@@ -318,6 +325,7 @@ def build_parser():
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--out-dir", default="predictions", help="where the PNG and JSON files go (default predictions/)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed (default 0.5)")
+    _add_device_flag(p)
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser("coco-subset", help="write a COCO instances file with fewer images or categories")
@@ -331,10 +339,12 @@ def build_parser():
 
 
 def main(argv=None):
+    from tinymaskrcnn.backend import CUDAUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError, CUDAUnavailableError) as e:
         # the errors name the file, key or flag and the fix: a traceback would only bury that
         print(f"tinymaskrcnn {args.command}: error: {e}", file=sys.stderr)
         return 2
