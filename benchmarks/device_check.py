@@ -198,7 +198,7 @@ def speed(cpu, pth, repeats):
         record("maskrcnn_inference", ours_t(lambda: mo([io])), theirs_t(lambda: mt([it])), image=list(image.shape))
     h, w = image.shape[1:]
     masks = np.zeros((3, h, w), np.uint8)
-    bx = np.array([[w * .1, h * .1, w * .4, h * .5], [w * .5, h * .2, w * .9, h * .6], [w * .2, h * .6, w * .6, h * .95]])
+    bx = np.array([[.1, .1, .4, .5], [.5, .2, .9, .6], [.2, .6, .6, .95]]) * [w, h, w, h]
     for m, (x1, y1, x2, y2) in zip(masks, bx.astype(int)):
         m[y1:y2, x1:x2] = 1
     labels = np.array([1, 3, 18])
@@ -231,7 +231,8 @@ def main():
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: tests,parity,speed")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
-    result = {"mode": "cpu dry run (no GPU figures)" if args.cpu else "gpu", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result = {"mode": "cpu dry run (no GPU figures)" if args.cpu else "gpu",
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
 
     def section(name, fn, *a):
