@@ -119,15 +119,15 @@ def main():
 
     import tinymaskrcnn  # noqa: F401  (chooses Numba's thread pool before anything starts one)
 
-    from tinymaskrcnn.ops import conv
+    from tinymaskrcnn.ops import conv_schedule
 
-    conv.WINOGRAD = not args.im2col
+    conv_schedule.WINOGRAD = not args.im2col
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(f"float32, batch 1, median of {args.repeats} ({args.clock} clock); threads: torch "
           f"{torch.get_num_threads()}, numba {numba.get_num_threads()}, cores {os.cpu_count()}; "
           f"load average before: {os.getloadavg()[0]:.2f}; 3x3 stride-1 convs by "
-          f"{'Winograd F(2x2, 3x3)' if conv.WINOGRAD else 'im2col'}")
+          f"{'Winograd F(2x2, 3x3)' if conv_schedule.WINOGRAD else 'im2col'}")
     print("\nConvolution (ms; ratio = ours / torch)")
     header = f"{'case':38s} {'ours fwd':>9s} {'torch':>8s} {'ratio':>6s}   {'ours f+b':>9s} {'torch':>8s} {'ratio':>6s}"
     print(header)

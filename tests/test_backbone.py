@@ -19,7 +19,7 @@ from tinymaskrcnn.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
-from tinymaskrcnn.ops import conv
+from tinymaskrcnn.ops import conv, conv_schedule
 from tinymaskrcnn.reference import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
@@ -141,13 +141,15 @@ def resnet50_detection(tmp_path_factory):
     return theirs, save_state_dict(theirs, tmp_path_factory.mktemp("resnet50"))
 
 
-@pytest.fixture(params=["default", "winograd_everywhere"])
+@pytest.fixture(params=["default", "winograd_everywhere", "textbook"])
 def conv_algorithms(request, monkeypatch):
-    """The conv op as it chooses, and with Winograd's algorithm for every 3x3 stride-1 conv of
-    16 channels or more however small (by default only the larger ones use it)."""
+    """The conv op as it chooses, with Winograd's algorithm for every 3x3 stride-1 conv of 16
+    channels or more however small (by default only the larger ones use it), and the textbook
+    convolution (ops/conv_reference.py) for every conv."""
     if request.param == "winograd_everywhere":
-        monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
-    return request.param
+        monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
+    with conv.conv_implementation("reference" if request.param == "textbook" else "fast"):
+        yield request.param
 
 
 def test_resnet50_fpn_frozen_bn_float64_forward_and_gradients(torch, resnet50_detection, conv_algorithms):

@@ -1,5 +1,7 @@
 """conv2d and conv_transpose2d: forward and all three gradients against torch, finite differences,
-the fast paths (1x1, row bands), and the argument checks."""
+the fast paths (1x1, row bands), and the argument checks. The tests taking ``conv_path`` run on
+the fast path and on the textbook one (ops/conv_reference.py), which are also held equal to
+each other."""
 import numpy as np
 import pytest
 from helpers import assert_matches_torch
@@ -8,7 +10,7 @@ import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn.gradcheck import gradcheck
 from tinymaskrcnn import parallel
-from tinymaskrcnn.ops import conv
+from tinymaskrcnn.ops import conv, conv_schedule
 
 DTYPES = [np.float64, np.float32]
 
@@ -53,14 +55,14 @@ def _torch_conv2d(torch, kwargs, bias=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @_params(CONV2D)
-def test_conv2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+def test_conv2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kwargs):
     arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
     assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **kwargs), _torch_conv2d(torch, kwargs), arrays, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @_params(CONV_TRANSPOSE2D)
-def test_conv_transpose2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+def test_conv_transpose2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kwargs):
     cout = shape_w[1] * kwargs.get("groups", 1)
     arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
     assert_matches_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs),
@@ -68,7 +70,7 @@ def test_conv_transpose2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_without_bias_and_without_input_gradient(torch, rng, dtype):
+def test_without_bias_and_without_input_gradient(conv_path, torch, rng, dtype):
     """The first conv of a network: no bias, and its input (the image) needs no gradient."""
     kwargs = dict(stride=2, padding=3)
     arrays = [rng.standard_normal((2, 3, 13, 12)), rng.standard_normal((4, 3, 7, 7))]
@@ -80,7 +82,7 @@ def test_without_bias_and_without_input_gradient(torch, rng, dtype):
                          dtype, requires_grad=[False, True])
 
 
-def test_frozen_weight_gives_only_the_input_gradient(rng):
+def test_frozen_weight_gives_only_the_input_gradient(conv_path, rng):
     x = tm.Tensor(rng.standard_normal((1, 2, 5, 5)), requires_grad=True)
     w, b = tm.Tensor(rng.standard_normal((3, 2, 3, 3))), tm.Tensor(rng.standard_normal(3))
     F.conv2d(x, w, b, padding=1).sum().backward()
@@ -88,7 +90,7 @@ def test_frozen_weight_gives_only_the_input_gradient(rng):
 
 
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
-def test_empty_batch_matches_torch(torch, rng, table, name):
+def test_empty_batch_matches_torch(conv_path, torch, rng, table, name):
     """No images (the mask head when nothing was detected): empty outputs and input gradients,
     zero weight and bias gradients, as torch."""
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
@@ -105,11 +107,11 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
     """However the work is cut into tiles and shared among threads, the results are torch's:
     tiles of the fewest output rows allowed, or of several whole images (a batch of 5, so that
     some tiles hold fewer), shared among 3 worker threads."""
-    monkeypatch.setattr(conv, "TILE_BYTES", 1)
-    monkeypatch.setattr(conv, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
+    monkeypatch.setattr(conv_schedule, "TILE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "MIN_TILE_POSITIONS", 1 if tiling == "row_bands" else 100)
+    monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
-    monkeypatch.setattr(conv, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
         if tiling == "image_groups":
@@ -134,16 +136,16 @@ WINOGRAD_CASES = [
 def winograd_spy(monkeypatch):
     """Winograd's algorithm for any channel count and size; returns the list of pieces it
     transformed."""
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     calls = []
-    real = conv.winograd_input
+    real = conv_schedule.winograd_input
 
     def spy(*args, **kwargs):
         calls.append(args[3:7])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(conv, "winograd_input", spy)
+    monkeypatch.setattr(conv_schedule, "winograd_input", spy)
     return calls
 
 
@@ -161,12 +163,12 @@ def test_winograd_matches_torch(torch, rng, winograd_spy, dtype, bias, shape_x, 
 def test_winograd_tilings_and_threads_match_torch(torch, rng, monkeypatch, winograd_spy, tiling):
     """Pieces of one tile row each, or of several whole images of a batch of 5 (so that some
     pieces hold fewer), shared among 3 worker threads: still torch's results."""
-    monkeypatch.setattr(conv, "WINOGRAD_PIECE_BYTES", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
-    monkeypatch.setattr(conv, "WINOGRAD_WEIGHT_GRAD_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
-    monkeypatch.setattr(conv, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_PIECE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_WEIGHT_GRAD_COLUMNS", 1 if tiling == "row_bands" else 2 * 20)
+    monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
-    monkeypatch.setattr(conv, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
     for _, shape_x, shape_w, kwargs in WINOGRAD_CASES:
         if tiling == "image_groups":
             shape_x = (5,) + shape_x[1:]
@@ -186,8 +188,8 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
     """With the default settings a large 3x3 stride-1 conv goes through Winograd's algorithm, a
     small one does not; nor do strided, dilated, grouped, 1x1, too-thin or switched-off convs."""
     calls = []
-    real = conv.winograd_input
-    monkeypatch.setattr(conv, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = conv_schedule.winograd_input
+    monkeypatch.setattr(conv_schedule, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def used(shape_x, shape_w, **kwargs):
         calls.clear()
@@ -197,7 +199,7 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
 
     assert used((1, 128, 100, 136), (128, 128, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     assert used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1, stride=2)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=2, dilation=2)
@@ -205,7 +207,7 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
     assert not used((1, 16, 8, 8), (32, 16, 1, 1))
     assert not used((1, 3, 8, 8), (32, 3, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=3)
-    monkeypatch.setattr(conv, "WINOGRAD", False)
+    monkeypatch.setattr(conv_schedule, "WINOGRAD", False)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
 
 
@@ -220,7 +222,7 @@ GRADCHECK = [
 
 @pytest.mark.parametrize("name,shape_x,shape_w,kwargs", GRADCHECK,
                          ids=[f"{g[0]}-{i}" for i, g in enumerate(GRADCHECK)])
-def test_gradcheck(rng, name, shape_x, shape_w, kwargs):
+def test_gradcheck(conv_path, rng, name, shape_x, shape_w, kwargs):
     cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
     inputs = [tm.Tensor(rng.standard_normal(s), requires_grad=True) for s in (shape_x, shape_w, (cout,))]
     op = getattr(F, name)
@@ -235,7 +237,7 @@ def test_winograd_gradcheck(rng, winograd_spy):
     assert winograd_spy
 
 
-def test_non_contiguous_inputs(torch, rng):
+def test_non_contiguous_inputs(conv_path, torch, rng):
     """Strided views (a transposed input, a flipped weight) give the same results as copies."""
     x = rng.standard_normal((2, 9, 7, 3)).transpose(0, 3, 1, 2)  # (2, 3, 9, 7), channels last in memory
     w = rng.standard_normal((4, 3, 3, 3))[:, :, ::-1, :]

@@ -44,329 +44,74 @@ Hout = (H - 1)*sh - 2*ph + dh*(kh - 1) + output_padding + 1: output_padding adds
 bottom/right that no input reaches (they only receive the bias), resolving which of the
 output sizes that map to H under the strided conv is meant.
 
-Choices made for speed and memory
----------------------------------
-* im2col reads the input through its padded phase images on a wide output grid
-  (kernels/im2col.py): every row of X^ is then a few long contiguous copies, 3-5x faster than
-  gathering it pixel by pixel. The wide grid has Wq >= Wo columns per output row; the extra
-  columns' outputs are dropped, and their dL/dy is taken as 0 in the backward.
-* The products run tile by tile: a tile is a band of output rows of one image, or several
-  whole images when they are small (the mask head's RoIs). One worker thread per core takes a
-  share of the tiles and, for each, fills X^ restricted to the tile's columns into its own
-  reused buffer of about TILE_BYTES (1 MB) and multiplies it at once, on the same core, while
-  it is in the cache (tinymaskrcnn/parallel.py). A conv never holds more than one tile per
-  thread: the full X^ of the FPN's 3x3 conv on the stride-4 level at 800x1088 would be 500 MB.
-  dL/dx and dL/dW go tile by tile too: col2im adds each tile into the gradient of the phase
-  images (neighbouring bands, which share rows, never at the same time), and each thread sums
-  dY_tile X^_tile^T over its tiles before the threads' sums are added.
-* 3x3 stride-1 convolutions (most of the multiplications of a ResNet-FPN) use Winograd's
-  F(2x2, 3x3) instead of im2col (kernels/winograd.py): the input's 4x4 patches and the kernels
-  are transformed so that 16 matrix products of (Cout, C) by (C, tiles) give every 2x2 output
-  tile, 2.25x fewer multiplications than im2col's product. Its backward runs the transforms'
-  adjoints for dL/dW, and dL/dx, a 3x3 stride-1 conv of dL/dy with the flipped kernel, goes
-  through the same algorithm. Pieces of tiles are shared among the worker threads as the
-  im2col tiles are.
-* 1x1, stride-1, unpadded convolutions (a third of ResNet-50's) skip im2col: X^ is the image
-  itself seen as a (C, H*W) matrix, and dL/dx = W^T dY needs no col2im.
-* The backward recomputes X^ from x instead of caching it from the forward pass. X^ is kh*kw
-  times larger than x, so caching every conv's X^ would add gigabytes to the peak memory of a
-  ResNet-50-FPN training step at 800x1088, while x is kept alive by the tape anyway and im2col
-  is a memory-bound copy costing a few percent of the two matrix products of the backward.
-* The backward skips what ``needs_input_grad`` says is not needed: the first conv of a network
-  (or a frozen one) computes no dL/dx, a frozen conv no dL/dW.
+How it runs
+-----------
+The ops below hold the math and the checks, and call three products: y = W im2col(x) + b,
+dL/dx = col2im(W^T dY) and dL/dW = dY im2col(x)^T. Two modules compute them with the same
+signatures: ops/conv_schedule.py, fast (tiles of output rows shared among worker threads,
+Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_reference.py, the textbook (pad,
+im2col with sliding windows, one matrix product). ``conv_implementation`` chooses between
+them on the CPU; CUDA arrays always take the textbook products, with the Numba-CUDA im2col and
+col2im kernels and cuBLAS's batched matmul. The backward computes only what ``needs_input_grad`` asks for: the first conv of a
+network (or a frozen one) no dL/dx, a frozen conv no dL/dW.
 """
-import threading
-from collections import namedtuple
+import os
+from contextlib import contextmanager
 from numbers import Integral
-
-import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module, uses_cuda_kernels
-from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase_merge, phase_split
-from ..kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
-                                winograd_output, winograd_output_adjoint)
-from ..parallel import map_shares, num_workers
-from . import conv_gemm
+from . import conv_reference, conv_schedule
 
 
-class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
-    """Kernel size, stride, padding and dilation, in the order the im2col kernels take them."""
-
-    @property
-    def taps(self):
-        """(kh, kw, sh, sw, dh, dw): what im2col and col2im need to find each tap's slice."""
-        return self.kh, self.kw, self.sh, self.sw, self.dh, self.dw
-
-    @property
-    def pointwise(self):
-        """A 1x1, stride-1, unpadded conv: the image itself is the im2col matrix."""
-        return self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
-
-    def output_hw(self, h, w):
-        return (conv_output_size(h, self.kh, self.sh, self.ph, self.dh),
-                conv_output_size(w, self.kw, self.sw, self.pw, self.dw))
+# ----- which path the ops run on ------------------------------------------------------------
 
 
-# ----- the three products, shared by conv2d and conv_transpose2d -----------------------------
-
-# The work is cut into tiles of output positions: a band of output rows of one image, or, when
-# images are small (the mask head's 14x14 RoIs), several whole images. Each worker thread takes
-# a share of the tiles and, for each, fills the tile's im2col matrix into its own buffer and
-# multiplies it at once, on the same core, while it is still in the cache (parallel.py). A
-# tile's matrix is about TILE_BYTES (so it stays in a core's L2 cache and a conv never holds
-# more than one tile per worker: the whole im2col matrix of the FPN's 3x3 conv on the stride-4
-# level at 800x1088 would be 500 MB), but spans at least MIN_TILE_POSITIONS output positions,
-# as BLAS slows down on narrower matrices.
-TILE_BYTES = 1 << 20
-MIN_TILE_POSITIONS = 256
-# Handing a conv to the worker threads costs a few hundred microseconds (waking them, waiting
-# for the last), so convs under PARALLEL_MIN_FLOPS (a couple of milliseconds of work) run in the
-# calling thread instead, in tiles of up to SERIAL_TILE_BYTES with BLAS's own threads on the
-# products: the many small convs of a training step on small images ran 1.4x slower on 2
-# cores when each was shared out.
-PARALLEL_MIN_FLOPS = 3e9
-SERIAL_TILE_BYTES = 32 << 20
-# The weight gradient's product dY_tile X^_tile^T sums over the tile's positions, and each
-# tile's (Cout, K) result is then added to the total: its tiles must be wider.
-MIN_WEIGHT_GRAD_POSITIONS = 2048
-
-_buffers = threading.local()  # per thread: (purpose, dtype) -> a flat buffer reused by its tiles
+IMPLEMENTATIONS = {"fast": conv_schedule, "reference": conv_reference}
+_implementation = os.environ.get("TINYMASKRCNN_CONV", "fast")
 
 
-def _buffer(xp, purpose, size, dtype):
-    """A flat buffer of at least ``size`` elements, kept from call to call (a fresh buffer per
-    tile would be page-faulted in by the OS every time). One per thread, purpose and dtype."""
-    buffers = _buffers.__dict__
-    buffer = buffers.get((purpose, dtype))
-    if buffer is None or buffer.size < size:
-        buffer = buffers[(purpose, dtype)] = xp.empty(size, dtype)
-    return buffer[:size]
+def set_conv_implementation(name):
+    """Run every conv2d and conv_transpose2d of the package on ``name``: "fast" (the default:
+    tiles, threads, Winograd) or "reference" (ops/conv_reference.py: pad, im2col, one matrix
+    product). Returns the previous name. The environment variable TINYMASKRCNN_CONV sets the
+    starting value (and reaches subprocesses, such as data-parallel workers)."""
+    global _implementation
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"conv implementation must be one of {sorted(IMPLEMENTATIONS)}, got {name!r}")
+    previous, _implementation = _implementation, name
+    return previous
 
 
-def _balanced_rows(rows, total):
-    """Rows per band, raised (at most doubled) until the bands of a ``total``-row image come in a
-    multiple of the workers, so that the workers finish together."""
-    workers = num_workers()
-    return next((r for r in range(rows, min(total, 2 * rows) + 1) if -(-total // r) % workers == 0), rows)
+@contextmanager
+def conv_implementation(name):
+    """``with tm.ops.conv_implementation("reference"): model(images)``: the convs inside the
+    block (forward, and the backward of what was recorded there) run on ``name``."""
+    previous = set_conv_implementation(name)
+    try:
+        yield
+    finally:
+        set_conv_implementation(previous)
 
 
-class _Tiles:
-    """A batch's phase images and its output positions cut into tiles (n0, n1, start, stop):
-    output rows [start, stop) of images [n0, n1) (several images only when they are whole).
-
-    Positions live on the wide grid of kernels/im2col.py (Wq >= Wo columns per output row): a
-    tile's im2col matrix X^ is (K, positions) with K = C*kh*kw, its columns image by image, row
-    by row, Wq per row. A 1x1 stride-1 unpadded conv needs no copy at all: the image itself is
-    X^ (Wq = Wo). Bands span more than qi_max rows, so that bands i and i+2 of one image never
-    add into the same rows of the phase images (see ``_correlate_transpose``).
-    """
-
-    def __init__(self, xp, n_img, in_chw, geom, dtype, out_channels, min_positions=MIN_TILE_POSITIONS):
-        self.xp, self.geom, self.dtype = xp, geom, xp.dtype(dtype)
-        self.c, self.h, self.w = in_chw
-        self.ho, self.wo, self.hq, self.wq = phase_grid(self.h, self.w, *geom)
-        self.k = self.c * geom.kh * geom.kw
-        per_image = self.ho * self.wq
-        self.parallel = 2.0 * out_channels * self.k * n_img * per_image >= PARALLEL_MIN_FLOPS
-        tile_bytes = TILE_BYTES if self.parallel else SERIAL_TILE_BYTES
-        if geom.pointwise:  # nothing to keep in the cache: a product per image, or a few per worker
-            positions = max(min_positions, per_image // (2 * num_workers()) + 1 if self.parallel else per_image)
-        else:
-            positions = max(min_positions, tile_bytes // (self.k * self.dtype.itemsize))
-        if per_image >= positions or n_img == 1:
-            min_rows = (geom.kh - 1) * geom.dh // geom.sh + 1
-            rows = min(self.ho, max(min_rows, -(-positions // self.wq)))
-            if self.parallel and n_img == 1:
-                rows = _balanced_rows(rows, self.ho)
-            self.rows = rows
-            images = 1
-        else:
-            self.rows, images = self.ho, positions // per_image
-        self.tiles = [(n0, min(n0 + images, n_img), start, min(start + self.rows, self.ho))
-                      for n0 in range(0, n_img, images) for start in range(0, self.ho, self.rows)]
-
-    def positions(self, tile):
-        n0, n1, start, stop = tile
-        return (n1 - n0) * (stop - start) * self.wq
-
-    # --- the input side: phase images and im2col
-
-    def phase_split(self, x):
-        """The phase images (N, sh*sw, C, Hq*Wq) of the (N, C, H, W) input, filled in parallel."""
-        if self.geom.pointwise:
-            return x.reshape(x.shape[0], 1, self.c, self.h * self.w)
-        q = self.xp.empty((x.shape[0], self.geom.sh * self.geom.sw, self.c, self.hq * self.wq), self.dtype)
-        self._each_piece(x.shape[0], lambda n, c0, c1: phase_split(x[n, c0:c1], *self.geom, out=q[n, :, c0:c1]))
-        return q
-
-    def phase_merge(self, dq):
-        """The (N, C, H, W) gradient of the input from that of its phase images, in parallel."""
-        if self.geom.pointwise:
-            return dq.reshape(dq.shape[0], self.c, self.h, self.w)
-        dx = self.xp.empty((dq.shape[0], self.c, self.h, self.w), self.dtype)
-        self._each_piece(dq.shape[0], lambda n, c0, c1: phase_merge(dq[n, :, c0:c1], self.h, self.w, *self.geom,
-                                                                    out=dx[n, c0:c1]))
-        return dx
-
-    def _each_piece(self, n_img, fill):
-        """fill(image, first channel, last channel) over the batch cut into pieces, at least a few
-        per worker, in parallel when the conv is."""
-        per_image = -(-4 * num_workers() // max(n_img, 1))
-        step = -(-self.c // per_image)
-        pieces = [(n, c0, min(c0 + step, self.c)) for n in range(n_img) for c0 in range(0, self.c, step)]
-        map_shares(lambda share: [fill(*piece) for piece in share], pieces, self.parallel)
-
-    def im2col(self, q, tile):
-        """X^ of the tile, from the phase images ``q``: a view when no copy is needed."""
-        n0, n1, start, stop = tile
-        geom = self.geom
-        if geom.kh == geom.kw == 1:  # the phase image already is X^
-            return self._gather(q[:, 0], n0, n1, start * self.wq, stop * self.wq)
-        cols = _buffer(self.xp, "cols", self.k * self.positions(tile), self.dtype).reshape(self.k, -1)
-        per_image = cols.reshape(self.k, n1 - n0, -1)
-        for i in range(n1 - n0):
-            im2col(q[n0 + i], *geom.taps, self.wq, start, stop, out=per_image[:, i])
-        return cols
-
-    def col2im(self, cols, dq, tile):
-        """Add the tile's (K, positions) matrix onto the gradient ``dq`` of the phase images."""
-        n0, n1, start, stop = tile
-        per_image = cols.reshape(self.k, n1 - n0, -1)
-        for i in range(n1 - n0):
-            col2im(per_image[:, i], dq[n0 + i], *self.geom.taps, self.wq, start, stop)
-
-    @staticmethod
-    def _gather(a, n0, n1, first, last):
-        """Columns [first, last) of images n0..n1-1 of an (N, R, L) array, side by side (a view
-        for one image, a copy for several)."""
-        if n1 - n0 == 1:
-            return a[n0, :, first:last]
-        return a[n0:n1, :, first:last].transpose(1, 0, 2).reshape(a.shape[1], -1)
-
-    # --- the output side: the wide grid
-
-    def wide(self, a, tile):
-        """The (R, positions) matrix of an (N, R, Ho, Wo) array over the tile, on the wide grid
-        (zeros in the extra columns)."""
-        n0, n1, start, stop = tile
-        if self.wq == self.wo:
-            return self._gather(a.reshape(a.shape[0], a.shape[1], -1), n0, n1, start * self.wo, stop * self.wo)
-        out = _buffer(self.xp, "wide", a.shape[1] * self.positions(tile), self.dtype)
-        out = out.reshape(a.shape[1], n1 - n0, stop - start, self.wq)
-        out[..., :self.wo] = a[n0:n1, :, start:stop].transpose(1, 0, 2, 3)
-        out[..., self.wo:] = 0
-        return out.reshape(a.shape[1], -1)
-
-    def set_wide(self, a, tile, matrix):
-        """The inverse of ``wide``: write the (R, positions) matrix into the tile of ``a``,
-        dropping the extra columns."""
-        n0, n1, start, stop = tile
-        matrix = matrix.reshape(a.shape[1], n1 - n0, stop - start, self.wq)[..., :self.wo]
-        a[n0:n1, :, start:stop] = matrix.transpose(1, 0, 2, 3)
-
-    def wide_view(self, a, tile):
-        """Where BLAS may write the tile's product straight into ``a`` (a strided view), or None."""
-        n0, n1, start, stop = tile
-        if self.wq != self.wo or n1 - n0 != 1:
-            return None
-        return a[n0].reshape(a.shape[1], -1)[:, start * self.wo:stop * self.wo]
+def _current_path():
+    if _implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"TINYMASKRCNN_CONV must be one of {sorted(IMPLEMENTATIONS)}, got {_implementation!r}")
+    return IMPLEMENTATIONS[_implementation]
 
 
-def _grouped(matrix, groups):
-    """(R, positions) -> (groups, R/groups, positions): each group's rows (a view)."""
-    return matrix.reshape(groups, matrix.shape[0] // groups, matrix.shape[1])
+def _path_for(x):
+    """The chosen path on the CPU; on the GPU (CUDA arrays) the textbook products with the CUDA
+    im2col/col2im kernels (Winograd and the tiles are CPU schedules)."""
+    return conv_reference if uses_cuda_kernels(x) else _current_path()
 
 
-def _correlate(x, weight, geom, groups):
-    """y[n] = W im2col(x[n]) per group: conv2d's forward, conv_transpose2d's input gradient.
-
-    x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo).
-    """
-    if uses_cuda_kernels(x):  # the GPU: im2col + batched GEMM (conv_gemm.py)
-        return conv_gemm.correlate(x, weight, geom, groups)
-    xp = get_array_module(x)
-    n_img = x.shape[0]
-    cout = weight.shape[0]
-    w_groups = weight.reshape(groups, cout // groups, -1)
-    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype, cout)
-    y = xp.empty((n_img, cout, tiles.ho, tiles.wo), x.dtype)
-    q = tiles.phase_split(x)
-
-    def work(share):
-        for tile in share:
-            cols = _grouped(tiles.im2col(q, tile), groups)
-            direct = tiles.wide_view(y, tile)
-            if direct is not None:
-                xp.matmul(w_groups, cols, out=_grouped(direct, groups))
-            else:
-                tiles.set_wide(y, tile, xp.matmul(w_groups, cols).reshape(cout, -1))
-
-    map_shares(work, tiles.tiles, tiles.parallel)
-    return y
+# ----- the ops ------------------------------------------------------------------------------
 
 
-def _correlate_transpose(g, weight, geom, groups, out_chw):
-    """x[n] = col2im(W^T g[n]) per group: conv2d's input gradient, conv_transpose2d's forward.
-
-    g (N, Cout, Ho, Wo), weight (Cout, C/G, kh, kw) -> (N, C, H, W) with (C, H, W) = out_chw.
-    """
-    if uses_cuda_kernels(g):
-        return conv_gemm.correlate_transpose(g, weight, geom, groups, out_chw)
-    xp = get_array_module(g)
-    n_img, cout = g.shape[:2]
-    w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # a view: BLAS transposes
-    tiles = _Tiles(xp, n_img, out_chw, geom, g.dtype, cout)
-    if geom.pointwise:  # col2im of a 1x1 stride-1 conv is the identity
-        dx = xp.empty((n_img,) + tuple(out_chw), g.dtype)
-
-        def work(share):
-            for tile in share:
-                tiles.set_wide(dx, tile, xp.matmul(w_t, _grouped(tiles.wide(g, tile), groups)).reshape(tiles.k, -1))
-
-        map_shares(work, tiles.tiles, tiles.parallel)
-        return dx
-
-    # the gradient of the phase images; col2im adds each tile's contributions into it
-    dq = xp.zeros((n_img, geom.sh * geom.sw, tiles.c, tiles.hq * tiles.wq), g.dtype)
-
-    def work(share):
-        for tile in share:
-            cols = _buffer(xp, "cols", tiles.k * tiles.positions(tile), g.dtype).reshape(tiles.k, -1)
-            xp.matmul(w_t, _grouped(tiles.wide(g, tile), groups), out=_grouped(cols, groups))
-            tiles.col2im(cols, dq, tile)
-
-    # Neighbouring bands of an image add into the same rows, so they must not run at the same
-    # time: first every even band of each image, then every odd one.
-    for parity in (0, 1):
-        map_shares(work, [t for t in tiles.tiles if (t[2] // tiles.rows) % 2 == parity], tiles.parallel)
-    return tiles.phase_merge(dq)
-
-
-def _weight_grad(g, x, geom, groups):
-    """dW = sum_n g[n] im2col(x[n])^T per group, shaped (Cout, C/G, kh, kw).
-
-    conv2d: g = dL/dy, x = its input. conv_transpose2d: g = its input, x = dL/dy.
-    """
-    if uses_cuda_kernels(g):
-        return conv_gemm.weight_grad(g, x, geom, groups)
-    xp = get_array_module(g)
-    n_img, cout = g.shape[:2]
-    c = x.shape[1]
-    tiles = _Tiles(xp, n_img, x.shape[1:], geom, g.dtype, cout, MIN_WEIGHT_GRAD_POSITIONS)
-    q = tiles.phase_split(x)
-    shape = (groups, cout // groups, tiles.k // groups)
-
-    def work(share):  # each share sums its own tiles; the shares' sums are added at the end
-        dw, term = xp.zeros(shape, g.dtype), xp.empty(shape, g.dtype)
-        for tile in share:
-            cols = _grouped(tiles.im2col(q, tile), groups)
-            xp.matmul(_grouped(tiles.wide(g, tile), groups), cols.transpose(0, 2, 1), out=term)
-            dw += term
-        return dw
-
-    dw = sum(map_shares(work, tiles.tiles, tiles.parallel), xp.zeros(shape, g.dtype))
-    return dw.reshape(cout, c // groups, geom.kh, geom.kw)
+def _output_hw(in_hw, kernel_hw, stride, padding, dilation):
+    """(Ho, Wo) of a conv2d of an (H, W) image."""
+    return tuple(conv_reference.output_size(*args) for args in zip(in_hw, kernel_hw, stride, padding, dilation))
 
 
 def _bias_grad(g):
@@ -375,173 +120,45 @@ def _bias_grad(g):
     return g.reshape(n_img, c, h * w).sum(axis=2).sum(axis=0)  # explicit sizes: n_img may be 0
 
 
-# ----- Winograd F(2x2, 3x3): the 3x3 stride-1 convolutions ----------------------------------
-
-# 3x3 stride-1 convolutions (most of a ResNet's and an FPN's work) go through Winograd's
-# algorithm (kernels/winograd.py): 2.25x fewer multiplications than im2col's product, all three
-# products of a training step (y, dL/dx, dL/dW). False sends them through im2col like any
-# other conv (the benchmarks time both).
-WINOGRAD = True
-# Below this many channels on either side the transforms (memory-bound, per channel) cost more
-# than the products save. Below WINOGRAD_MIN_FLOPS (im2col's count) too: the small convs that
-# run in the calling thread, with BLAS's threads on 16 small products instead of one larger,
-# made a training step on 160-pixel images 1.2x slower (0.78 s against 0.65 s).
-WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_FLOPS = PARALLEL_MIN_FLOPS
-# A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
-# per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
-# the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
-# wider still. Measured on the ResNet shapes (docs/benchmarks.md): 1 MB, 128 and 512.
-WINOGRAD_PIECE_BYTES = 1 << 20
-WINOGRAD_MIN_COLUMNS = 128
-WINOGRAD_WEIGHT_GRAD_COLUMNS = 512
-
-
-def _direct_flops(c_in, c_out, n_img, ho, wo):
-    """Multiplications and additions of a 3x3 conv computed directly (im2col's count): the
-    measure of work that the thresholds compare with."""
-    return 2.0 * 9 * c_in * c_out * n_img * ho * wo
-
-
-def _winograd_applies(geom, groups, x_shape, c_out):
-    """Whether conv2d with this geometry goes through Winograd's algorithm: 3x3, stride 1, no
-    dilation or groups, padding at most 2 (the input gradient is then a conv with padding
-    2 - p, through the same algorithm), enough channels and work."""
-    if not (WINOGRAD and geom.kh == geom.kw == 3 and geom.sh == geom.sw == 1 and geom.dh == geom.dw == 1
-            and groups == 1 and max(geom.ph, geom.pw) <= 2):
-        return False
-    n_img, c_in, h, w = x_shape
-    ho, wo = geom.output_hw(h, w)
-    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
-
-
-class _WinogradTiles:
-    """The 2x2 output tiles of a batch, cut into pieces (n0, n1, r0, r1): tile rows [r0, r1)
-    of images [n0, n1) (several images only when they are whole), each with about
-    WINOGRAD_PIECE_BYTES of transformed input and output (16 x (C + Cout) values per tile) and
-    at least ``min_columns`` (default WINOGRAD_MIN_COLUMNS) tiles."""
-
-    def __init__(self, n_img, ho, wo, c_in, c_out, dtype, min_columns=None):
-        self.th, self.tw = tile_grid(ho, wo)
-        self.dtype = np.dtype(dtype)
-        self.parallel = _direct_flops(c_in, c_out, n_img, ho, wo) >= PARALLEL_MIN_FLOPS
-        columns = max(min_columns or WINOGRAD_MIN_COLUMNS,
-                      WINOGRAD_PIECE_BYTES // (16 * (c_in + c_out) * self.dtype.itemsize))
-        per_image = self.th * self.tw
-        if per_image >= columns or n_img == 1:
-            rows = min(self.th, -(-columns // self.tw))
-            if self.parallel and n_img == 1:
-                rows = _balanced_rows(rows, self.th)
-            self.pieces = [(n, n + 1, r0, min(r0 + rows, self.th))
-                           for n in range(n_img) for r0 in range(0, self.th, rows)]
-        else:
-            images = columns // per_image
-            self.pieces = [(n0, min(n0 + images, n_img), 0, self.th) for n0 in range(0, n_img, images)]
-
-    def buffer(self, purpose, channels, piece):
-        """This thread's (16, channels, columns) buffer for the piece."""
-        n0, n1, r0, r1 = piece
-        columns = (n1 - n0) * (r1 - r0) * self.tw
-        return _buffer(np, purpose, 16 * channels * columns, self.dtype).reshape(16, channels, columns)
-
-
-def _winograd_correlate(x, u, ph, pw, bias=None):
-    """y = conv2d(x, g, padding=(ph, pw)) + bias for the 3x3 kernels g whose transform is
-    u = weight_transform(g) (16, Cout, C): per piece of tiles, V = B^T d B, M = U V, y = A^T M A."""
-    n_img, c_in, h, w = x.shape
-    c_out = u.shape[1]
-    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
-    y = np.empty((n_img, c_out, ho, wo), x.dtype)
-    tiles = _WinogradTiles(n_img, ho, wo, c_in, c_out, x.dtype)
-
-    def work(share):
-        for piece in share:
-            v = winograd_input(x, ph, pw, *piece, tiles.tw, out=tiles.buffer("winograd_v", c_in, piece))
-            m = tiles.buffer("winograd_m", c_out, piece)
-            np.matmul(u, v, out=m)
-            winograd_output(m, y, *piece, bias)
-
-    map_shares(work, tiles.pieces, tiles.parallel)
-    return y
-
-
-def _winograd_input_grad(g, weight, ph, pw):
-    """dL/dx of y = conv2d(x, w, padding=(ph, pw)): the correlation of g = dL/dy, padded by
-    2 - p, with the kernels flipped in space and their channel axes swapped."""
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return _winograd_correlate(g, weight_transform(flipped), 2 - ph, 2 - pw)
-
-
-def _winograd_weight_grad(g, x, ph, pw):
-    """dL/dw = sum_ab G^T dU[ab] G with dU[ab] = sum over tiles of dM[ab] V[ab]^T, where
-    dM = A dY A^T of g = dL/dy and V = B^T d B of x (kernels/winograd.py)."""
-    n_img, c_out, ho, wo = g.shape
-    c_in = x.shape[1]
-    tiles = _WinogradTiles(n_img, ho, wo, c_in, c_out, g.dtype, WINOGRAD_WEIGHT_GRAD_COLUMNS)
-
-    def work(share):  # each share sums its own pieces; the shares' sums are added at the end
-        du, term = np.zeros((16, c_out, c_in), g.dtype), np.empty((16, c_out, c_in), g.dtype)
-        for piece in share:
-            v = winograd_input(x, ph, pw, *piece, tiles.tw, out=tiles.buffer("winograd_v", c_in, piece))
-            dm = winograd_output_adjoint(g, *piece, out=tiles.buffer("winograd_m", c_out, piece))
-            np.matmul(dm, v.transpose(0, 2, 1), out=term)
-            du += term
-        return du
-
-    du = sum(map_shares(work, tiles.pieces, tiles.parallel), np.zeros((16, c_out, c_in), g.dtype))
-    return weight_transform_adjoint(du)
-
-
-# ----- the ops ------------------------------------------------------------------------------
-
-
 class Conv2d(Function):
     """y = conv2d(x, w, b): forward Y = W im2col(x) + b; backward dW = dY im2col(x)^T,
     db = sum dY, dx = col2im(W^T dY) (derivation in the module docstring)."""
 
-    def forward(self, x, weight, bias, geom, groups):
+    def forward(self, x, weight, bias, stride, padding, dilation, groups):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
-        self.x, self.weight, self.geom, self.groups = x, weight, geom, groups
-        self.winograd = not uses_cuda_kernels(x) and _winograd_applies(geom, groups, x.shape, weight.shape[0])
-        if self.winograd:
-            return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
-        y = _correlate(x, weight, geom, groups)
-        if bias is not None:
-            y += bias.reshape(1, -1, 1, 1)
-        return y
+        self.path = _path_for(x)  # the backward runs on the path the forward ran on
+        self.x, self.weight, self.args = x, weight, (stride, padding, dilation, groups)
+        return self.path.conv2d_forward(x, weight, bias, *self.args)
 
     def backward(self, g):
         g = get_array_module(g).ascontiguousarray(g)
         need_x, need_w, need_b = self.needs_input_grad
-        geom = self.geom
-        if self.winograd:
-            dx = _winograd_input_grad(g, self.weight, geom.ph, geom.pw) if need_x else None
-            dw = _winograd_weight_grad(g, self.x, geom.ph, geom.pw) if need_w else None
-        else:
-            dx = _correlate_transpose(g, self.weight, geom, self.groups, self.x.shape[1:]) if need_x else None
-            dw = _weight_grad(g, self.x, geom, self.groups) if need_w else None
+        dx = self.path.conv2d_input_grad(g, self.weight, self.x.shape, *self.args) if need_x else None
+        dw = self.path.conv2d_weight_grad(g, self.x, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
 
 class ConvTranspose2d(Function):
-    """y = conv_transpose2d(x, w, b): forward y = col2im(W^T x) + b; backward
-    dx = W im2col(dy), dW = x im2col(dy)^T, db = sum dy (derivation in the module docstring)."""
+    """y = conv_transpose2d(x, w, b), the adjoint of conv2d with weight w in its input: forward
+    y = col2im(W^T x) + b (conv2d's input gradient); backward dx = W im2col(dy) (conv2d's
+    forward), dW = x im2col(dy)^T (conv2d's weight gradient), db = sum dy."""
 
-    def forward(self, x, weight, bias, geom, groups, out_hw):
+    def forward(self, x, weight, bias, stride, padding, dilation, groups, out_hw):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         h, w = x.shape[2:]
         # The conv this op transposes maps out_hw to hc x wc. That is h x w unless an
         # output_padding >= stride (allowed when < dilation) added positions that no input
         # reaches: give them zero inputs, so the two maps are each other's adjoint exactly.
-        hc, wc = geom.output_hw(*out_hw)
+        hc, wc = _output_hw(out_hw, weight.shape[2:], stride, padding, dilation)
         if (hc, wc) != (h, w):
             x = xp.pad(x, ((0, 0), (0, 0), (0, hc - h), (0, wc - w)))
-        self.x, self.weight, self.geom, self.groups, self.in_hw = x, weight, geom, groups, (h, w)
-        cout = weight.shape[1] * groups
-        y = _correlate_transpose(x, weight, geom, groups, (cout,) + tuple(out_hw))
+        self.path = _path_for(x)
+        self.x, self.weight, self.args, self.in_hw = x, weight, (stride, padding, dilation, groups), (h, w)
+        out_shape = (x.shape[0], weight.shape[1] * groups) + tuple(out_hw)
+        y = self.path.conv2d_input_grad(x, weight, out_shape, *self.args)
         if bias is not None:
             y += bias.reshape(1, -1, 1, 1)
         return y
@@ -553,10 +170,10 @@ class ConvTranspose2d(Function):
         dx = None
         if need_x:
             h, w = self.in_hw
-            dx = _correlate(g, self.weight, self.geom, self.groups)
+            dx = self.path.conv2d_forward(g, self.weight, None, *self.args)
             if dx.shape[2:] != (h, w):
                 dx = xp.ascontiguousarray(dx[:, :, :h, :w])
-        dw = _weight_grad(self.x, g, self.geom, self.groups) if need_w else None
+        dw = self.path.conv2d_weight_grad(self.x, g, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
@@ -611,7 +228,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _check_common(op, input, weight, bias, groups)
     stride, padding = _pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0)
     dilation = _pair(dilation, "dilation", op, 1)
-    n, cin, h, w = input.shape
+    _, cin, h, w = input.shape
     cout, cin_g, kh, kw = weight.shape
     if cin != cin_g * groups:
         raise ValueError(f"{op}: input has {cin} channels (shape {tuple(input.shape)}) but weight of shape "
@@ -620,12 +237,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"{op}: groups={groups} must divide the {cout} output channels of weight "
                          f"{tuple(weight.shape)}")
     _check_bias(op, bias, cout)
-    geom = _Geometry(kh, kw, *stride, *padding, *dilation)
-    ho, wo = geom.output_hw(h, w)
+    ho, wo = _output_hw((h, w), (kh, kw), stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"{op}: input of shape {tuple(input.shape)} is smaller than the dilated kernel "
                          f"{tuple(weight.shape[2:])} (dilation {dilation}) plus padding {padding}")
-    return Conv2d.apply(input, weight, bias, geom=geom, groups=int(groups))
+    return Conv2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=int(groups))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
@@ -640,7 +256,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     stride, padding = _pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0)
     dilation = _pair(dilation, "dilation", op, 1)
     output_padding = _pair(output_padding, "output_padding", op, 0)
-    n, cin, h, w = input.shape
+    _, cin, h, w = input.shape
     cin_w, cout_g, kh, kw = weight.shape
     if cin != cin_w:
         raise ValueError(f"{op}: input has {cin} channels (shape {tuple(input.shape)}) but weight of shape "
@@ -653,10 +269,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                              f"{stride} or the dilation {dilation}")
     cout = cout_g * groups
     _check_bias(op, bias, cout)
-    geom = _Geometry(kh, kw, *stride, *padding, *dilation)
     out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + extra + 1
                    for size, s, p, d, k, extra in zip((h, w), stride, padding, dilation, (kh, kw), output_padding))
     if min(out_hw) < 1:
         raise ValueError(f"{op}: padding {padding} is too large for input of shape {tuple(input.shape)} "
                          f"and weight {tuple(weight.shape)}: the output would be {out_hw}")
-    return ConvTranspose2d.apply(input, weight, bias, geom=geom, groups=int(groups), out_hw=out_hw)
+    return ConvTranspose2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                 groups=int(groups), out_hw=out_hw)
