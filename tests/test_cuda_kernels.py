@@ -1,8 +1,9 @@
 """The Numba-CUDA kernels (kernels/cuda/), tested without a GPU.
 
-1. Under numba's CUDA simulator against their CPU twins (tests/cuda_sim/). The simulator must be
-   chosen before numba is imported, and this process imported numba long ago for the CPU
-   kernels, so those tests run in a child pytest started with NUMBA_ENABLE_CUDASIM=1.
+1. Under numba's CUDA simulator against their CPU twins (tests/cuda_sim/sim_*.py). The simulator
+   must be chosen before numba is imported, and this process imported numba long ago for the
+   CPU kernels, so those tests run in a child pytest started with NUMBA_ENABLE_CUDASIM=1 (their
+   names keep the main run from collecting them).
 2. Compiled to PTX for sm_90 in float32 and float64 by the real compiler (NVVM, from the wheels
    of ``numba-cuda[cu13]``), which rejects code the simulator runs (a shift of a uint64 by an
    int64, say), and in float32 must do no float64 arithmetic (a bare ``0.5`` would).
@@ -38,7 +39,9 @@ def require_numba_cuda():
 def test_kernels_equal_their_cpu_twins_in_the_simulator():
     require_numba_cuda()
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"],
+    # the files are named sim_*.py so that only this child run collects them
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
+                             "python_files=sim_*.py", "tests/cuda_sim"],
                             cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-3000:]
