@@ -52,8 +52,9 @@ signatures: ops/conv_schedule.py, fast (tiles of output rows shared among worker
 Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_reference.py, the textbook (pad,
 im2col with sliding windows, one matrix product). ``conv_implementation`` chooses between
 them on the CPU; CUDA arrays always take the textbook products, with the Numba-CUDA im2col and
-col2im kernels and cuBLAS's batched matmul. The backward computes only what ``needs_input_grad`` asks for: the first conv of a
-network (or a frozen one) no dL/dx, a frozen conv no dL/dW.
+col2im kernels and cuBLAS's batched matmul. The backward computes only what
+``needs_input_grad`` asks for: the first conv of a network (or a frozen one) no dL/dx, a frozen
+conv no dL/dW.
 """
 import os
 from contextlib import contextmanager
