@@ -19,6 +19,7 @@ setup(
         "tinymaskrcnn.models",
         "tinymaskrcnn.data",
         "tinymaskrcnn.kernels",
+        "tinymaskrcnn.kernels.cuda",
     ],
     package_dir={"tinymaskrcnn.kernels": "kernels"},
     install_requires=[
@@ -33,9 +34,14 @@ setup(
         "contourpy>=1.0",
     ],
     extras_require={
-        "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "wheel"],  # wheel: tests build one
+        # numba-cuda with its NVRTC/NVVM wheels: the CUDA kernels run in the simulator and compile
+        # to PTX without a GPU (tests/test_cuda_kernels.py); wheel: tests build one
+        "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "numba-cuda[cu13]>=0.30",
+                "wheel"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
-        "gpu": ["cupy-cuda12x", "numba-cuda"],
+        # GPU machines: CuPy's wheels are built per CUDA major version; pick the driver's
+        "gpu-cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.30"],
+        "gpu-cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.30"],
     },
     entry_points={"console_scripts": ["tinymaskrcnn=tinymaskrcnn.cli:main"]},
 )

@@ -315,10 +315,10 @@ def test_other_argument_errors():
         F.conv_transpose2d(np.zeros((1, 4, 1, 1), np.float32), w, padding=2)
 
 
-def test_cupy_arrays_are_refused_until_the_gpu_chapter(monkeypatch):
-    """Any non-NumPy array module (CuPy) gets a NotImplementedError pointing at the GPU chapter."""
-    monkeypatch.setattr(conv, "get_array_module", lambda *arrays: object())
-    with pytest.raises(NotImplementedError, match="GPU kernels come in a later chapter"):
-        F.conv2d(*_arrays())
-    with pytest.raises(NotImplementedError, match="GPU kernels come in a later chapter"):
-        F.conv_transpose2d(*_arrays((1, 4, 8, 8)))
+def test_arrays_on_two_devices_are_refused(monkeypatch):
+    """A CuPy weight with a NumPy input (say) gets a TypeError saying how to move them."""
+    for op, arrays in ((F.conv2d, _arrays()), (F.conv_transpose2d, _arrays((1, 4, 8, 8)))):
+        weight = arrays[1]
+        monkeypatch.setattr(conv, "get_array_module", lambda a, w=weight: "cupy" if a is w else np)
+        with pytest.raises(TypeError, match="must be on one device"):
+            op(*arrays)

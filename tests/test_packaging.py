@@ -50,6 +50,7 @@ def wheel(tmp_path_factory):
 def test_wheel_installs_kernels_under_tinymaskrcnn(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "tinymaskrcnn/kernels/im2col.py" in names
+    assert "tinymaskrcnn/kernels/cuda/roi_align.py" in names
     assert not any(n.startswith("kernels/") for n in names)  # a registry package has that name
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "tinymaskrcnn = tinymaskrcnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

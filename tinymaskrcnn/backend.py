@@ -12,6 +12,7 @@ except Exception:  # pragma: no cover - depends on the machine
     _cupy = None
 
 _default_dtype = np.dtype(np.float32)
+_simulate_cuda = False  # test-only: NumPy arrays through the CUDA kernels, in numba's simulator
 
 
 def is_cupy(x):
@@ -28,6 +29,26 @@ def get_array_module(*arrays):
         if is_cupy(a) or is_cupy(getattr(a, "data", None)):
             return _cupy
     return np
+
+
+def uses_cuda_kernels(*arrays):
+    """True when the ops should run the Numba-CUDA kernels (kernels/cuda/) on these arrays:
+    for CuPy arrays, and for NumPy ones while ``simulate_cuda`` is on."""
+    return _simulate_cuda or any(is_cupy(getattr(a, "data", a)) for a in arrays)
+
+
+def simulate_cuda(enabled=True):
+    """Test-only switch: send NumPy arrays through the CUDA kernels, which numba's CUDA simulator
+    then runs on the CPU (slowly: tiny inputs only). The simulator must have been chosen before
+    numba was first imported (``NUMBA_ENABLE_CUDASIM=1``). Returns the previous setting."""
+    global _simulate_cuda
+    if enabled:
+        from numba import config
+        if not config.ENABLE_CUDASIM:
+            raise RuntimeError("simulate_cuda needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 in the "
+                               "environment before Python starts (numba reads it once, at import)")
+    previous, _simulate_cuda = _simulate_cuda, bool(enabled)
+    return previous
 
 
 def get_default_dtype():
@@ -63,7 +84,26 @@ def to_device(x, device):
     if device == "cpu":
         return to_numpy(x)
     if device == "cuda":
-        if _cupy is None:
-            raise RuntimeError("device='cuda' needs CuPy: pip install 'tinymaskrcnn[gpu]'")
+        check_cuda()
         return _cupy.asarray(x)
     raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+
+
+class CUDAUnavailableError(RuntimeError):
+    """device='cuda' asked for where CUDA cannot run (no CuPy, no GPU or no driver)."""
+
+
+def check_cuda():
+    """Raise one clear error when CUDA cannot be used: CuPy missing, or no usable GPU and driver
+    (CuPy itself imports without a GPU and fails later with a misleading driver message)."""
+    if _cupy is None:
+        raise CUDAUnavailableError("device='cuda' needs CuPy and numba-cuda: pip install 'tinymaskrcnn[gpu-cuda13]' "
+                                   "(or [gpu-cuda12] for a CUDA 12 driver)")
+    try:
+        available = _cupy.cuda.is_available()
+    except Exception:  # pragma: no cover - depends on the machine
+        available = False
+    if not available:
+        raise CUDAUnavailableError("device='cuda' asked for, but CuPy finds no usable GPU (cupy.cuda.is_available() "
+                                   "is False: no NVIDIA GPU, or no driver for this CuPy build); run on the CPU "
+                                   "(device='cpu', --device cpu)")

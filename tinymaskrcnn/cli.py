@@ -214,7 +214,7 @@ def evaluate_command(args):
     from tinymaskrcnn import engine
     from tinymaskrcnn.data import CocoDetection
 
-    model, state = engine.load_model(args.checkpoint)
+    model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
     ann_file, image_dir = _val_split(args, state["config"])
     dataset = CocoDetection(ann_file, image_dir)
     if dataset.num_classes != state["num_classes"]:
@@ -246,7 +246,7 @@ def predict_command(args):
     if overwritten:
         raise ValueError(f"the outputs in {out_dir} would overwrite the input images {sorted(map(str, overwritten))}: "
                          "choose another --out-dir")
-    model, state = engine.load_model(args.checkpoint)
+    model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
 
     def one_at_a_time():
         """Each image decoded when the previous one is written and dropped: memory does not grow
@@ -288,6 +288,11 @@ def _add_data_flags(p):
     p.add_argument("--data", help="a folder in COCO layout (annotations/instances_{train,val}.json + images/{train,val})")
     p.add_argument("--val-ann", help="COCO instances file of the val split")
     p.add_argument("--val-images", help="image folder of the val split")
+
+
+def _add_device_flag(p):
+    p.add_argument("--device", choices=("cpu", "cuda"), help="cuda: run on the GPU through CuPy and the "
+                   "Numba-CUDA kernels (pip install 'tinymaskrcnn[gpu-cuda13]'); default cpu")
 
 
 def build_parser():
@@ -351,6 +356,7 @@ def build_parser():
     p.add_argument("--out-dir", help="run folder (default runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out-dir exactly")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_flag(p)
     p.set_defaults(func=train_command)
 
     p = sub.add_parser("evaluate", help="COCO box and mask AP of a checkpoint on a val set")
@@ -359,6 +365,7 @@ def build_parser():
     p.add_argument("--out-dir", help="where metrics.json and results.json go (default: a folder named after the "
                                       "data under the run's evaluate/, never over the run's own files)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_device_flag(p)
     p.set_defaults(func=evaluate_command)
 
     p = sub.add_parser("predict", help="detect objects in images: one PNG and one JSON per image")
@@ -367,6 +374,7 @@ def build_parser():
                                                                   "(every image file directly inside)")
     p.add_argument("--out-dir", default="predictions", help="where the PNG and JSON files go (default predictions/)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="lowest score drawn and listed (default 0.5)")
+    _add_device_flag(p)
     p.set_defaults(func=predict_command)
 
     p = sub.add_parser("coco-subset", help="write a COCO instances file with fewer images or categories")
@@ -390,6 +398,7 @@ _MEMORY_ADVICE = {
 
 
 def main(argv=None):
+    from tinymaskrcnn.backend import CUDAUnavailableError
     from tinymaskrcnn.data_parallel import WorkerDiedError
 
     args = build_parser().parse_args(argv)
@@ -405,7 +414,7 @@ def main(argv=None):
     try:
         return args.func(args)
     # errors a user can cause; a TypeError or the like is a bug in tinymaskrcnn and keeps its traceback
-    except (ValueError, OSError, FloatingPointError, WorkerDiedError) as e:
+    except (ValueError, OSError, FloatingPointError, WorkerDiedError, CUDAUnavailableError) as e:
         return fail(f"error: {e}", e)
     except MemoryError as e:
         what = str(e) or "an allocation did not fit"  # NumPy's says what: its size, shape and dtype

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import optim, random as tm_random, weights
 from .autograd import no_grad
+from .backend import check_cuda, to_numpy
 from .build import MODELS, build_model
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
 from .data.coco import check_datasets, write_json_atomic
@@ -87,6 +88,7 @@ class TrainConfig:
     model: str = "maskrcnn_resnet18_fpn"
     model_kwargs: dict = field(default_factory=dict)  # on the shapes set SHAPES_MODEL_DEFAULTS come first
     weights: str = None                # a torchvision .pth to start from (mismatched heads stay as built)
+    device: str = "cpu"                # "cuda": the model's arrays in CuPy, the kernels kernels/cuda (one process)
     # optimisation
     iterations: int = 1900             # the main job: about 14 minutes on 2 cores
     batch_size: int = 2
@@ -118,6 +120,8 @@ class TrainConfig:
         for name in ("iterations", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
         if self.processes not in (None, 1, 2):
             raise ValueError(f"processes={self.processes!r}: expected 1 or 2 (2 splits each batch with a worker process)")
         if self.processes == 2 and self.batch_size < 2:
@@ -177,11 +181,13 @@ def resolve_data(config):
     return splits
 
 
-def load_model(checkpoint):
-    """The model saved in a training checkpoint, in eval mode, and the checkpoint dict.
+def load_model(checkpoint, device="cpu"):
+    """The model saved in a training checkpoint, in eval mode on ``device``, and the checkpoint dict.
 
     Errors name the file: not a checkpoint, a checkpoint not written by ``train``, or one
     whose arrays do not fit the architecture it names."""
+    if device == "cuda":
+        check_cuda()
     state = weights.load(checkpoint)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
@@ -196,7 +202,7 @@ def load_model(checkpoint):
     except ValueError as e:
         raise ValueError(f"{checkpoint} does not fit {state['model_name']}(num_classes={state['num_classes']}, "
                          f"**{state['model_kwargs']}): it holds another architecture\n{e}") from None
-    return model.eval(), state
+    return model.to(device=device).eval(), state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ def evaluate(model, dataset, out_dir=None, batch_size=1, progress=True, verbose=
     try:
         with no_grad():
             for images, targets in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
-                evaluator.update(targets, model(images))
+                evaluator.update(targets, [{k: to_numpy(v) for k, v in out.items()} for out in model(images)])
     finally:
         model.train(was_training)
     return evaluator.summarize(out_dir=out_dir, verbose=verbose)
@@ -243,7 +249,7 @@ def predict_images(model, images, class_names, out_dir, names, score_threshold=0
     try:
         with no_grad():
             for image, name in zip(images, names):
-                (prediction,) = model([image])
+                prediction = {k: to_numpy(v) for k, v in model([image])[0].items()}
                 written += save_prediction(image, prediction, class_names, out_dir / f"{name}.png",
                                            out_dir / f"{name}.json", score_threshold=score_threshold)
     finally:
@@ -275,6 +281,8 @@ def processes(config):
     batch to split."""
     if config.processes is not None:
         return config.processes
+    if config.device == "cuda":
+        return 1  # one GPU, one process
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 2 if cores >= 2 and config.batch_size >= 2 else 1
 
@@ -357,6 +365,10 @@ def train(config, resume_command=None):
 
     config = dataclasses.replace(config)
     config.validate()
+    if config.device == "cuda":  # before any work: one clear error where there is no GPU
+        check_cuda()
+        if processes(config) == 2:
+            raise ValueError("processes=2 (data parallel) runs on CPU processes: use processes=1 with device='cuda'")
     config = with_optimizer_defaults(config)  # so config.json and the checkpoint say what was used
     if uses_shapes(config):
         config.model_kwargs = {**SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
@@ -375,7 +387,7 @@ def train(config, resume_command=None):
     if config.weights and not config.resume:
         for line in weights.load_pretrained(model, config.weights):
             print(line)
-    model.train()
+    model.to(device=config.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, config)
     # split in two, an epoch's last batch could be a single image: drop the remainder, as DDP's samplers do

@@ -33,9 +33,9 @@ torch = reference()
 
 
 def shapes_scene(seed):
-    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float64, pixel edges)."""
+    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float32, pixel edges)."""
     image, target = scene(seed)
-    return image.astype(np.float64), target["boxes"].astype(np.float64)
+    return image, target["boxes"]
 
 
 image, gt = shapes_scene(5)

@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 
 from .. import nn
+from ..backend import device_of, to_device
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_backbone
 from .poolers import MultiScaleRoIAlign
@@ -93,6 +94,7 @@ class MaskRCNN(nn.Module):
         if not isinstance(images, (list, tuple)):
             raise TypeError(f"images must be a list of (3, H, W) arrays, got {type(images).__name__}")
         original_sizes = [tuple(getattr(img, "shape")[-2:]) for img in images]
+        images, targets = self._to_model_device(images, targets)
         batch, targets = self.transform(images, targets)
         features = self.backbone(batch.tensors)
         if isinstance(features, (list, tuple)):
@@ -105,6 +107,18 @@ class MaskRCNN(nn.Module):
         if self.training:
             return {**roi_losses, **rpn_losses}
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+
+
+    def _to_model_device(self, images, targets):
+        """Images and targets moved to the device of the model's parameters (NumPy images into a
+        model on the GPU, say); unchanged when they are there already."""
+        device = device_of(next(iter(self.parameters())))
+        if all(device_of(img) == device for img in images):
+            return images, targets
+        images = [to_device(img, device) for img in images]
+        if targets is not None:
+            targets = [{k: to_device(v, device) if hasattr(v, "shape") else v for k, v in t.items()} for t in targets]
+        return images, targets
 
 
 def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_layer=None, **kwargs):

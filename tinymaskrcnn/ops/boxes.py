@@ -5,7 +5,7 @@ These select boxes rather than compute values, so they have no backward: they ta
 """
 import numpy as np
 
-from ..backend import get_array_module, is_cupy, to_numpy
+from ..backend import get_array_module, is_cupy, to_numpy, uses_cuda_kernels
 from ..boxes import as_array, box_iou, check_boxes
 from ..kernels.nms import nms as _nms_kernel
 
@@ -41,10 +41,10 @@ def nms(boxes, scores, iou_threshold):
     if bool(xp.isnan(scores).any()):
         raise ValueError(f"scores contain {int(xp.isnan(scores).sum())} NaN values: NMS cannot rank them "
                          "(a NaN score usually means the model diverged)")
-    # Until the CUDA kernel lands, CuPy inputs take a round trip through the CPU kernel.
-    keep = _nms_kernel(np.ascontiguousarray(to_numpy(boxes)), np.ascontiguousarray(to_numpy(scores)),
-                       float(iou_threshold))
-    return xp.asarray(keep) if is_cupy(boxes) else keep
+    if uses_cuda_kernels(boxes):
+        from ..kernels.cuda.nms import nms as cuda_nms
+        return cuda_nms(boxes, scores, float(iou_threshold))
+    return _nms_kernel(np.ascontiguousarray(boxes), np.ascontiguousarray(scores), float(iou_threshold))
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):

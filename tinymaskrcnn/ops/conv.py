@@ -51,17 +51,17 @@ dL/dx = col2im(W^T dY) and dL/dW = dY im2col(x)^T. Two modules compute them with
 signatures: ops/conv_schedule.py, fast (tiles of output rows shared among worker threads,
 Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_reference.py, the textbook (pad,
 im2col with sliding windows, one matrix product). ``conv_implementation`` chooses between
-them. The backward computes only what ``needs_input_grad`` asks for: the first conv of a
-network (or a frozen one) no dL/dx, a frozen conv no dL/dW.
+them on the CPU; CUDA arrays always take the textbook products, with the Numba-CUDA im2col and
+col2im kernels and cuBLAS's batched matmul. The backward computes only what
+``needs_input_grad`` asks for: the first conv of a network (or a frozen one) no dL/dx, a frozen
+conv no dL/dW.
 """
 import os
 from contextlib import contextmanager
 from numbers import Integral
 
-import numpy as np
-
 from ..autograd import Function
-from ..backend import get_array_module
+from ..backend import get_array_module, uses_cuda_kernels
 from . import conv_reference, conv_schedule
 
 
@@ -101,6 +101,12 @@ def _current_path():
     return IMPLEMENTATIONS[_implementation]
 
 
+def _path_for(x):
+    """The chosen path on the CPU; on the GPU (CUDA arrays) the textbook products with the CUDA
+    im2col/col2im kernels (Winograd and the tiles are CPU schedules)."""
+    return conv_reference if uses_cuda_kernels(x) else _current_path()
+
+
 # ----- the ops ------------------------------------------------------------------------------
 
 
@@ -122,7 +128,7 @@ class Conv2d(Function):
     def forward(self, x, weight, bias, stride, padding, dilation, groups):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
-        self.path = _current_path()  # the backward runs on the path the forward ran on
+        self.path = _path_for(x)  # the backward runs on the path the forward ran on
         self.x, self.weight, self.args = x, weight, (stride, padding, dilation, groups)
         return self.path.conv2d_forward(x, weight, bias, *self.args)
 
@@ -150,7 +156,7 @@ class ConvTranspose2d(Function):
         hc, wc = _output_hw(out_hw, weight.shape[2:], stride, padding, dilation)
         if (hc, wc) != (h, w):
             x = xp.pad(x, ((0, 0), (0, 0), (0, hc - h), (0, wc - w)))
-        self.path = _current_path()
+        self.path = _path_for(x)
         self.x, self.weight, self.args, self.in_hw = x, weight, (stride, padding, dilation, groups), (h, w)
         out_shape = (x.shape[0], weight.shape[1] * groups) + tuple(out_hw)
         y = self.path.conv2d_input_grad(x, weight, out_shape, *self.args)
@@ -191,9 +197,9 @@ def _check_common(op, input, weight, bias, groups):
     for name, value in (("input", input), ("weight", weight), ("bias", bias)):
         if not (hasattr(value, "ndim") and hasattr(value, "dtype")) and not (name == "bias" and value is None):
             raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(value).__name__}")
-    if get_array_module(input, weight, bias) is not np:
-        raise NotImplementedError(f"{op} on CuPy arrays: the GPU kernels come in a later chapter "
-                                  "(GPU kernels); use NumPy arrays for now")
+    if len({get_array_module(a) for a in (input, weight, bias) if a is not None}) > 1:
+        raise TypeError(f"{op}: input, weight and bias must be on one device (all NumPy or all CuPy); "
+                        "move the model with model.to(device=...) and the input with backend.to_device")
     if input.ndim != 4:
         raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}; "
                          "for a single (C, H, W) image pass x[None]")

@@ -12,9 +12,15 @@ conv_transpose2d is conv2d's adjoint in x, so its forward is conv2d's input grad
 input gradient is conv2d's forward. With groups G, channels split into G independent slices and
 every product is taken per group (a batched matmul). ``tm.ops.conv_implementation("reference")``
 runs the whole package on this file; tests hold it equal to the fast path and to torch.
+
+On the GPU (CuPy arrays) this file is the path: the same products, with im2col and col2im the
+Numba-CUDA kernels of kernels/cuda/im2col.py (same layout; col2im a gather, one thread per
+pixel) and the products cuBLAS's batched matmul.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ..backend import uses_cuda_kernels
 
 
 def output_size(size, kernel, stride, padding, dilation):
@@ -48,6 +54,14 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
     return x[:, :, ph:ph + h, pw:pw + w]
 
 
+def _kernels(a):
+    """(im2col, col2im) for arrays like ``a``: the CUDA kernels for CUDA arrays, else the above."""
+    if uses_cuda_kernels(a):
+        from ..kernels.cuda import im2col as cuda
+        return cuda.im2col, cuda.col2im
+    return im2col, col2im
+
+
 def _per_group(a, groups):
     """(N, R, L) or (N, R, H, W) -> (N, G, R/G, L = H*W): each group's rows (sizes spelled
     out, as -1 is ambiguous for an empty batch)."""
@@ -58,7 +72,7 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation
     """y = W im2col(x) + b: x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo)."""
     n, cout = x.shape[0], weight.shape[0]
     ho, wo = (output_size(*args) for args in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation))
-    cols = _per_group(im2col(x, weight.shape[2:], stride, padding, dilation), groups)
+    cols = _per_group(_kernels(x)[0](x, weight.shape[2:], stride, padding, dilation), groups)
     y = (weight.reshape(groups, cout // groups, -1) @ cols).reshape(n, cout, ho, wo)  # per group: W X^
     return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
@@ -69,13 +83,13 @@ def conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups=1):
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # (G, K/G, Cout/G)
     cols = w_t @ _per_group(g, groups)  # (N, G, K/G, L)
     cols = cols.reshape(n, groups * cols.shape[2], cols.shape[3])
-    return col2im(cols, x_shape, weight.shape[2:], stride, padding, dilation)
+    return _kernels(g)[1](cols, x_shape, weight.shape[2:], stride, padding, dilation)
 
 
 def conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups=1):
     """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw)."""
     cout = g.shape[1]
-    cols = _per_group(im2col(x, kernel_hw, stride, padding, dilation), groups)
+    cols = _per_group(_kernels(x)[0](x, kernel_hw, stride, padding, dilation), groups)
     dw = (_per_group(g, groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(cout, x.shape[1] // groups, *kernel_hw)
 

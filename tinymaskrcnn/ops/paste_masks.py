@@ -7,7 +7,7 @@ resize, clipped paste) and torchvision's rounding are explained in
 import numpy as np
 
 from ..autograd import Tensor
-from ..backend import get_array_module, is_cupy
+from ..backend import get_array_module, uses_cuda_kernels
 from ..kernels.paste_masks import paste_masks
 
 
@@ -19,9 +19,6 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     wholly outside the image gives a zero image. Returns a plain array (no gradient).
     """
     masks, boxes = (x.data if isinstance(x, Tensor) else x for x in (masks, boxes))
-    if is_cupy(masks) or is_cupy(boxes):
-        raise NotImplementedError("paste_masks_in_image has no CUDA kernel yet: move masks and boxes to the CPU "
-                                  "with tinymaskrcnn.backend.to_numpy")
     xp = get_array_module(masks, boxes)
     masks, boxes = xp.asarray(masks), xp.asarray(boxes)
     if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[2] != masks.shape[3] or masks.shape[3] == 0:
@@ -43,6 +40,9 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     # the growth factor in the boxes' dtype: torchvision multiplies a float32 box by float32(s)
     scale = boxes.dtype.type(float(m + 2 * padding) / m)
     im_h, im_w = int(img_shape[0]), int(img_shape[1])
-    out = paste_masks(xp.ascontiguousarray(masks[:, 0]), xp.ascontiguousarray(boxes), im_h, im_w, int(padding),
-                      scale)
+    if uses_cuda_kernels(masks, boxes):
+        from ..kernels.cuda.paste_masks import paste_masks as kernel
+    else:
+        kernel = paste_masks
+    out = kernel(xp.ascontiguousarray(masks[:, 0]), xp.ascontiguousarray(boxes), im_h, im_w, int(padding), scale)
     return out[:, None]

@@ -22,8 +22,8 @@ torch indexes outside the image for it.)
 import numpy as np
 
 from ..autograd import Function
-from ..backend import get_array_module
-from ..kernels.pool import max_pool2d_forward, max_pool2d_forward_reference
+from ..backend import get_array_module, uses_cuda_kernels
+from ..kernels.pool import max_pool2d_forward
 
 
 def _pair(value, name):
@@ -63,14 +63,22 @@ class MaxPool2d(Function):
         self.top, self.left = xp.arange(oh) * stride[0] - padding[0], xp.arange(ow) * stride[1] - padding[1]
         # the scan of each window starts at its first in-image tap a * kw + b
         first = _first_inside(self.top, kh, dh, h)[:, None] * kw + _first_inside(self.left, kw, dw, w)[None, :]
-        scan = max_pool2d_forward if xp is np else max_pool2d_forward_reference
+        self.cuda = uses_cuda_kernels(x)
+        if self.cuda:
+            from ..kernels.cuda.pool import max_pool2d_forward as scan
+        else:
+            scan = max_pool2d_forward
         best, self.winner = scan(xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size,
                                  first.astype(np.int32))
         self.in_shape, self.kernel_w, self.dilation = x.shape, kw, dilation
+        self.geometry = (*kernel, *stride, *padding, *dilation)
         return best
 
     def backward(self, g):
         xp = get_array_module(g)
+        if self.cuda:  # a gather, one thread per input pixel (kernels/cuda/pool.py)
+            from ..kernels.cuda.pool import max_pool2d_backward
+            return (max_pool2d_backward(xp.ascontiguousarray(g), self.winner, self.in_shape, *self.geometry),)
         n, c, h, w = self.in_shape
         a, b = xp.divmod(self.winner, self.kernel_w)
         rows = self.top[:, None] + a * self.dilation[0]

@@ -32,8 +32,16 @@ smooth, through floor); like torchvision, no gradient is given to the boxes.
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module, is_cupy
-from ..kernels.roi_align import roi_align_backward, roi_align_forward
+from ..backend import get_array_module, uses_cuda_kernels
+from ..kernels import roi_align as cpu_kernels
+
+
+def _kernels(x):
+    """The kernel module for ``x``: Numba-CUDA for CuPy arrays (or the simulator switch), else Numba CPU."""
+    if uses_cuda_kernels(x):
+        from ..kernels.cuda import roi_align as cuda_kernels
+        return cuda_kernels
+    return cpu_kernels
 
 
 def _array(x):
@@ -75,12 +83,14 @@ class RoIAlign(Function):
     def forward(self, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
         # the scale in the input's dtype keeps float32 box arithmetic in float32, as torchvision
         self.params = (input.dtype.type(spatial_scale), int(sampling_ratio), bool(aligned))
-        self.rois, self.input_shape = rois, input.shape
-        return roi_align_forward(np.ascontiguousarray(input), rois, *output_size, *self.params)
+        self.rois, self.input_shape, self.kernels = rois, input.shape, _kernels(input)
+        input = get_array_module(input).ascontiguousarray(input)
+        return self.kernels.roi_align_forward(input, rois, *output_size, *self.params)
 
     def backward(self, grad_output):
         N, _, H, W = self.input_shape
-        grad = roi_align_backward(np.ascontiguousarray(grad_output), self.rois, N, H, W, *self.params)
+        grad_output = get_array_module(grad_output).ascontiguousarray(grad_output)
+        grad = self.kernels.roi_align_backward(grad_output, self.rois, N, H, W, *self.params)
         return grad, None
 
 
@@ -96,9 +106,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     flows to ``input`` only.
     """
     x = _array(input)
-    if is_cupy(x):
-        raise NotImplementedError("roi_align has no CUDA kernel yet: move the input to the CPU with "
-                                  "tinymaskrcnn.backend.to_numpy")
     if not hasattr(x, "dtype") or x.ndim != 4:
         raise ValueError(f"input must be an (N, C, H, W) array, got shape {getattr(x, 'shape', type(x).__name__)}")
     if x.dtype not in (np.float32, np.float64):
