@@ -239,3 +239,36 @@ def test_clear_errors(sample):
         V.draw_detections(image, target["boxes"][:1], labels=[3], class_names=["__background__", "a"])
     with pytest.raises(ValueError, match="smoothing"):
         V.plot_losses([{"loss": 1.0}], smoothing=1.0)
+
+
+# ----- Chapter 3: normalisation statistics, max pooling's routing -----------------------------
+
+def test_draw_channel_statistics_puts_one_point_per_plane_at_its_mean_and_std():
+    values = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 5, 6))
+    ax = V.draw_channel_statistics({"a": values, "b": values * 0})
+    points = ax.collections[0].get_offsets()
+    assert points.shape == (12, 2)
+    np.testing.assert_allclose(points[:, 0], values.mean(axis=(2, 3)).ravel())
+    np.testing.assert_allclose(points[:, 1], values.std(axis=(2, 3)).ravel())
+    assert len(ax.collections) == 2
+    per_channel = V.draw_channel_statistics({"a": values}, per_image=False).collections[0].get_offsets()
+    np.testing.assert_allclose(per_channel[:, 0], values.mean(axis=(0, 2, 3)))
+    with pytest.raises(ValueError, match=r"outputs\['a'\] has shape \(3, 5, 6\)"):
+        V.draw_channel_statistics({"a": values[0]})
+
+
+def test_draw_max_pool_routing_outlines_every_window_and_circles_its_maximum():
+    x = np.random.default_rng(1).permutation(25).reshape(5, 5).astype(float)
+    g = np.ones((2, 2))
+    axes = V.draw_max_pool_routing(x, g, np.zeros_like(x), kernel_size=3, stride=2)
+    assert len(axes) == 3
+    circles = [p for p in axes[0].patches if isinstance(p, matplotlib.patches.Circle)]
+    windows = [p for p in axes[0].patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert len(circles) == len(windows) == 4
+    for circle, (i, j) in zip(circles, np.ndindex(2, 2)):
+        window = x[2 * i:2 * i + 3, 2 * j:2 * j + 3]
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        assert circle.center == (2 * j + b + 0.5, 2 * i + a + 0.5)
+    assert len(axes[0].texts) == 25 and len(axes[1].texts) == 4
+    with pytest.raises(ValueError, match=r"gives \(2, 2\) outputs"):
+        V.draw_max_pool_routing(x, np.ones((3, 3)), x, kernel_size=3, stride=2)

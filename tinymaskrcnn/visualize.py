@@ -413,3 +413,92 @@ def plot_losses(metrics, out_png=None, log_scale=False, smoothing=0.6, ax=None):
     if out_png is not None:
         save_figure(ax.figure, out_png)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: normalisation statistics, max pooling's gradient routing
+# ---------------------------------------------------------------------------------------------
+
+def draw_channel_statistics(outputs, per_image=True, ax=None, title=None):
+    """Scatter the mean and standard deviation of each channel of normalised outputs; returns the Axes.
+
+    ``outputs`` maps a label to an (N, C, H, W) array. With ``per_image`` each point is one
+    (image, channel) plane, as a layer sees one image at inference; otherwise one channel over
+    the whole batch, as batch norm computes it in training. A normaliser that did its job puts
+    every point on the cross at mean 0, standard deviation 1.
+    """
+    ax = _new_axes(ax, 3.2, 4.5, width_inches=4.5)
+    for k, (label, values) in enumerate(outputs.items()):
+        values = to_numpy(values).astype(np.float64)
+        if values.ndim != 4:
+            raise ValueError(f"outputs[{label!r}] has shape {values.shape}: expected (N, C, H, W)")
+        axes = (2, 3) if per_image else (0, 2, 3)
+        mean, std = values.mean(axis=axes).ravel(), values.std(axis=axes).ravel()
+        ax.scatter(mean, std, s=22, color=PALETTE[k % len(PALETTE)], alpha=0.75, label=f"{label} ({len(mean)})",
+                   marker="os^Dv"[k % 5], zorder=3)
+    ax.plot([0], [1], marker="+", color="black", markersize=18, markeredgewidth=1.2, linestyle="none",
+            label="mean 0, std 1", zorder=2)
+    ax.set_xlabel("mean" + (" per image and channel" if per_image else " per channel over the batch"), fontsize=8)
+    ax.set_ylabel("standard deviation", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys"):
+    """Draw a small 2-D array as a grid of cells with its values written in; ``shade`` colours the cells."""
+    height, width = values.shape
+    shade = np.zeros_like(values) if shade is None else shade
+    ax.imshow(shade, cmap=cmap, vmin=0, vmax=max(float(np.abs(shade).max()), 1e-12) * 1.6,
+              extent=(0, width, height, 0), interpolation="nearest")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j + 0.5, i + 0.5, f"{v:.1f}" if v else "0", ha="center", va="center", fontsize=7)
+    ax.set_xticks(np.arange(width + 1), minor=False)
+    ax.set_yticks(np.arange(height + 1), minor=False)
+    ax.tick_params(length=0, labelbottom=False, labelleft=False)
+    ax.grid(True, color="#999999", linewidth=0.5)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_title(title, fontsize=9)
+
+
+def draw_max_pool_routing(x, grad_output, grad_input, kernel_size, stride, axes=None):
+    """Max pooling forward and backward on one (H, W) plane, in three panels; returns the Axes.
+
+    Left: the input with every pooling window outlined in its own colour and the window's
+    maximum circled (the first of equal maxima, as torch). Middle: the upstream gradient, one
+    value per window. Right: ``grad_input``, which the caller computed by backward: each
+    window's gradient lands on its maximum, and an input that wins several overlapping windows
+    receives their sum. No padding or dilation.
+    """
+    x, g, dx = (to_numpy(a).astype(np.float64) for a in (x, grad_output, grad_input))
+    if x.ndim != 2 or dx.shape != x.shape or g.ndim != 2:
+        raise ValueError(f"x {x.shape}, grad_output {g.shape}, grad_input {dx.shape}: expected 2-D planes, "
+                         "grad_input shaped like x")
+    (kh, kw), (sh, sw) = (k if isinstance(k, (tuple, list)) else (k, k) for k in (kernel_size, stride))
+    oh, ow = (x.shape[0] - kh) // sh + 1, (x.shape[1] - kw) // sw + 1
+    if g.shape != (oh, ow):
+        raise ValueError(f"grad_output has shape {g.shape}, but a {kh}×{kw} window with stride {sh}×{sw} over "
+                         f"{x.shape} gives {(oh, ow)} outputs")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained",
+                               gridspec_kw={"width_ratios": [x.shape[1], ow + 1, x.shape[1]]})
+    _grid_of_numbers(axes[0], x, f"input x: {kh}×{kw} windows, stride {sw}")
+    _grid_of_numbers(axes[1], g, "upstream gradient dL/dy", shade=np.abs(g), cmap="Oranges")
+    _grid_of_numbers(axes[2], dx, "dL/dx: routed to each maximum", shade=np.abs(dx), cmap="Oranges")
+    for n, (i, j) in enumerate(np.ndindex(oh, ow)):
+        colour = PALETTE[n % len(PALETTE)]
+        inset = 0.06 + 0.05 * (n % 3)  # overlapping windows stay distinguishable
+        top, left = i * sh, j * sw
+        axes[0].add_patch(Rectangle((left + inset, top + inset), kw - 2 * inset, kh - 2 * inset, fill=False,
+                                    edgecolor=colour, linewidth=1.6))
+        a, b = np.unravel_index(np.argmax(x[top:top + kh, left:left + kw]), (kh, kw))
+        axes[0].add_patch(matplotlib.patches.Circle((left + b + 0.5, top + a + 0.5), 0.36, fill=False,
+                                                    edgecolor=colour, linewidth=1.6))
+        axes[1].add_patch(Rectangle((j + 0.06, i + 0.06), 0.88, 0.88, fill=False, edgecolor=colour, linewidth=1.6))
+    return axes
