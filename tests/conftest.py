@@ -30,3 +30,13 @@ def torch():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(params=["fast", "reference"])
+def conv_path(request):
+    """Run the test on the fast convolution (ops/conv.py's schedule) and on the textbook one
+    (ops/conv_reference.py)."""
+    from tinymaskrcnn.ops.conv import conv_implementation
+
+    with conv_implementation(request.param):
+        yield request.param

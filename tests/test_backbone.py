@@ -141,13 +141,15 @@ def resnet50_detection(tmp_path_factory):
     return theirs, save_state_dict(theirs, tmp_path_factory.mktemp("resnet50"))
 
 
-@pytest.fixture(params=["default", "winograd_everywhere"])
+@pytest.fixture(params=["default", "winograd_everywhere", "textbook"])
 def conv_algorithms(request, monkeypatch):
-    """The conv op as it chooses, and with Winograd's algorithm for every 3x3 stride-1 conv of
-    16 channels or more however small (by default only the larger ones use it)."""
+    """The conv op as it chooses, with Winograd's algorithm for every 3x3 stride-1 conv of 16
+    channels or more however small (by default only the larger ones use it), and the textbook
+    convolution (ops/conv_reference.py) for every conv."""
     if request.param == "winograd_everywhere":
         monkeypatch.setattr(conv, "WINOGRAD_MIN_FLOPS", 0)
-    return request.param
+    with conv.conv_implementation("reference" if request.param == "textbook" else "fast"):
+        yield request.param
 
 
 def test_resnet50_fpn_frozen_bn_float64_forward_and_gradients(torch, resnet50_detection, conv_algorithms):

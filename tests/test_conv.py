@@ -1,5 +1,7 @@
 """conv2d and conv_transpose2d: forward and all three gradients against torch, finite differences,
-the fast paths (1x1, row bands), and the argument checks."""
+the fast paths (1x1, row bands), and the argument checks. The tests taking ``conv_path`` run on
+the fast path and on the textbook one (ops/conv_reference.py), which are also held equal to
+each other."""
 import numpy as np
 import pytest
 from helpers import assert_matches_torch
@@ -53,14 +55,14 @@ def _torch_conv2d(torch, kwargs, bias=True):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @_params(CONV2D)
-def test_conv2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+def test_conv2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kwargs):
     arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
     assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **kwargs), _torch_conv2d(torch, kwargs), arrays, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @_params(CONV_TRANSPOSE2D)
-def test_conv_transpose2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwargs):
+def test_conv_transpose2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kwargs):
     cout = shape_w[1] * kwargs.get("groups", 1)
     arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
     assert_matches_torch(lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs),
@@ -68,7 +70,7 @@ def test_conv_transpose2d_matches_torch(torch, rng, dtype, shape_x, shape_w, kwa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_without_bias_and_without_input_gradient(torch, rng, dtype):
+def test_without_bias_and_without_input_gradient(conv_path, torch, rng, dtype):
     """The first conv of a network: no bias, and its input (the image) needs no gradient."""
     kwargs = dict(stride=2, padding=3)
     arrays = [rng.standard_normal((2, 3, 13, 12)), rng.standard_normal((4, 3, 7, 7))]
@@ -80,7 +82,7 @@ def test_without_bias_and_without_input_gradient(torch, rng, dtype):
                          dtype, requires_grad=[False, True])
 
 
-def test_frozen_weight_gives_only_the_input_gradient(rng):
+def test_frozen_weight_gives_only_the_input_gradient(conv_path, rng):
     x = tm.Tensor(rng.standard_normal((1, 2, 5, 5)), requires_grad=True)
     w, b = tm.Tensor(rng.standard_normal((3, 2, 3, 3))), tm.Tensor(rng.standard_normal(3))
     F.conv2d(x, w, b, padding=1).sum().backward()
@@ -88,7 +90,7 @@ def test_frozen_weight_gives_only_the_input_gradient(rng):
 
 
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
-def test_empty_batch_matches_torch(torch, rng, table, name):
+def test_empty_batch_matches_torch(conv_path, torch, rng, table, name):
     """No images (the mask head when nothing was detected): empty outputs and input gradients,
     zero weight and bias gradients, as torch."""
     ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
@@ -220,7 +222,7 @@ GRADCHECK = [
 
 @pytest.mark.parametrize("name,shape_x,shape_w,kwargs", GRADCHECK,
                          ids=[f"{g[0]}-{i}" for i, g in enumerate(GRADCHECK)])
-def test_gradcheck(rng, name, shape_x, shape_w, kwargs):
+def test_gradcheck(conv_path, rng, name, shape_x, shape_w, kwargs):
     cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
     inputs = [tm.Tensor(rng.standard_normal(s), requires_grad=True) for s in (shape_x, shape_w, (cout,))]
     op = getattr(F, name)
@@ -235,7 +237,7 @@ def test_winograd_gradcheck(rng, winograd_spy):
     assert winograd_spy
 
 
-def test_non_contiguous_inputs(torch, rng):
+def test_non_contiguous_inputs(conv_path, torch, rng):
     """Strided views (a transposed input, a flipped weight) give the same results as copies."""
     x = rng.standard_normal((2, 9, 7, 3)).transpose(0, 3, 1, 2)  # (2, 3, 9, 7), channels last in memory
     w = rng.standard_normal((4, 3, 3, 3))[:, :, ::-1, :]

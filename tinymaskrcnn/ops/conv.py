@@ -75,8 +75,10 @@ Choices made for speed and memory
 * The backward skips what ``needs_input_grad`` says is not needed: the first conv of a network
   (or a frozen one) computes no dL/dx, a frozen conv no dL/dW.
 """
+import os
 import threading
 from collections import namedtuple
+from contextlib import contextmanager
 from numbers import Integral
 
 import numpy as np
@@ -87,6 +89,7 @@ from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase
 from ..kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
                                 winograd_output, winograd_output_adjoint)
 from ..parallel import map_shares, num_workers
+from . import conv_reference
 
 
 class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
@@ -362,12 +365,6 @@ def _weight_grad(g, x, geom, groups):
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
 
 
-def _bias_grad(g):
-    """dL/db[c] = sum of g[:, c] over images and positions (summed along contiguous rows first)."""
-    n_img, c, h, w = g.shape
-    return g.reshape(n_img, c, h * w).sum(axis=2).sum(axis=0)  # explicit sizes: n_img may be 0
-
-
 # ----- Winograd F(2x2, 3x3): the 3x3 stride-1 convolutions ----------------------------------
 
 # 3x3 stride-1 convolutions (most of a ResNet's and an FPN's work) go through Winograd's
@@ -485,56 +482,137 @@ def _winograd_weight_grad(g, x, ph, pw):
     return weight_transform_adjoint(du)
 
 
+# ----- the fast path's three products, with Winograd dispatch ------------------------------
+# Their signatures are those of ops/conv_reference.py, the textbook path, so that the ops below
+# can run on either (``conv_implementation``).
+
+
+def _geometry(kernel_hw, stride, padding, dilation):
+    return _Geometry(*kernel_hw, *stride, *padding, *dilation)
+
+
+def _fast_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
+    """y = W im2col(x) + b, or Winograd's algorithm where it applies."""
+    geom = _geometry(weight.shape[2:], stride, padding, dilation)
+    if _winograd_applies(geom, groups, x.shape, weight.shape[0]):
+        return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
+    y = _correlate(x, weight, geom, groups)
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def _fast_conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups):
+    """dL/dx = col2im(W^T dY), or Winograd's algorithm where the forward used it."""
+    geom = _geometry(weight.shape[2:], stride, padding, dilation)
+    if _winograd_applies(geom, groups, x_shape, weight.shape[0]):
+        return _winograd_input_grad(g, weight, geom.ph, geom.pw)
+    return _correlate_transpose(g, weight, geom, groups, x_shape[1:])
+
+
+def _fast_conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups):
+    """dL/dW = sum over images of dY im2col(x)^T, or Winograd's algorithm where the forward used it."""
+    geom = _geometry(kernel_hw, stride, padding, dilation)
+    if _winograd_applies(geom, groups, x.shape, g.shape[1]):
+        return _winograd_weight_grad(g, x, geom.ph, geom.pw)
+    return _weight_grad(g, x, geom, groups)
+
+
+# ----- which path the ops run on ------------------------------------------------------------
+
+
+class _FastPath:
+    conv2d_forward = staticmethod(_fast_conv2d_forward)
+    conv2d_input_grad = staticmethod(_fast_conv2d_input_grad)
+    conv2d_weight_grad = staticmethod(_fast_conv2d_weight_grad)
+
+
+IMPLEMENTATIONS = {"fast": _FastPath, "reference": conv_reference}
+_implementation = os.environ.get("TINYMASKRCNN_CONV", "fast")
+
+
+def set_conv_implementation(name):
+    """Run every conv2d and conv_transpose2d of the package on ``name``: "fast" (the default:
+    tiles, threads, Winograd) or "reference" (ops/conv_reference.py: pad, im2col, one matrix
+    product). Returns the previous name. The environment variable TINYMASKRCNN_CONV sets the
+    starting value (and reaches subprocesses, such as data-parallel workers)."""
+    global _implementation
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"conv implementation must be one of {sorted(IMPLEMENTATIONS)}, got {name!r}")
+    previous, _implementation = _implementation, name
+    return previous
+
+
+@contextmanager
+def conv_implementation(name):
+    """``with tm.ops.conv_implementation("reference"): model(images)``: the convs inside the
+    block (forward, and the backward of what was recorded there) run on ``name``."""
+    previous = set_conv_implementation(name)
+    try:
+        yield
+    finally:
+        set_conv_implementation(previous)
+
+
+def _current_path():
+    if _implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"TINYMASKRCNN_CONV must be one of {sorted(IMPLEMENTATIONS)}, got {_implementation!r}")
+    return IMPLEMENTATIONS[_implementation]
+
+
 # ----- the ops ------------------------------------------------------------------------------
+
+
+def _output_hw(in_hw, kernel_hw, stride, padding, dilation):
+    """(Ho, Wo) of a conv2d of an (H, W) image."""
+    return tuple(conv_reference.output_size(*args) for args in zip(in_hw, kernel_hw, stride, padding, dilation))
+
+
+def _bias_grad(g):
+    """dL/db[c] = sum of g[:, c] over images and positions (summed along contiguous rows first)."""
+    n_img, c, h, w = g.shape
+    return g.reshape(n_img, c, h * w).sum(axis=2).sum(axis=0)  # explicit sizes: n_img may be 0
 
 
 class Conv2d(Function):
     """y = conv2d(x, w, b): forward Y = W im2col(x) + b; backward dW = dY im2col(x)^T,
     db = sum dY, dx = col2im(W^T dY) (derivation in the module docstring)."""
 
-    def forward(self, x, weight, bias, geom, groups):
+    def forward(self, x, weight, bias, stride, padding, dilation, groups):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
-        self.x, self.weight, self.geom, self.groups = x, weight, geom, groups
-        self.winograd = _winograd_applies(geom, groups, x.shape, weight.shape[0])
-        if self.winograd:
-            return _winograd_correlate(x, weight_transform(weight), geom.ph, geom.pw, bias)
-        y = _correlate(x, weight, geom, groups)
-        if bias is not None:
-            y += bias.reshape(1, -1, 1, 1)
-        return y
+        self.path = _current_path()  # the backward runs on the path the forward ran on
+        self.x, self.weight, self.args = x, weight, (stride, padding, dilation, groups)
+        return self.path.conv2d_forward(x, weight, bias, *self.args)
 
     def backward(self, g):
         g = get_array_module(g).ascontiguousarray(g)
         need_x, need_w, need_b = self.needs_input_grad
-        geom = self.geom
-        if self.winograd:
-            dx = _winograd_input_grad(g, self.weight, geom.ph, geom.pw) if need_x else None
-            dw = _winograd_weight_grad(g, self.x, geom.ph, geom.pw) if need_w else None
-        else:
-            dx = _correlate_transpose(g, self.weight, geom, self.groups, self.x.shape[1:]) if need_x else None
-            dw = _weight_grad(g, self.x, geom, self.groups) if need_w else None
+        dx = self.path.conv2d_input_grad(g, self.weight, self.x.shape, *self.args) if need_x else None
+        dw = self.path.conv2d_weight_grad(g, self.x, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
 
 class ConvTranspose2d(Function):
-    """y = conv_transpose2d(x, w, b): forward y = col2im(W^T x) + b; backward
-    dx = W im2col(dy), dW = x im2col(dy)^T, db = sum dy (derivation in the module docstring)."""
+    """y = conv_transpose2d(x, w, b), the adjoint of conv2d with weight w in its input: forward
+    y = col2im(W^T x) + b (conv2d's input gradient); backward dx = W im2col(dy) (conv2d's
+    forward), dW = x im2col(dy)^T (conv2d's weight gradient), db = sum dy."""
 
-    def forward(self, x, weight, bias, geom, groups, out_hw):
+    def forward(self, x, weight, bias, stride, padding, dilation, groups, out_hw):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
         h, w = x.shape[2:]
         # The conv this op transposes maps out_hw to hc x wc. That is h x w unless an
         # output_padding >= stride (allowed when < dilation) added positions that no input
         # reaches: give them zero inputs, so the two maps are each other's adjoint exactly.
-        hc, wc = geom.output_hw(*out_hw)
+        hc, wc = _output_hw(out_hw, weight.shape[2:], stride, padding, dilation)
         if (hc, wc) != (h, w):
             x = xp.pad(x, ((0, 0), (0, 0), (0, hc - h), (0, wc - w)))
-        self.x, self.weight, self.geom, self.groups, self.in_hw = x, weight, geom, groups, (h, w)
-        cout = weight.shape[1] * groups
-        y = _correlate_transpose(x, weight, geom, groups, (cout,) + tuple(out_hw))
+        self.path = _current_path()
+        self.x, self.weight, self.args, self.in_hw = x, weight, (stride, padding, dilation, groups), (h, w)
+        out_shape = (x.shape[0], weight.shape[1] * groups) + tuple(out_hw)
+        y = self.path.conv2d_input_grad(x, weight, out_shape, *self.args)
         if bias is not None:
             y += bias.reshape(1, -1, 1, 1)
         return y
@@ -546,10 +624,10 @@ class ConvTranspose2d(Function):
         dx = None
         if need_x:
             h, w = self.in_hw
-            dx = _correlate(g, self.weight, self.geom, self.groups)
+            dx = self.path.conv2d_forward(g, self.weight, None, *self.args)
             if dx.shape[2:] != (h, w):
                 dx = xp.ascontiguousarray(dx[:, :, :h, :w])
-        dw = _weight_grad(self.x, g, self.geom, self.groups) if need_w else None
+        dw = self.path.conv2d_weight_grad(self.x, g, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
@@ -613,12 +691,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"{op}: groups={groups} must divide the {cout} output channels of weight "
                          f"{tuple(weight.shape)}")
     _check_bias(op, bias, cout)
-    geom = _Geometry(kh, kw, *stride, *padding, *dilation)
-    ho, wo = geom.output_hw(h, w)
+    ho, wo = _output_hw((h, w), (kh, kw), stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"{op}: input of shape {tuple(input.shape)} is smaller than the dilated kernel "
                          f"{tuple(weight.shape[2:])} (dilation {dilation}) plus padding {padding}")
-    return Conv2d.apply(input, weight, bias, geom=geom, groups=int(groups))
+    return Conv2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=int(groups))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
@@ -646,10 +723,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                              f"{stride} or the dilation {dilation}")
     cout = cout_g * groups
     _check_bias(op, bias, cout)
-    geom = _Geometry(kh, kw, *stride, *padding, *dilation)
     out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + extra + 1
                    for size, s, p, d, k, extra in zip((h, w), stride, padding, dilation, (kh, kw), output_padding))
     if min(out_hw) < 1:
         raise ValueError(f"{op}: padding {padding} is too large for input of shape {tuple(input.shape)} "
                          f"and weight {tuple(weight.shape)}: the output would be {out_hw}")
-    return ConvTranspose2d.apply(input, weight, bias, geom=geom, groups=int(groups), out_hw=out_hw)
+    return ConvTranspose2d.apply(input, weight, bias, stride=stride, padding=padding, dilation=dilation,
+                                 groups=int(groups), out_hw=out_hw)

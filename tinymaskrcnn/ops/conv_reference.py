@@ -1,0 +1,101 @@
+"""The textbook convolution: pad, im2col, one matrix product (the slow twin of ops/conv.py).
+
+For an image x (C, H, W) and a weight w (Cout, C, kh, kw), im2col lays out every window the
+kernel sees as one column: X^[(c*kh + ki)*kw + kj, oh*Wo + ow] = xpad[c, oh*sh + ki*dh, ow*sw + kj*dw].
+Then, with W = w.reshape(Cout, K) and K = C*kh*kw,
+
+    forward   Y = W X^ + b                   dL/dW = sum over images of dY X^^T
+    dL/db = sum of dY                        dL/dx = col2im(W^T dY)
+
+col2im is im2col's adjoint: it adds every column entry back onto the pixel it was copied from.
+conv_transpose2d is conv2d's adjoint in x, so its forward is conv2d's input gradient and its
+input gradient is conv2d's forward. With groups G, channels split into G independent slices and
+every product is taken per group (a batched matmul). ``tm.ops.conv_implementation("reference")``
+runs the whole package on this file; tests hold it equal to the fast path and to torch.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def output_size(size, kernel, stride, padding, dilation):
+    """Output length along one axis: floor((n + 2p - d(k - 1) - 1) / s) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def im2col(x, kernel_hw, stride, padding, dilation):
+    """(N, C, H, W) -> X^ (N, C*kh*kw, Ho*Wo): zero padding, then every dilated window (a view
+    of the padded image) taken at the stride, copied out once by the reshape."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_hw, stride, padding, dilation
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    windows = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    n, c, ho, wo = windows.shape[:4]
+    return windows.transpose(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, ho * wo)
+
+
+def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
+    """im2col's adjoint: (N, C*kh*kw, Ho*Wo) -> (N, C, H, W), each entry added onto the pixel
+    that im2col copied it from (overlapping windows sum), what fell in the padding dropped."""
+    (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = x_shape, kernel_hw, stride, padding, dilation
+    ho, wo = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    taps = cols.reshape(n, c, kh, kw, ho, wo)
+    x = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    for ki in range(kh):  # tap (ki, kj) saw the pixels ki*dh + oh*sh, kj*dw + ow*sw
+        for kj in range(kw):
+            x[:, :, ki * dh:ki * dh + sh * (ho - 1) + 1:sh, kj * dw:kj * dw + sw * (wo - 1) + 1:sw] += taps[:, :, ki, kj]
+    return x[:, :, ph:ph + h, pw:pw + w]
+
+
+def _per_group(a, groups):
+    """(N, R, L) -> (N, G, R/G, L): each group's rows."""
+    return a.reshape(a.shape[0], groups, a.shape[1] // groups, a.shape[2])
+
+
+def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """y = W im2col(x) + b: x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo)."""
+    n, h, w = x.shape[0], *x.shape[2:]
+    cout, kh, kw = weight.shape[0], *weight.shape[2:]
+    cols = _per_group(im2col(x, (kh, kw), stride, padding, dilation), groups)
+    y = weight.reshape(groups, cout // groups, -1) @ cols  # (N, G, Cout/G, Ho*Wo)
+    y = y.reshape(n, cout, output_size(h, kh, stride[0], padding[0], dilation[0]),
+                  output_size(w, kw, stride[1], padding[1], dilation[1]))
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups=1):
+    """dL/dx = col2im(W^T dY), x of shape ``x_shape``: the transposed product, then im2col's adjoint."""
+    n, cout = g.shape[:2]
+    w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # (G, K/G, Cout/G)
+    cols = w_t @ _per_group(g.reshape(n, cout, -1), groups)
+    return col2im(cols.reshape(n, -1, cols.shape[-1]), x_shape, weight.shape[2:], stride, padding, dilation)
+
+
+def conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups=1):
+    """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw)."""
+    n, cout = g.shape[:2]
+    cols = _per_group(im2col(x, kernel_hw, stride, padding, dilation), groups)
+    dw = (_per_group(g.reshape(n, cout, -1), groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    return dw.reshape(cout, x.shape[1] // groups, *kernel_hw)
+
+
+def conv2d_backward(g, x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """(dL/dx, dL/dW, dL/db) of y = conv2d_forward(x, weight, b, ...) given g = dL/dy."""
+    return (conv2d_input_grad(g, weight, x.shape, stride, padding, dilation, groups),
+            conv2d_weight_grad(g, x, weight.shape[2:], stride, padding, dilation, groups),
+            g.sum(axis=(0, 2, 3)))
+
+
+def conv_transpose2d_forward(x, weight, bias, out_hw, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """y = col2im(W^T x) + b: the input gradient of the conv2d whose weight is ``weight``
+    (Cin, Cout/G, kh, kw), which maps (N, Cout, *out_hw) images to x's (N, Cin, H, W)."""
+    y = conv2d_input_grad(x, weight, (x.shape[0], weight.shape[1] * groups, *out_hw), stride, padding, dilation,
+                          groups)
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def conv_transpose2d_backward(g, x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """(dL/dx, dL/dW, dL/db): dx = W im2col(dy) is that conv2d's forward on dy, dW = x im2col(dy)^T
+    its weight gradient with x in dY's place."""
+    return (conv2d_forward(g, weight, None, stride, padding, dilation, groups),
+            conv2d_weight_grad(x, g, weight.shape[2:], stride, padding, dilation, groups),
+            g.sum(axis=(0, 2, 3)))
