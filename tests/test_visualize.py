@@ -272,3 +272,21 @@ def test_draw_max_pool_routing_outlines_every_window_and_circles_its_maximum():
     assert len(axes[0].texts) == 25 and len(axes[1].texts) == 4
     with pytest.raises(ValueError, match=r"gives \(2, 2\) outputs"):
         V.draw_max_pool_routing(x, np.ones((3, 3)), x, kernel_size=3, stride=2)
+
+
+# ----- Chapter 2: im2col --------------------------------------------------------------------
+
+def test_draw_im2col_outlines_each_chosen_window_and_its_column():
+    x = np.arange(1.0, 21.0).reshape(4, 5)
+    padded = np.pad(x, 1)
+    # im2col by brute force: column oh*Wo + ow holds the 3x3 window at (2*oh, 2*ow) of the padded plane
+    cols = np.stack([padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].ravel() for i in range(2) for j in range(3)], axis=1)
+    axes = V.draw_im2col(x, cols, kernel_size=3, stride=2, padding=1, columns=(1, 5))
+    windows, outlined = axes[0].patches, axes[1].patches
+    assert [(w.get_x(), w.get_y()) for w in windows] == [(2 + 0.08, 0 + 0.08), (4 + 0.14, 2 + 0.14)]
+    assert [round(c.get_x()) for c in outlined] == [1, 5]
+    assert len(axes[0].texts) == padded.size and len(axes[1].texts) == cols.size
+    with pytest.raises(ValueError, match=r"gives an im2col matrix of shape \(9, 6\)"):
+        V.draw_im2col(x, cols[:, :4], kernel_size=3, stride=2, padding=1)
+    with pytest.raises(ValueError, match="column 6 is out of range"):
+        V.draw_im2col(x, cols, kernel_size=3, stride=2, padding=1, columns=(6,))

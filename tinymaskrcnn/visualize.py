@@ -448,14 +448,14 @@ def draw_channel_statistics(outputs, per_image=True, ax=None, title=None):
     return ax
 
 
-def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys"):
+def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys", fmt="{:.1f}", fontsize=7):
     """Draw a small 2-D array as a grid of cells with its values written in; ``shade`` colours the cells."""
     height, width = values.shape
     shade = np.zeros_like(values) if shade is None else shade
-    ax.imshow(shade, cmap=cmap, vmin=0, vmax=max(float(np.abs(shade).max()), 1e-12) * 1.6,
+    ax.imshow(shade, cmap=cmap, vmin=0, vmax=max(float(np.abs(shade).max()), 1e-12) * 2.5,  # light: text reads
               extent=(0, width, height, 0), interpolation="nearest")
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j + 0.5, i + 0.5, f"{v:.1f}" if v else "0", ha="center", va="center", fontsize=7)
+        ax.text(j + 0.5, i + 0.5, fmt.format(v) if v else "0", ha="center", va="center", fontsize=fontsize)
     ax.set_xticks(np.arange(width + 1), minor=False)
     ax.set_yticks(np.arange(height + 1), minor=False)
     ax.tick_params(length=0, labelbottom=False, labelleft=False)
@@ -501,4 +501,54 @@ def draw_max_pool_routing(x, grad_output, grad_input, kernel_size, stride, axes=
         axes[0].add_patch(matplotlib.patches.Circle((left + b + 0.5, top + a + 0.5), 0.36, fill=False,
                                                     edgecolor=colour, linewidth=1.6))
         axes[1].add_patch(Rectangle((j + 0.06, i + 0.06), 0.88, 0.88, fill=False, edgecolor=colour, linewidth=1.6))
+    return axes
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 2: which input window becomes which im2col column
+# ---------------------------------------------------------------------------------------------
+
+def draw_im2col(x, cols, kernel_size, stride=1, padding=0, columns=(0,), axes=None):
+    """An image plane and its im2col matrix side by side, chosen windows matched to their columns.
+
+    ``x`` is one (H, W) plane and ``cols`` its im2col matrix (kh·kw, Ho·Wo) for the given kernel,
+    stride and zero padding (no dilation), as the caller computed it: row ki·kw + kj holds what
+    kernel tap (ki, kj) sees at every output position, column oh·Wo + ow everything output
+    (oh, ow) sees. Left: the padded plane (padding shaded) with the window of each column in
+    ``columns`` outlined; right: the matrix with those columns outlined in the same colours.
+    Returns the two Axes.
+    """
+    x, cols = to_numpy(x).astype(np.float64), to_numpy(cols).astype(np.float64)
+    (kh, kw), (sh, sw), (ph, pw) = (k if isinstance(k, (tuple, list)) else (k, k)
+                                    for k in (kernel_size, stride, padding))
+    if x.ndim != 2:
+        raise ValueError(f"x has shape {x.shape}: expected one (H, W) plane")
+    ho, wo = (x.shape[0] + 2 * ph - kh) // sh + 1, (x.shape[1] + 2 * pw - kw) // sw + 1
+    if cols.shape != (kh * kw, ho * wo):
+        raise ValueError(f"cols has shape {cols.shape}, but a {kh}×{kw} kernel with stride {(sh, sw)} and padding "
+                         f"{(ph, pw)} over {x.shape} gives an im2col matrix of shape {(kh * kw, ho * wo)}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
+                               gridspec_kw={"width_ratios": [x.shape[1] + 2 * pw, ho * wo]})
+    padded = np.pad(x, ((ph, ph), (pw, pw)))
+    in_padding = np.pad(np.zeros_like(x), ((ph, ph), (pw, pw)), constant_values=1)
+    _grid_of_numbers(axes[0], padded, f"input, padded by {(ph, pw)}", shade=in_padding, fmt="{:g}")
+    _grid_of_numbers(axes[1], cols, f"im2col: {kh * kw} rows (taps) × {ho * wo} columns (outputs)", fmt="{:g}")
+    axes[1].set_xticks(np.arange(ho * wo) + 0.5, [f"{i},{j}" for i, j in np.ndindex(ho, wo)], minor=True)
+    axes[1].set_yticks(np.arange(kh * kw) + 0.5, [f"{i},{j}" for i, j in np.ndindex(kh, kw)], minor=True)
+    axes[1].tick_params(which="minor", length=0, labelsize=6, labelbottom=True, labelleft=True)
+    axes[1].set_xlabel("output (oh, ow)", fontsize=8)
+    axes[1].set_ylabel("kernel tap (ki, kj)", fontsize=8)
+    for n, column in enumerate(columns):
+        if not 0 <= column < ho * wo:
+            raise ValueError(f"column {column} is out of range: the matrix has {ho * wo} columns")
+        colour = PALETTE[n % len(PALETTE)]
+        oh, ow = divmod(column, wo)
+        inset = 0.08 + 0.06 * n
+        axes[0].add_patch(Rectangle((ow * sw + inset, oh * sh + inset), kw - 2 * inset, kh - 2 * inset, fill=False,
+                                    edgecolor=colour, linewidth=2))
+        axes[1].add_patch(Rectangle((column + 0.08, 0.08), 0.84, kh * kw - 0.16, fill=False, edgecolor=colour,
+                                    linewidth=2))
     return axes
