@@ -388,7 +388,7 @@ def check_col2im(my_col2im):
     for (c, h, w), (kh, kw) in [((2, 5, 6), (3, 3)), ((1, 6, 4), (2, 2))]:
         for _ in range(3):
             x = r.standard_normal((1, c, h, w))
-            cols = conv_reference.im2col(x, (kh, kw), (1, 1), (0, 0), (1, 1))[0]   # tested against torch's unfold
+            cols = conv_reference.im2col(x, (kh, kw), (1, 1), (0, 0), (1, 1))[0]   # the package's (its conv = torch)
             y = r.standard_normal(cols.shape)
             mine = np.asarray(my_col2im(y.copy(), c, h, w, kh, kw))
             assert mine.shape == (c, h, w), f"shape {mine.shape}, expected {(c, h, w)}"
