@@ -25,7 +25,6 @@ import numpy as np
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.parallel import single_threaded_blas
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
@@ -33,6 +32,7 @@ from tinymaskrcnn.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import im2col as kernels
 from tinymaskrcnn.ops import conv as conv_op
 from tinymaskrcnn.ops import conv_reference
+from tinymaskrcnn.parallel import single_threaded_blas
 
 plt.rcParams["figure.dpi"] = 72
 rng = np.random.default_rng(2)
