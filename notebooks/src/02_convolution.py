@@ -292,7 +292,8 @@ for name, seconds in timings.items():
 c, positions = 256, 200 * 272            # the FPN's 3x3 conv on P2 of an 800x1088 image
 print(f"textbook im2col matrix for that conv: {9 * c * positions * 4 / 2**20:.0f} MiB (float32); "
       f"the fast path's tile: {conv_op.TILE_BYTES / 2**20:.0f} MiB per core")
-#
+
+# %% [markdown]
 # ## Every Numba kernel has a NumPy twin
 #
 # The fast path's copies are Numba kernels: loops compiled to machine code, which release
