@@ -222,18 +222,18 @@ if torch is not None:
 # %% [markdown]
 # ## The pitfall: batch norm with one image per batch
 #
-# Train a batch norm on batches of **one** image: every training step normalises the image by
-# its own statistics, so the next layer always sees mean 0, variance 1. The running statistics,
-# though, average over all the images. In evaluation each image is normalised by that average,
-# which fits no image in particular when images differ — and shapes images differ in background
-# colour more than in anything else.
+# Run a batch norm in training mode on batches of **one** image: every step normalises the
+# image by its own statistics, so the next layer always sees mean 0, variance 1. The running
+# statistics, though, average over all the images. In evaluation each image is normalised by
+# that average, which fits no image in particular when images differ — and shapes images differ
+# in background colour more than in anything else.
 #
 # Below, a fixed 3×3 convolution (8 channels) feeds a `BatchNorm2d` with `momentum=None` (a
-# plain average of the batch statistics), trained on one shapes image at a time. The picture
-# shows what the next layer sees, one dot per (image, channel): in training every dot is on the
-# cross; in evaluation they scatter; instance norm puts them back on the cross in both modes.
-# In this project's training run this difference alone moved mask AP50 from 0.86 to 0.28
-# (docs/pitfalls.md).
+# plain average of the batch statistics), run in training mode on one shapes image at a time.
+# The picture shows what the next layer sees, one dot per (image, channel): in training every
+# dot is on the cross; in evaluation they scatter; instance norm puts them back on the cross in
+# both modes. In this project's training run this difference alone moved mask AP50 from 0.86
+# to 0.28 # (docs/pitfalls.md).
 
 # %%
 count = quick(12, 32)
