@@ -110,9 +110,11 @@ with tm.no_grad():
         count = sum(p.data.size for p in module.parameters())
         rows.append((f"body.{name}", names.get(name, ""), t.shape, height // t.shape[2], count))
     pyramid = backbone(tm.Tensor(image))
-fpn_count = sum(p.data.size for p in backbone.fpn.parameters())
-for k, (key, level) in enumerate(pyramid.items()):
-    rows.append((f"fpn '{key}'", f"P{k + 2}", level.shape, height // level.shape[2], fpn_count if k == 0 else 0))
+fpn = backbone.fpn
+for k, (key, level) in enumerate(pyramid.items()):   # level k: its lateral 1x1 and output 3x3 conv ('pool': none)
+    count = sum(p.data.size for blocks in (fpn.inner_blocks, fpn.layer_blocks) if k < len(blocks)
+                for p in blocks[k].parameters())
+    rows.append((f"fpn '{key}'", f"P{k + 2}", level.shape, height // level.shape[2], count))
 
 print(f"{ARCH} + FPN on a {height}×{width} image")
 print(f"{'module':16s} {'name':4s} {'output (N, C, H, W)':22s} {'stride':>6s} {'parameters':>11s}")
