@@ -279,14 +279,13 @@ for name, seconds in timings.items():
     print(f"{name:32s} {seconds * 1e3:10.2f} {flops / seconds / 1e9:8.2f} {timings['loops (one window at a time)'] / seconds:8.1f}x")
 
 # %% [markdown]
-# (The numbers depend on the machine and on what else runs on it; the order does not.) Going
-# from loops to one matrix product is the big step: the product runs at the processor's speed
-# instead of Python's. The fast path's gain grows with the size: on quick mode's small map it
-# merely matches the textbook; on the 56×56 map of a learner's run it was about 5× faster on the
-# build machine, its tiles staying in the cache while the textbook's $\hat X$ (7 MB) does not. At
-# detection sizes the textbook's $\hat X$ no longer fits in memory at all, while the fast path
-# holds one tile per core, spreads large convolutions over the cores and uses Winograd's
-# algorithm (docs/benchmarks.md measures it against torch on the Mask R-CNN shapes):
+# (The numbers depend on the machine and on what else runs on it; the order of loops against
+# the rest does not.) Going from loops to one matrix product is the big step: the product runs at
+# the processor's speed instead of Python's. On one core and a map this small the fast path does
+# the same product as the textbook and can at best match it. What it adds shows at detection
+# sizes: the textbook's $\hat X$ grows to hundreds of megabytes, while the fast path holds one
+# tile per core, spreads large convolutions over the cores and uses Winograd's algorithm
+# (docs/benchmarks.md measures it against torch on the Mask R-CNN shapes):
 
 # %%
 c, positions = 256, 200 * 272            # the FPN's 3x3 conv on P2 of an 800x1088 image
