@@ -178,7 +178,7 @@ detection = resnet_fpn_backbone(ARCH, trainable_layers=3)        # FrozenBatchNo
 keys = list(detection.state_dict())
 print(len(keys), "keys, e.g.:", *keys[:3], "...", *keys[-3:], sep="\n  ")
 trainable = [name for name, p in detection.named_parameters() if p.requires_grad]
-print("trainable: layer2..layer4 and the FPN ->", len(trainable), "parameters; first:", trainable[0])
+print("trainable: layer2..layer4 and the FPN ->", len(trainable), "parameter tensors; first:", trainable[0])
 if torch is not None:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone as tv_resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
