@@ -373,3 +373,54 @@ def test_draw_mask_rows_one_row_per_roi():
     plt.close(axes[0, 0].figure)
     with pytest.raises(ValueError, match="must both be"):
         V.draw_mask_rows(image, boxes, targets, predictions[:1], pasted)
+
+
+# ----- Chapter 3: normalisation statistics, max pooling's routing -----------------------------
+
+def test_draw_channel_statistics_puts_one_point_per_plane_at_its_mean_and_std():
+    values = np.random.default_rng(0).normal(2.0, 3.0, (4, 3, 5, 6))
+    ax = V.draw_channel_statistics({"a": values, "b": values * 0})
+    points = ax.collections[0].get_offsets()
+    assert points.shape == (12, 2)
+    np.testing.assert_allclose(points[:, 0], values.mean(axis=(2, 3)).ravel())
+    np.testing.assert_allclose(points[:, 1], values.std(axis=(2, 3)).ravel())
+    assert len(ax.collections) == 2
+    per_channel = V.draw_channel_statistics({"a": values}, per_image=False).collections[0].get_offsets()
+    np.testing.assert_allclose(per_channel[:, 0], values.mean(axis=(0, 2, 3)))
+    with pytest.raises(ValueError, match=r"outputs\['a'\] has shape \(3, 5, 6\)"):
+        V.draw_channel_statistics({"a": values[0]})
+
+
+def test_draw_max_pool_routing_outlines_every_window_and_circles_its_maximum():
+    x = np.random.default_rng(1).permutation(25).reshape(5, 5).astype(float)
+    g = np.ones((2, 2))
+    axes = V.draw_max_pool_routing(x, g, np.zeros_like(x), kernel_size=3, stride=2)
+    assert len(axes) == 3
+    circles = [p for p in axes[0].patches if isinstance(p, matplotlib.patches.Circle)]
+    windows = [p for p in axes[0].patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert len(circles) == len(windows) == 4
+    for circle, (i, j) in zip(circles, np.ndindex(2, 2)):
+        window = x[2 * i:2 * i + 3, 2 * j:2 * j + 3]
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        assert circle.center == (2 * j + b + 0.5, 2 * i + a + 0.5)
+    assert len(axes[0].texts) == 25 and len(axes[1].texts) == 4
+    with pytest.raises(ValueError, match=r"gives \(2, 2\) outputs"):
+        V.draw_max_pool_routing(x, np.ones((3, 3)), x, kernel_size=3, stride=2)
+
+
+# ----- Chapter 2: im2col --------------------------------------------------------------------
+
+def test_draw_im2col_outlines_each_chosen_window_and_its_column():
+    x = np.arange(1.0, 21.0).reshape(4, 5)
+    padded = np.pad(x, 1)
+    # im2col by brute force: column oh*Wo + ow holds the 3x3 window at (2*oh, 2*ow) of the padded plane
+    cols = np.stack([padded[2 * i:2 * i + 3, 2 * j:2 * j + 3].ravel() for i in range(2) for j in range(3)], axis=1)
+    axes = V.draw_im2col(x, cols, kernel_size=3, stride=2, padding=1, columns=(1, 5))
+    windows, outlined = axes[0].patches, axes[1].patches
+    assert [(w.get_x(), w.get_y()) for w in windows] == [(2 + 0.08, 0 + 0.08), (4 + 0.14, 2 + 0.14)]
+    assert [round(c.get_x()) for c in outlined] == [1, 5]
+    assert len(axes[0].texts) == padded.size and len(axes[1].texts) == cols.size
+    with pytest.raises(ValueError, match=r"gives an im2col matrix of shape \(9, 6\)"):
+        V.draw_im2col(x, cols[:, :4], kernel_size=3, stride=2, padding=1)
+    with pytest.raises(ValueError, match="column 6 is out of range"):
+        V.draw_im2col(x, cols, kernel_size=3, stride=2, padding=1, columns=(6,))

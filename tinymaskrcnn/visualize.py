@@ -414,52 +414,221 @@ def plot_losses(metrics, out_png=None, log_scale=False, smoothing=0.6, ax=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Chapter 13: a gallery of failures
+# Chapter 2: which input window becomes which im2col column
 # ---------------------------------------------------------------------------------------------
 
-def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, panel_inches=2.6):
-    """One panel per failure, cropped around the ground-truth object; returns the Figure.
+def draw_im2col(x, cols, kernel_size, stride=1, padding=0, columns=(0,), axes=None):
+    """An image plane and its im2col matrix side by side, chosen windows matched to their columns.
 
-    Each failure is a dict with ``image`` (3, H, W), ``target`` (boxes, labels, masks), ``gt``
-    (the object's index), ``prediction`` (boxes, labels, masks), ``det`` (the index of the
-    detection that overlaps it best, or None), ``kind`` (e.g. "missed") and ``score`` (the
-    number the failure was ranked by). The object's mask is outlined and its box drawn in green,
-    the detection in red with its class; the crop adds ``margin`` times the box's size around it.
+    ``x`` is one (H, W) plane and ``cols`` its im2col matrix (kh·kw, Ho·Wo) for the given kernel,
+    stride and zero padding (no dilation), as the caller computed it: row ki·kw + kj holds what
+    kernel tap (ki, kj) sees at every output position, column oh·Wo + ow everything output
+    (oh, ow) sees. Left: the padded plane (padding shaded) with the window of each column in
+    ``columns`` outlined; right: the matrix with those columns outlined in the same colours.
+    Returns the two Axes.
     """
-    import matplotlib.pyplot as plt
+    x, cols = to_numpy(x).astype(np.float64), to_numpy(cols).astype(np.float64)
+    (kh, kw), (sh, sw), (ph, pw) = (k if isinstance(k, (tuple, list)) else (k, k)
+                                    for k in (kernel_size, stride, padding))
+    if x.ndim != 2:
+        raise ValueError(f"x has shape {x.shape}: expected one (H, W) plane")
+    ho, wo = (x.shape[0] + 2 * ph - kh) // sh + 1, (x.shape[1] + 2 * pw - kw) // sw + 1
+    if cols.shape != (kh * kw, ho * wo):
+        raise ValueError(f"cols has shape {cols.shape}, but a {kh}×{kw} kernel with stride {(sh, sw)} and padding "
+                         f"{(ph, pw)} over {x.shape} gives an im2col matrix of shape {(kh * kw, ho * wo)}")
+    if axes is None:
+        import matplotlib.pyplot as plt
 
-    if not failures:
-        raise ValueError("no failures to draw: the list is empty")
-    rows = -(-len(failures) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, panel_inches * rows),
-                             layout="constrained", squeeze=False)
-    for ax, failure in zip(axes.flat, failures):
-        rgb = as_rgb(failure["image"])
-        height, width = rgb.shape[:2]
-        target, g, d = failure["target"], failure["gt"], failure["det"]
-        x1, y1, x2, y2 = _boxes(target["boxes"])[g]
-        pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
-        _show_image(ax, rgb)
-        ax.set_xlim(max(x1 - pad_x, 0), min(x2 + pad_x, width))
-        ax.set_ylim(min(y2 + pad_y, height), max(y1 - pad_y, 0))
-        centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
-        gt_mask = to_numpy(target["masks"])[g].astype(np.float32)
-        ax.contour(centres_x, centres_y, gt_mask, levels=[0.5], colors=["#2ca02c"], linewidths=1.2)
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#2ca02c", linewidth=1.5))
-        title = f"{failure['kind']} ({failure['score']:.2f})\ntruth: {_class_name(to_numpy(target['labels'])[g], class_names)}"
-        if d is not None:
-            prediction = failure["prediction"]
-            bx1, by1, bx2, by2 = _boxes(prediction["boxes"])[d]
-            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="#d62728", linewidth=1.5))
-            if prediction.get("masks") is not None:
-                mask = to_numpy(prediction["masks"])[d].reshape(height, width).astype(np.float32)
-                if 0 < (mask > 0.5).sum() < mask.size:
-                    ax.contour(centres_x, centres_y, mask, levels=[0.5], colors=["#d62728"], linewidths=1.0)
-            title += f", said: {_class_name(to_numpy(prediction['labels'])[d], class_names)}"
-        ax.set_title(title, fontsize=8)
-    for ax in axes.flat[len(failures):]:
-        ax.set_axis_off()
-    return fig
+        _, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained",
+                               gridspec_kw={"width_ratios": [x.shape[1] + 2 * pw, ho * wo]})
+    padded = np.pad(x, ((ph, ph), (pw, pw)))
+    in_padding = np.pad(np.zeros_like(x), ((ph, ph), (pw, pw)), constant_values=1)
+    _grid_of_numbers(axes[0], padded, f"input, padded by {(ph, pw)}", shade=in_padding, fmt="{:g}")
+    _grid_of_numbers(axes[1], cols, f"im2col: {kh * kw} rows (taps) × {ho * wo} columns (outputs)", fmt="{:g}")
+    axes[1].set_xticks(np.arange(ho * wo) + 0.5, [f"{i},{j}" for i, j in np.ndindex(ho, wo)], minor=True)
+    axes[1].set_yticks(np.arange(kh * kw) + 0.5, [f"{i},{j}" for i, j in np.ndindex(kh, kw)], minor=True)
+    axes[1].tick_params(which="minor", length=0, labelsize=6, labelbottom=True, labelleft=True)
+    axes[1].set_xlabel("output (oh, ow)", fontsize=8)
+    axes[1].set_ylabel("kernel tap (ki, kj)", fontsize=8)
+    for n, column in enumerate(columns):
+        if not 0 <= column < ho * wo:
+            raise ValueError(f"column {column} is out of range: the matrix has {ho * wo} columns")
+        colour = PALETTE[n % len(PALETTE)]
+        oh, ow = divmod(column, wo)
+        inset = 0.08 + 0.06 * n
+        axes[0].add_patch(Rectangle((ow * sw + inset, oh * sh + inset), kw - 2 * inset, kh - 2 * inset, fill=False,
+                                    edgecolor=colour, linewidth=2))
+        axes[1].add_patch(Rectangle((column + 0.08, 0.08), 0.84, kh * kw - 0.16, fill=False, edgecolor=colour,
+                                    linewidth=2))
+    return axes
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: normalisation statistics, max pooling's gradient routing
+# ---------------------------------------------------------------------------------------------
+
+def draw_channel_statistics(outputs, per_image=True, ax=None, title=None):
+    """Scatter the mean and standard deviation of each channel of normalised outputs; returns the Axes.
+
+    ``outputs`` maps a label to an (N, C, H, W) array. With ``per_image`` each point is one
+    (image, channel) plane, as a layer sees one image at inference; otherwise one channel over
+    the whole batch, as batch norm computes it in training. A normaliser that did its job puts
+    every point on the cross at mean 0, standard deviation 1.
+    """
+    ax = _new_axes(ax, 3.2, 4.5, width_inches=4.5)
+    for k, (label, values) in enumerate(outputs.items()):
+        values = to_numpy(values).astype(np.float64)
+        if values.ndim != 4:
+            raise ValueError(f"outputs[{label!r}] has shape {values.shape}: expected (N, C, H, W)")
+        axes = (2, 3) if per_image else (0, 2, 3)
+        mean, std = values.mean(axis=axes).ravel(), values.std(axis=axes).ravel()
+        ax.scatter(mean, std, s=22, color=PALETTE[k % len(PALETTE)], alpha=0.75, label=f"{label} ({len(mean)})",
+                   marker="os^Dv"[k % 5], zorder=3)
+    ax.plot([0], [1], marker="+", color="black", markersize=18, markeredgewidth=1.2, linestyle="none",
+            label="mean 0, std 1", zorder=2)
+    ax.set_xlabel("mean" + (" per image and channel" if per_image else " per channel over the batch"), fontsize=8)
+    ax.set_ylabel("standard deviation", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
+    """Batched NMS's offset trick: the boxes as they are (left) and shifted by class (right).
+
+    Each box of class c is moved by c · (max coordinate + 1) along both axes, so boxes of
+    different classes can no longer overlap and one NMS serves every class. Kept boxes (the
+    indices ``keep``) are solid, suppressed ones dashed; each box is labelled with its score.
+    Returns the two Axes.
+    """
+    boxes = _boxes(boxes)
+    scores, idxs = to_numpy(scores).reshape(-1), to_numpy(idxs).reshape(-1).astype(np.int64)
+    kept = np.zeros(len(boxes), dtype=bool)
+    kept[to_numpy(keep).astype(np.int64)] = True
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
+    offsets = idxs * (boxes.max() + 1)
+    for ax, shifted, title in ((axes[0], boxes, "the boxes: classes overlap"),
+                               (axes[1], boxes + offsets[:, None], "shifted by class · (max coordinate + 1)")):
+        for (x1, y1, x2, y2), c, s, k in zip(shifted, idxs, scores, kept):
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=_class_colour(c + 1),
+                                   linestyle="-" if k else "--", linewidth=2 if k else 1))
+            ax.text(x1, y1, f"{s:.2f}", fontsize=7, color=_class_colour(c + 1), va="bottom")
+        ax.set_xlim(shifted[:, 0].min() - 2, shifted[:, 2].max() + 2)
+        ax.set_ylim(shifted[:, 3].max() + 2, shifted[:, 1].min() - 4)
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+    return axes
+
+
+def draw_mask_rows(image, boxes, targets, predictions, pasted, labels=None, class_names=None, axes=None):
+    """One row per RoI: its crop of the image, its M×M mask target, the M×M prediction, and the
+    prediction pasted into the image; returns the (K, 4) array of Axes.
+
+    ``boxes`` (K, 4) are the RoIs; ``targets`` and ``predictions`` (K, M, M) probabilities in
+    [0, 1] (the targets are soft: RoIAlign averages the 0/1 ground truth at the mask's edges);
+    ``pasted`` (K, H, W) or (K, 1, H, W) the pasted probabilities. The crop and the pasted column
+    show the box's region with a small margin; the pasted mask is tinted in its class colour and
+    its 0.5 contour drawn, where it is cut from the probabilities.
+    """
+    rgb = as_rgb(image)
+    height, width = rgb.shape[:2]
+    boxes = _boxes(boxes)
+    targets, predictions = to_numpy(targets), to_numpy(predictions)
+    pasted = to_numpy(pasted).reshape(len(boxes), height, width) if len(boxes) else np.zeros((0, height, width))
+    if targets.shape != predictions.shape or targets.ndim != 3 or len(targets) != len(boxes):
+        raise ValueError(f"targets {targets.shape} and predictions {predictions.shape} must both be (K, M, M) "
+                         f"with K = {len(boxes)} boxes")
+    labels = np.ones(len(boxes), dtype=np.int64) if labels is None else to_numpy(labels).astype(np.int64)
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(len(boxes), 4, figsize=(8, 2 * len(boxes)), layout="constrained", squeeze=False)
+    columns = ("image crop", f"target {targets.shape[1]}×{targets.shape[2]}", "prediction", "pasted")
+    for k, ((x1, y1, x2, y2), row) in enumerate(zip(boxes, axes)):
+        margin = 0.15 * max(x2 - x1, y2 - y1)
+        view = (max(x1 - margin, 0), min(x2 + margin, width), min(y2 + margin, height), max(y1 - margin, 0))
+        colour = _class_colour(labels[k])
+        row[0].imshow(rgb, extent=(0, width, height, 0), interpolation="nearest")
+        row[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
+        for ax, grid in ((row[1], targets[k]), (row[2], predictions[k])):
+            ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        tinted = rgb * (1 - 0.5 * pasted[k][..., None]) + 0.5 * pasted[k][..., None] * colour
+        row[3].imshow(tinted, extent=(0, width, height, 0), interpolation="nearest")
+        if pasted[k].max() > 0.5 > pasted[k].min():
+            row[3].contour(np.arange(width) + 0.5, np.arange(height) + 0.5, pasted[k], levels=[0.5],
+                           colors=[colour], linewidths=1.0)
+        for j, ax in enumerate(row):
+            if j in (0, 3):
+                ax.set_xlim(view[0], view[1])
+                ax.set_ylim(view[2], view[3])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_title(columns[j], fontsize=9)
+        name = _class_name(labels[k], class_names)
+        row[0].set_ylabel(name if name is not None else f"RoI {k}", fontsize=8)
+
+
+def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys", fmt="{:.1f}", fontsize=7):
+    """Draw a small 2-D array as a grid of cells with its values written in; ``shade`` colours the cells."""
+    height, width = values.shape
+    shade = np.zeros_like(values) if shade is None else shade
+    ax.imshow(shade, cmap=cmap, vmin=0, vmax=max(float(np.abs(shade).max()), 1e-12) * 2.5,  # light: text reads
+              extent=(0, width, height, 0), interpolation="nearest")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j + 0.5, i + 0.5, fmt.format(v) if v else "0", ha="center", va="center", fontsize=fontsize)
+    ax.set_xticks(np.arange(width + 1), minor=False)
+    ax.set_yticks(np.arange(height + 1), minor=False)
+    ax.tick_params(length=0, labelbottom=False, labelleft=False)
+    ax.grid(True, color="#999999", linewidth=0.5)
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_title(title, fontsize=9)
+
+
+def draw_max_pool_routing(x, grad_output, grad_input, kernel_size, stride, axes=None):
+    """Max pooling forward and backward on one (H, W) plane, in three panels; returns the Axes.
+
+    Left: the input with every pooling window outlined in its own colour and the window's
+    maximum circled (the first of equal maxima, as torch). Middle: the upstream gradient, one
+    value per window. Right: ``grad_input``, which the caller computed by backward: each
+    window's gradient lands on its maximum, and an input that wins several overlapping windows
+    receives their sum. No padding or dilation.
+    """
+    x, g, dx = (to_numpy(a).astype(np.float64) for a in (x, grad_output, grad_input))
+    if x.ndim != 2 or dx.shape != x.shape or g.ndim != 2:
+        raise ValueError(f"x {x.shape}, grad_output {g.shape}, grad_input {dx.shape}: expected 2-D planes, "
+                         "grad_input shaped like x")
+    (kh, kw), (sh, sw) = (k if isinstance(k, (tuple, list)) else (k, k) for k in (kernel_size, stride))
+    oh, ow = (x.shape[0] - kh) // sh + 1, (x.shape[1] - kw) // sw + 1
+    if g.shape != (oh, ow):
+        raise ValueError(f"grad_output has shape {g.shape}, but a {kh}×{kw} window with stride {sh}×{sw} over "
+                         f"{x.shape} gives {(oh, ow)} outputs")
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 3, figsize=(9, 3.2), layout="constrained",
+                               gridspec_kw={"width_ratios": [x.shape[1], ow + 1, x.shape[1]]})
+    _grid_of_numbers(axes[0], x, f"input x: {kh}×{kw} windows, stride {sw}")
+    _grid_of_numbers(axes[1], g, "upstream gradient dL/dy", shade=np.abs(g), cmap="Oranges")
+    _grid_of_numbers(axes[2], dx, "dL/dx: routed to each maximum", shade=np.abs(dx), cmap="Oranges")
+    for n, (i, j) in enumerate(np.ndindex(oh, ow)):
+        colour = PALETTE[n % len(PALETTE)]
+        inset = 0.06 + 0.05 * (n % 3)  # overlapping windows stay distinguishable
+        top, left = i * sh, j * sw
+        axes[0].add_patch(Rectangle((left + inset, top + inset), kw - 2 * inset, kh - 2 * inset, fill=False,
+                                    edgecolor=colour, linewidth=1.6))
+        a, b = np.unravel_index(np.argmax(x[top:top + kh, left:left + kw]), (kh, kw))
+        axes[0].add_patch(matplotlib.patches.Circle((left + b + 0.5, top + a + 0.5), 0.36, fill=False,
+                                                    edgecolor=colour, linewidth=1.6))
+        axes[1].add_patch(Rectangle((j + 0.06, i + 0.06), 0.88, 0.88, fill=False, edgecolor=colour, linewidth=1.6))
+    return axes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,86 +836,52 @@ def draw_roi_refinement(image, rois, labels, refined=None, class_names=None, ax=
             ax.annotate("", xy=((c1 + c2) / 2, (d1 + d2) / 2), xytext=((a1 + a2) / 2, (b1 + b2) / 2),
                         arrowprops=dict(arrowstyle="->", color="white", linewidth=1.0))
     ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
-    if title is not None:
-        ax.set_title(title, fontsize=9)
-    return ax
 
 
-def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
-    """Batched NMS's offset trick: the boxes as they are (left) and shifted by class (right).
+# ---------------------------------------------------------------------------------------------
+# Chapter 13: a gallery of failures
+# ---------------------------------------------------------------------------------------------
 
-    Each box of class c is moved by c · (max coordinate + 1) along both axes, so boxes of
-    different classes can no longer overlap and one NMS serves every class. Kept boxes (the
-    indices ``keep``) are solid, suppressed ones dashed; each box is labelled with its score.
-    Returns the two Axes.
+def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, panel_inches=2.6):
+    """One panel per failure, cropped around the ground-truth object; returns the Figure.
+
+    Each failure is a dict with ``image`` (3, H, W), ``target`` (boxes, labels, masks), ``gt``
+    (the object's index), ``prediction`` (boxes, labels, masks), ``det`` (the index of the
+    detection that overlaps it best, or None), ``kind`` (e.g. "missed") and ``score`` (the
+    number the failure was ranked by). The object's mask is outlined and its box drawn in green,
+    the detection in red with its class; the crop adds ``margin`` times the box's size around it.
     """
-    boxes = _boxes(boxes)
-    scores, idxs = to_numpy(scores).reshape(-1), to_numpy(idxs).reshape(-1).astype(np.int64)
-    kept = np.zeros(len(boxes), dtype=bool)
-    kept[to_numpy(keep).astype(np.int64)] = True
-    if axes is None:
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-        _, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
-    offsets = idxs * (boxes.max() + 1)
-    for ax, shifted, title in ((axes[0], boxes, "the boxes: classes overlap"),
-                               (axes[1], boxes + offsets[:, None], "shifted by class · (max coordinate + 1)")):
-        for (x1, y1, x2, y2), c, s, k in zip(shifted, idxs, scores, kept):
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=_class_colour(c + 1),
-                                   linestyle="-" if k else "--", linewidth=2 if k else 1))
-            ax.text(x1, y1, f"{s:.2f}", fontsize=7, color=_class_colour(c + 1), va="bottom")
-        ax.set_xlim(shifted[:, 0].min() - 2, shifted[:, 2].max() + 2)
-        ax.set_ylim(shifted[:, 3].max() + 2, shifted[:, 1].min() - 4)
-        ax.set_aspect("equal")
-        ax.set_title(title, fontsize=9)
-    return axes
-
-
-def draw_mask_rows(image, boxes, targets, predictions, pasted, labels=None, class_names=None, axes=None):
-    """One row per RoI: its crop of the image, its M×M mask target, the M×M prediction, and the
-    prediction pasted into the image; returns the (K, 4) array of Axes.
-
-    ``boxes`` (K, 4) are the RoIs; ``targets`` and ``predictions`` (K, M, M) probabilities in
-    [0, 1] (the targets are soft: RoIAlign averages the 0/1 ground truth at the mask's edges);
-    ``pasted`` (K, H, W) or (K, 1, H, W) the pasted probabilities. The crop and the pasted column
-    show the box's region with a small margin; the pasted mask is tinted in its class colour and
-    its 0.5 contour drawn, where it is cut from the probabilities.
-    """
-    rgb = as_rgb(image)
-    height, width = rgb.shape[:2]
-    boxes = _boxes(boxes)
-    targets, predictions = to_numpy(targets), to_numpy(predictions)
-    pasted = to_numpy(pasted).reshape(len(boxes), height, width) if len(boxes) else np.zeros((0, height, width))
-    if targets.shape != predictions.shape or targets.ndim != 3 or len(targets) != len(boxes):
-        raise ValueError(f"targets {targets.shape} and predictions {predictions.shape} must both be (K, M, M) "
-                         f"with K = {len(boxes)} boxes")
-    labels = np.ones(len(boxes), dtype=np.int64) if labels is None else to_numpy(labels).astype(np.int64)
-    if axes is None:
-        import matplotlib.pyplot as plt
-
-        _, axes = plt.subplots(len(boxes), 4, figsize=(8, 2 * len(boxes)), layout="constrained", squeeze=False)
-    columns = ("image crop", f"target {targets.shape[1]}×{targets.shape[2]}", "prediction", "pasted")
-    for k, ((x1, y1, x2, y2), row) in enumerate(zip(boxes, axes)):
-        margin = 0.15 * max(x2 - x1, y2 - y1)
-        view = (max(x1 - margin, 0), min(x2 + margin, width), min(y2 + margin, height), max(y1 - margin, 0))
-        colour = _class_colour(labels[k])
-        row[0].imshow(rgb, extent=(0, width, height, 0), interpolation="nearest")
-        row[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
-        for ax, grid in ((row[1], targets[k]), (row[2], predictions[k])):
-            ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        tinted = rgb * (1 - 0.5 * pasted[k][..., None]) + 0.5 * pasted[k][..., None] * colour
-        row[3].imshow(tinted, extent=(0, width, height, 0), interpolation="nearest")
-        if pasted[k].max() > 0.5 > pasted[k].min():
-            row[3].contour(np.arange(width) + 0.5, np.arange(height) + 0.5, pasted[k], levels=[0.5],
-                           colors=[colour], linewidths=1.0)
-        for j, ax in enumerate(row):
-            if j in (0, 3):
-                ax.set_xlim(view[0], view[1])
-                ax.set_ylim(view[2], view[3])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if k == 0:
-                ax.set_title(columns[j], fontsize=9)
-        name = _class_name(labels[k], class_names)
-        row[0].set_ylabel(name if name is not None else f"RoI {k}", fontsize=8)
-    return axes
+    if not failures:
+        raise ValueError("no failures to draw: the list is empty")
+    rows = -(-len(failures) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_inches * columns, panel_inches * rows),
+                             layout="constrained", squeeze=False)
+    for ax, failure in zip(axes.flat, failures):
+        rgb = as_rgb(failure["image"])
+        height, width = rgb.shape[:2]
+        target, g, d = failure["target"], failure["gt"], failure["det"]
+        x1, y1, x2, y2 = _boxes(target["boxes"])[g]
+        pad_x, pad_y = margin * (x2 - x1), margin * (y2 - y1)
+        _show_image(ax, rgb)
+        ax.set_xlim(max(x1 - pad_x, 0), min(x2 + pad_x, width))
+        ax.set_ylim(min(y2 + pad_y, height), max(y1 - pad_y, 0))
+        centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+        gt_mask = to_numpy(target["masks"])[g].astype(np.float32)
+        ax.contour(centres_x, centres_y, gt_mask, levels=[0.5], colors=["#2ca02c"], linewidths=1.2)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#2ca02c", linewidth=1.5))
+        title = f"{failure['kind']} ({failure['score']:.2f})\ntruth: {_class_name(to_numpy(target['labels'])[g], class_names)}"
+        if d is not None:
+            prediction = failure["prediction"]
+            bx1, by1, bx2, by2 = _boxes(prediction["boxes"])[d]
+            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="#d62728", linewidth=1.5))
+            if prediction.get("masks") is not None:
+                mask = to_numpy(prediction["masks"])[d].reshape(height, width).astype(np.float32)
+                if 0 < (mask > 0.5).sum() < mask.size:
+                    ax.contour(centres_x, centres_y, mask, levels=[0.5], colors=["#d62728"], linewidths=1.0)
+            title += f", said: {_class_name(to_numpy(prediction['labels'])[d], class_names)}"
+        ax.set_title(title, fontsize=8)
+    for ax in axes.flat[len(failures):]:
+        ax.set_axis_off()
+    return fig
