@@ -39,6 +39,7 @@ setup(
         "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "numba-cuda[cu13]>=0.30",
                 "wheel"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
+        "notebooks": ["jupyterlab>=4"],  # to open the chapters; the tests run them with nbclient (dev)
         # GPU machines: CuPy's wheels are built per CUDA major version; pick the driver's
         "gpu-cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.30"],
         "gpu-cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.30"],

@@ -239,7 +239,8 @@ for which, name in ((0, "objectness"), (1, "box regression")):
 
 # %%
 tm.manual_seed(1)
-loss_o, loss_b, (pos, neg, flat_labels) = small.compute_loss(o, d, sub_labels, sub_targets)
+loss_o, loss_b, (pos, neg) = small.compute_loss(o, d, sub_labels, sub_targets)
+flat_labels = np.concatenate(sub_labels)          # the batch's anchors in one row, as pos and neg index them
 if torch is not None:
     import torch.nn.functional as TF
 
