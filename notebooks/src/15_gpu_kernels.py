@@ -55,13 +55,11 @@ class ChapterSkipped(Exception):
 
 try:
     from numba import config, cuda
-    ready = cuda.is_available()  # True in the simulator, or with a GPU and its driver
-except ImportError:  # numba-cuda missing
-    ready = False
-if not ready:
-    raise ChapterSkipped("numba.cuda can neither simulate nor find a GPU here. Install numba-cuda "
-                         "(pip install -e '.[dev]') and run this chapter in a fresh kernel whose first "
-                         "line sets NUMBA_ENABLE_CUDASIM=1.")
+except ImportError as e:
+    raise ChapterSkipped(f"numba.cuda cannot be imported ({e}): pip install -e '.[dev]' installs numba-cuda")
+if not cuda.is_available():  # True in the simulator, or with a GPU and its driver
+    raise ChapterSkipped("numba.cuda finds no GPU and its simulator is off: run this chapter in a fresh kernel, "
+                         "whose first line sets NUMBA_ENABLE_CUDASIM=1 before numba is imported")
 
 from tinymaskrcnn.kernels import cuda as K  # noqa: E402 (after the check: it imports numba.cuda)
 from tinymaskrcnn.kernels.cuda import nms as gpu_nms, roi_align as gpu_roi  # noqa: E402
@@ -147,11 +145,10 @@ x64 = rng.standard_normal((2, 3, 7, 8))
 rois64 = np.array([[0, 1.2, 0.5, 6.3, 5.1],    # [image, x1, y1, x2, y2]
                    [1, -1.5, 2.0, 4.0, 7.5],   # partly outside the map
                    [0, 3.0, 2.0, 5.5, 4.0]])
-rule = dict(pooled_h=3, pooled_w=3, sampling_ratio=-1, aligned=True)
 
 for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     x, rois = x64.astype(dtype), rois64.astype(dtype)
-    args = (x, rois, rule["pooled_h"], rule["pooled_w"], dtype(0.5), rule["sampling_ratio"], rule["aligned"])
+    args = (x, rois, 3, 3, dtype(0.5), -1, True)  # 3 × 3 bins, spatial_scale 1/2, adaptive grid, aligned
     twin = cpu_roi.roi_align_forward_reference(*args)
     simulated = gpu_roi.roi_align_forward(*args)
     numba_cpu = cpu_roi.roi_align_forward(*args)
@@ -169,8 +166,8 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 # With one thread per bin, neighbouring bins and overlapping RoIs add into the **same** pixel.
 # A plain `+=` is read, add, write: two threads that read the same old value both write, and one
 # addition is lost. `cuda.atomic.add` makes the three steps one indivisible step, as
-# torchvision's CUDA kernel does. (The Numba CPU kernel avoids the race differently: one thread
-# per image plane, which loops over all RoIs.)
+# torchvision's CUDA kernel does. (The Numba CPU kernel avoids the race differently: each of its
+# few threads owns whole (image, channel) planes of the gradient and loops over the RoIs.)
 #
 # The picture counts, for one channel, how many bins add into each pixel (from the twin: the
 # backward of one bin at a time). Every pixel above 1 needs the atomic add.
@@ -179,7 +176,6 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 print(inspect.getsource(gpu_roi.roi_align_backward_kernel))
 print(inspect.getsource(cpu_roi.roi_align_backward_reference))
 
-x1 = rng.standard_normal((1, 1, 6, 7))
 two_rois = np.array([[0, 0.8, 0.6, 4.2, 3.9], [0, 2.1, 1.4, 5.6, 4.8]])  # overlapping
 counts = np.zeros((6, 7), int)
 for k in range(2):
@@ -203,7 +199,7 @@ plt.close(fig)
 for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     rois = rois64.astype(dtype)
     g = rng.standard_normal((3, 3, 3, 3)).astype(dtype)
-    args = (g, rois, 2, 7, 8, dtype(0.5), rule["sampling_ratio"], rule["aligned"])
+    args = (g, rois, 2, 7, 8, dtype(0.5), -1, True)  # the input's (N, H, W) = (2, 7, 8), then the same rule
     twin = cpu_roi.roi_align_backward_reference(*args)
     simulated = gpu_roi.roi_align_backward(*args)
     np.testing.assert_allclose(simulated, twin, rtol=rtol, atol=rtol)
@@ -387,7 +383,7 @@ def recording_launches(calls):
                  (gpu_roi, "roi_align_backward")]
     originals = [getattr(module, name) for module, name in launchers]
     for (module, name), f in zip(launchers, originals):
-        setattr(module, name, lambda *a, _f=f, _n=name: calls.append(_n) or _f(*a))
+        setattr(module, name, lambda *a, _f=f, _n=name, **k: calls.append(_n) or _f(*a, **k))
     try:
         yield
     finally:
