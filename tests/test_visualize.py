@@ -424,3 +424,65 @@ def test_draw_im2col_outlines_each_chosen_window_and_its_column():
         V.draw_im2col(x, cols[:, :4], kernel_size=3, stride=2, padding=1)
     with pytest.raises(ValueError, match="column 6 is out of range"):
         V.draw_im2col(x, cols, kernel_size=3, stride=2, padding=1, columns=(6,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 15: GPU kernels
+# ---------------------------------------------------------------------------------------------
+
+def test_grid_stride_owner_is_the_loop_of_every_thread():
+    for total, blocks, threads in [(36, 2, 8), (5, 1, 64), (100, 3, 7)]:
+        thread, block, turn = V.grid_stride_owner(total, blocks, threads)
+        expected_thread, expected_turn = np.full(total, -1), np.full(total, -1)
+        for t in range(blocks * threads):  # what each thread's loop visits, written out
+            for n, e in enumerate(range(t, total, blocks * threads)):
+                expected_thread[e], expected_turn[e] = t, n
+        np.testing.assert_array_equal(thread, expected_thread)
+        np.testing.assert_array_equal(turn, expected_turn)
+        np.testing.assert_array_equal(block, expected_thread // threads)
+    with pytest.raises(ValueError, match="at least one block"):
+        V.grid_stride_owner(10, 0, 32)
+
+
+def test_draw_thread_layout_numbers_and_colours_each_element():
+    ax = V.draw_thread_layout((2, 2, 3, 3), blocks=2, threads=8)
+    numbers = [int(t.get_text()) for t in ax.texts if t.get_text().isdigit()]
+    assert numbers == [e % 16 for e in range(36)]  # planes in C order, cells row by row
+    assert [t.get_text() for t in ax.texts if "=" in t.get_text()] == ["k=0, c=0", "k=0, c=1", "k=1, c=0", "k=1, c=1"]
+    image = ax.images[0].get_array()
+    assert image.shape == (2 * 4 - 1, 2 * 4 - 1, 3)  # 3x3 panels, one blank line between
+    np.testing.assert_allclose(image[0, 0], V.PALETTE[0])  # element 0: block 0, first turn
+    np.testing.assert_allclose(image[2, 4], V.PALETTE[1])  # element 15 (plane 1, cell (2, 0)): block 1
+    np.testing.assert_allclose(image[2, 5], V.PALETTE[0] + (1 - V.PALETTE[0]) / 4)  # element 16: block 0, turn 1
+    np.testing.assert_allclose(image[3], 1.0)  # the gap is white
+    assert "3 turn(s)" in ax.get_title()
+    with pytest.raises(ValueError, match="2-D to 4-D"):
+        V.draw_thread_layout((5,), 1, 32)
+
+
+def test_nms_mask_words_unpacked_and_drawn():
+    rng = np.random.default_rng(0)
+    n = 70  # two blocks of 64
+    mask = rng.integers(0, 2 ** 64, (n, 2), dtype=np.uint64)  # every bit, the 64th included
+    bits = V.unpack_mask_words(mask)
+    expected = np.array([[(int(mask[i, j // 64]) >> (j % 64)) & 1 for j in range(n)] for i in range(n)], bool)
+    np.testing.assert_array_equal(bits, expected)
+    ax = V.draw_nms_mask(mask, keep=[0, 3, 65])
+    np.testing.assert_array_equal(ax.images[0].get_array(), expected)
+    grey = [p for p in ax.patches if p.get_fill() and p.get_facecolor()[:3] != (1, 1, 1)]
+    assert len(grey) == 1 and grey[0].get_xy() == (-0.5, 63.5)  # the one block below the diagonal, (0, 1)
+    np.testing.assert_array_equal(ax.collections[0].get_offsets()[:, 1], [0, 3, 65])
+    with pytest.raises(ValueError, match="uint64 words"):
+        V.unpack_mask_words(mask.astype(np.int64))
+
+
+def test_draw_atomic_adds_shows_the_counts_and_boxes():
+    counts = np.zeros((5, 6), int)
+    counts[1:3, 2:5] = [[1, 2, 1], [2, 4, 2]]
+    ax = V.draw_atomic_adds(counts, [[1.5, 0.5, 4.5, 2.5], [2, 1, 3, 2]])
+    np.testing.assert_array_equal(ax.images[0].get_array(), counts)
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(counts[counts > 0].tolist())
+    assert [p.get_xy() for p in ax.patches] == [(1.5, 0.5), (2.0, 1.0)]
+    assert "4 pixels shared" in ax.get_title()  # 2, 2, 4, 2
+    with pytest.raises(ValueError, match=r"one \(H, W\) map"):
+        V.draw_atomic_adds(np.zeros((1, 5, 6)))
