@@ -24,8 +24,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import functional as F
-from .autograd import Tensor
+from .autograd import Tensor, as_array
 from .backend import get_array_module, get_default_dtype, is_cupy, to_device, to_numpy
+from .ops.arguments import pair
 from .random import get_rng
 
 
@@ -145,7 +146,7 @@ class Module:
         elif "_modules" in self.__dict__ and name in self._modules:
             self.add_module(name, value)
         elif "_buffers" in self.__dict__ and name in self._buffers:
-            value = value.data if isinstance(value, Tensor) else value
+            value = as_array(value)
             if value is not None and not _is_array(value):
                 raise TypeError(f"buffer {name!r} must be an array or None, got {type(value).__name__}")
             self._buffers[name] = value
@@ -500,13 +501,9 @@ class ModuleDict(Module):
 # ----- initialisation (torch.nn.init) ------------------------------------------------------------
 
 
-def _array_of(tensor):
-    return tensor.data if isinstance(tensor, Tensor) else tensor
-
-
 def _fill(tensor, values):
     """Write NumPy ``values`` into the tensor's array in place (moving them to its device)."""
-    arr = _array_of(tensor)
+    arr = as_array(tensor)
     xp = get_array_module(arr)
     arr[...] = values if xp is np else xp.asarray(values)
     return tensor
@@ -558,21 +555,21 @@ def _kaiming_std(arr, a, mode, nonlinearity):
 
 def uniform_(tensor, a=0.0, b=1.0):
     """Fill with U(a, b) draws, in place."""
-    arr = _array_of(tensor)
+    arr = as_array(tensor)
     u = get_rng().random(arr.shape, dtype=_draw_dtype(arr))
     return _fill(tensor, a + (b - a) * u)
 
 
 def normal_(tensor, mean=0.0, std=1.0):
     """Fill with N(mean, std²) draws, in place."""
-    arr = _array_of(tensor)
+    arr = as_array(tensor)
     z = get_rng().standard_normal(arr.shape, dtype=_draw_dtype(arr))
     return _fill(tensor, mean + std * z)
 
 
 def constant_(tensor, val):
     """Fill with ``val``, in place."""
-    _array_of(tensor)[...] = val
+    as_array(tensor)[...] = val
     return tensor
 
 
@@ -587,14 +584,14 @@ def ones_(tensor):
 def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     """He et al. (2015) uniform: U(-bound, bound) with bound = sqrt(3) · gain / sqrt(fan), so the
     variance is gain²/fan. With a = sqrt(5) (torch's layer default) bound = 1/sqrt(fan_in)."""
-    bound = math.sqrt(3.0) * _kaiming_std(_array_of(tensor), a, mode, nonlinearity)
+    bound = math.sqrt(3.0) * _kaiming_std(as_array(tensor), a, mode, nonlinearity)
     return uniform_(tensor, -bound, bound)
 
 
 def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     """He et al. (2015) normal: N(0, std²) with std = gain / sqrt(fan); torchvision's ResNet uses
     mode='fan_out', nonlinearity='relu'."""
-    return normal_(tensor, 0.0, _kaiming_std(_array_of(tensor), a, mode, nonlinearity))
+    return normal_(tensor, 0.0, _kaiming_std(as_array(tensor), a, mode, nonlinearity))
 
 
 init = SimpleNamespace(
@@ -604,14 +601,6 @@ init.__doc__ = "torch.nn.init's in-place initialisers, drawing from tinymaskrcnn
 
 
 # ----- layers ---------------------------------------------------------------------------------------
-
-
-def _pair(value, name):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value):
-        return tuple(int(v) for v in value)
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 def _float_dtype(dtype):
@@ -647,11 +636,12 @@ class _ConvNd(Module):
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode {padding_mode!r} is not supported: only 'zeros'")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.output_padding = _pair(output_padding, "output_padding")
+        op = type(self).__name__
+        self.kernel_size = pair(kernel_size, "kernel_size", op, 1)
+        self.stride = pair(stride, "stride", op, 1)
+        self.padding = pair(padding, "padding", op, 0)
+        self.dilation = pair(dilation, "dilation", op, 1)
+        self.output_padding = pair(output_padding, "output_padding", op, 0)
         self.padding_mode = padding_mode
         dtype = _float_dtype(dtype)
         # torch's layouts: conv (out, in/groups, kh, kw); transposed conv (in, out/groups, kh, kw)
