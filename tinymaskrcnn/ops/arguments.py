@@ -1,5 +1,5 @@
 """Argument checks shared by the ops and the layers."""
-from numbers import Integral, Real
+from numbers import Integral
 
 _AT_LEAST = {0: "non-negative", 1: "positive"}
 
