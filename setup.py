@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "tinymaskrcnn",
+        "tinymaskrcnn.nn",
         "tinymaskrcnn.ops",
         "tinymaskrcnn.models",
         "tinymaskrcnn.data",

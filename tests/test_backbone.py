@@ -12,9 +12,11 @@ import copy
 import numpy as np
 import pytest
 from conftest import require_reference
+from helpers import compare_module_with_torch
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import nn
+from tinymaskrcnn.autograd import as_array
 from tinymaskrcnn.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
@@ -92,36 +94,15 @@ def _compare(torch, ours, theirs, dtype, check_grads=True, seed=4):
     parameters must get no gradient. Returns torchvision's outputs.
     """
     check_grads = check_grads and dtype == np.float64
-    x = _image(dtype)
-    x_ours = tm.Tensor(x.copy(), requires_grad=check_grads)
-    x_theirs = torch.tensor(x, requires_grad=check_grads)
-    out, ref = ours(x_ours), theirs(x_theirs)
-    assert list(out.keys()) == list(ref.keys())
-    for k in ref:
-        assert out[k].shape == tuple(ref[k].shape), f"level {k}: {out[k].shape} vs {tuple(ref[k].shape)}"
-        assert out[k].dtype == np.dtype(dtype)
-        err = rel_error(out[k].data, ref[k].detach().numpy())
-        assert err <= OUT_TOL[dtype], f"level {k}: relative error {err:.3g}"
-    if not check_grads:
-        return ref
-
-    rng = np.random.default_rng(seed)
-    cot = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in out.items()}
-    sum((out[k] * cot[k]).sum() for k in out).backward()
-    torch.autograd.backward([ref[k] for k in ref], [torch.tensor(cot[k]) for k in ref])
-
-    tol = GRAD_TOL
-    assert rel_error(x_ours.grad, x_theirs.grad.numpy()) <= tol
-    theirs_params = dict(theirs.named_parameters())
-    assert _trainable(ours.named_parameters()) == _trainable(theirs_params.items())
-    for name, p in ours.named_parameters():
-        if not p.requires_grad:
-            assert p.grad is None, f"frozen parameter {name} got a gradient"
-            continue
-        assert p.grad is not None, f"no gradient reached {name}"
-        err = rel_error(p.grad, theirs_params[name].grad.numpy())
-        assert err <= tol, f"gradient of {name}: relative error {err:.3g}"
+    errors, ref = compare_module_with_torch(ours, theirs, _image(dtype), seed, backward=check_grads)
+    _assert_within_tolerance(errors, dtype)
     return ref
+
+
+def _assert_within_tolerance(errors, dtype):
+    for what, err in errors.items():
+        tol = OUT_TOL[dtype] if what.startswith("output") else GRAD_TOL
+        assert err <= tol, f"{what}: relative error {err:.3g}"
 
 
 def _assert_same_state_dict_layout(ours, theirs):
@@ -233,16 +214,8 @@ def test_resnet18_classifier_eval_mode(torch, tmp_path):
     ours = _ours_from(theirs, path, lambda: resnet18(num_classes=7), np.float64)
     _assert_same_state_dict_layout(ours, theirs)
     x = _image(np.float64)
-    x_ours, x_theirs = tm.Tensor(x.copy(), requires_grad=True), torch.tensor(x, requires_grad=True)
-    out, ref = ours(x_ours), theirs(x_theirs)
-    assert rel_error(out.data, ref.detach().numpy()) <= OUT_TOL[np.float64]
-    cot = np.random.default_rng(6).standard_normal(out.shape)
-    out.backward(cot)
-    ref.backward(torch.tensor(cot))
-    assert rel_error(x_ours.grad, x_theirs.grad.numpy()) <= GRAD_TOL
-    theirs_params = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        assert rel_error(p.grad, theirs_params[name].grad.numpy()) <= GRAD_TOL, name
+    errors, _ = compare_module_with_torch(ours, theirs, x, seed=6)
+    _assert_within_tolerance(errors, np.float64)
     feats = ours.features(tm.Tensor(x))
     assert [tuple(v.shape) for v in feats.values()] == [(2, 64, 10, 14), (2, 128, 5, 7), (2, 256, 3, 4), (2, 512, 2, 2)]
 
@@ -274,12 +247,8 @@ def test_zero_init_residual(builder, last_norm, norm_layer):
     model = builder(zero_init_residual=True, norm_layer=norm_layer)
     blocks = [m for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for m in stage]
     for block in blocks:
-        assert np.all(_array(getattr(block, last_norm).weight) == 0)
-        assert np.all(_array(block.bn1.weight) == 1)
-
-
-def _array(x):
-    return x.data if isinstance(x, tm.Tensor) else x
+        assert np.all(as_array(getattr(block, last_norm).weight) == 0)
+        assert np.all(as_array(block.bn1.weight) == 1)
 
 
 def test_fpn_initialisation():

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools.coco import COCO
+from helpers import load_coco
 from pycocotools.cocoeval import COCOeval
 
 from tinymaskrcnn.data import CocoDetection, coco_subset, make_shapes_dataset
@@ -20,11 +20,6 @@ def shapes_set(tmp_path_factory):
                                image_size=((64, 80), (64, 80)))
 
 
-def quiet_coco(ann_file):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(ann_file)
-
-
 def rewritten(shapes_set, tmp_path, edit, name="edited.json"):
     """A copy of the shapes train annotations changed by ``edit(data)``."""
     data = json.loads(open(shapes_set["train"].ann_file).read())
@@ -36,7 +31,7 @@ def rewritten(shapes_set, tmp_path, edit, name="edited.json"):
 
 def test_items_have_the_model_format(shapes_set):
     ds = CocoDetection(*shapes_set["train"])
-    coco = quiet_coco(shapes_set["train"].ann_file)
+    coco = load_coco(shapes_set["train"].ann_file)
     assert len(ds) == 8 and ds.num_classes == 4
     assert ds.category_names == ["__background__", "circle", "square", "triangle"]
     for i in range(len(ds)):
@@ -98,7 +93,7 @@ def test_labels_are_contiguous_and_map_back(shapes_set, tmp_path):
     ds = CocoDetection(path, shapes_set["train"].image_dir)
     assert ds.category_ids == [5, 17, 90]
     assert ds.category_names == ["__background__", "square", "circle", "triangle"]
-    coco = quiet_coco(path)
+    coco = load_coco(path)
     for i in range(len(ds)):
         _, target = ds[i]
         original = [a["category_id"] for a in coco.imgToAnns[target["image_id"]]]
@@ -128,7 +123,7 @@ def test_ground_truth_written_as_results_scores_perfect_ap(shapes_set, tmp_path)
         prediction = {"boxes": t["boxes"], "labels": t["labels"], "scores": np.ones(len(t["labels"])),
                       "masks": t["masks"][:, None].astype(np.float32)}
         results += ds.to_coco_results(t["image_id"], prediction)
-    gt = quiet_coco(path)
+    gt = load_coco(path)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         for iou_type in ("bbox", "segm"):
@@ -148,7 +143,7 @@ def test_degenerate_boxes_are_left_out_with_a_warning(shapes_set, tmp_path):
         ds = CocoDetection(path, shapes_set["train"].image_dir)
     first = json.loads(open(path).read())["annotations"][0]
     _, target = ds[ds.ids.index(first["image_id"])]
-    assert len(target["boxes"]) == len(quiet_coco(path).imgToAnns[first["image_id"]]) - 1
+    assert len(target["boxes"]) == len(load_coco(path).imgToAnns[first["image_id"]]) - 1
 
 
 def test_clear_errors(shapes_set, tmp_path):
@@ -183,7 +178,7 @@ def test_clear_errors(shapes_set, tmp_path):
 def test_coco_subset_keeps_only_the_chosen_images_and_categories(shapes_set, tmp_path):
     ann_file = shapes_set["train"].ann_file
     out = coco_subset(ann_file, tmp_path / "sub" / "subset.json", num_images=3, categories=["circle", 3], seed=1)
-    full, sub = quiet_coco(ann_file), quiet_coco(out)  # loads in pycocotools: valid COCO
+    full, sub = load_coco(ann_file), load_coco(out)  # loads in pycocotools: valid COCO
     assert sorted(c["name"] for c in sub.dataset["categories"]) == ["circle", "triangle"]
     assert len(sub.imgs) == 3
     for image_id, info in sub.imgs.items():

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import tight_box
 
 import tinymaskrcnn as tm
 from tinymaskrcnn.data import Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, hflip, sanitize_target
@@ -13,14 +14,9 @@ def sample(rng, height=20, width=28, k=3):
     """An image and a target whose boxes are the tight boxes of their masks."""
     masks = np.stack([shape_mask(s, *rng.uniform(7, 13, 2), rng.uniform(2, 6), height, width, rng.uniform(0, 6))
                       for s in ("circle", "square", "triangle")[:k]]).astype(np.uint8)
-    boxes = np.array([mask_box(m) for m in masks], dtype=np.float32)
+    boxes = np.array([tight_box(m) for m in masks], dtype=np.float32)
     target = {"boxes": boxes, "labels": np.arange(1, k + 1, dtype=np.int64), "masks": masks, "image_id": 7}
     return rng.random((3, height, width)).astype(np.float32), target
-
-
-def mask_box(mask):
-    ys, xs = np.nonzero(mask)
-    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
 def test_flip_moves_boxes_with_masks_and_twice_is_identity(rng):
@@ -28,7 +24,7 @@ def test_flip_moves_boxes_with_masks_and_twice_is_identity(rng):
     fimage, ftarget = hflip(image, target)
     np.testing.assert_array_equal(fimage, image[:, :, ::-1])
     for m, b in zip(ftarget["masks"], ftarget["boxes"]):
-        np.testing.assert_array_equal(b, mask_box(m))  # box of the flipped mask = flipped box
+        np.testing.assert_array_equal(b, tight_box(m))  # box of the flipped mask = flipped box
     back_image, back = hflip(fimage, ftarget)
     np.testing.assert_array_equal(back_image, image)
     for key in ("boxes", "labels", "masks"):

@@ -1,13 +1,11 @@
 """The synthetic shapes set: valid COCO, masks/boxes/areas that agree, determinism, caching."""
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import load_coco, tight_box
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
 from tinymaskrcnn.data import shapes
 from tinymaskrcnn.data.shapes import (SHAPES, classification_set, ensure_shapes_dataset, make_shapes_dataset,
@@ -20,16 +18,6 @@ SMALL = dict(num_train=10, num_val=3, image_size=((64, 96), (64, 96)), max_objec
 @pytest.fixture(scope="module")
 def shapes_set(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "set", **SMALL)
-
-
-def load_coco(ann_file):
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(ann_file)
-
-
-def tight_box(mask):
-    ys, xs = np.nonzero(mask)
-    return [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -58,7 +46,8 @@ def test_masks_boxes_and_areas_agree(shapes_set):
             assert ann["iscrowd"] == 0 and ann["category_id"] in (1, 2, 3)
             # exact even for polygons: the generator checks each polygon decodes to its mask
             assert ann["area"] == mask.sum(), (ann["id"], kind)
-            assert ann["bbox"] == tight_box(mask), (ann["id"], kind)
+            x1, y1, x2, y2 = tight_box(mask)
+            assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1], (ann["id"], kind)
             assert mask.sum() >= 20
             covered += mask
         assert covered.max() <= 1, f"image {image_id}: visible masks overlap (occlusion not applied)"

@@ -2,6 +2,7 @@
 dtype conversion, the registration API and its errors."""
 import numpy as np
 import pytest
+from helpers import compare_module_with_torch
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import nn, optim
@@ -88,18 +89,8 @@ def _randomise(torch, module, seed):
 
 def _compare_module(torch, ours, theirs, x, seed=0):
     """Forward both on ``x`` (float64) and pull a random cotangent back; every error ≤ 1e-10."""
-    xt = torch.tensor(x, requires_grad=True)
-    xo = tm.Tensor(x.copy(), requires_grad=True)
-    out, ref = ours(xo), theirs(xt)
-    assert out.dtype == np.float64 and out.shape == tuple(ref.shape)
-    assert rel_error(out.data, ref.detach().numpy()) <= TOL64
-    cot = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(cot)
-    ref.backward(torch.tensor(cot))
-    assert rel_error(xo.grad, xt.grad.numpy()) <= TOL64, "input gradient"
-    ref_params = dict(theirs.named_parameters())
-    for name, p in ours.named_parameters():
-        assert rel_error(p.grad, ref_params[name].grad.numpy()) <= TOL64, f"gradient of {name}"
+    errors, _ = compare_module_with_torch(ours, theirs, x, seed)
+    assert max(errors.values()) <= TOL64, errors
     for name, b in theirs.named_buffers():
         ours_b = ours.state_dict()[name]
         assert ours_b.dtype == np.dtype(str(b.dtype).replace("torch.", "")), name

@@ -75,7 +75,7 @@ def test_bad_input_is_named():
         F.interpolate(x)
     with pytest.raises(ValueError, match="recompute_scale_factor=True needs scale_factor"):
         F.interpolate(x, size=2, recompute_scale_factor=True)
-    with pytest.raises(TypeError, match="size must be a number or a pair"):
+    with pytest.raises(TypeError, match="size must be an int or a pair"):
         F.interpolate(x, size=(2, 3, 4))
     with pytest.raises(ValueError, match="output size \\(0, 0\\) must be at least 1"):
         F.interpolate(x, scale_factor=0.1)

@@ -69,7 +69,7 @@ class Function:
         """Run ``forward`` on the arrays inside ``args`` and, if needed, record it on the tape."""
         fn = cls()
         fn.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
+        arrays = tuple(as_array(a) for a in args)
         out = fn.forward(*arrays, **kwargs)
         if isinstance(out, (np.generic, float, int)):
             out = np.asarray(out)  # reductions hand back NumPy scalars: keep everything an array
@@ -192,7 +192,7 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a one-element tensor, got shape {self.shape}")
             grad = xp.ones_like(self.data)
-        grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+        grad = xp.asarray(as_array(grad), dtype=self.dtype)
         if grad.shape != self.shape:
             raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
 
@@ -266,16 +266,16 @@ class Tensor:
 
     # comparisons give plain boolean arrays: they have no gradient
     def __lt__(self, other):
-        return self.data < _data(other)
+        return self.data < as_array(other)
 
     def __le__(self, other):
-        return self.data <= _data(other)
+        return self.data <= as_array(other)
 
     def __gt__(self, other):
-        return self.data > _data(other)
+        return self.data > as_array(other)
 
     def __ge__(self, other):
-        return self.data >= _data(other)
+        return self.data >= as_array(other)
 
     def exp(self):
         return Exp.apply(self)
@@ -329,14 +329,16 @@ class Tensor:
         return self.transpose()
 
     def __getitem__(self, index):
-        return GetItem.apply(self, index=_data(index))
+        return GetItem.apply(self, index=as_array(index))
 
 
-def _data(x):
+def as_array(x):
+    """The array inside a Tensor (inside each item of a tuple, as in an index), or ``x`` itself:
+    how every op and module turns what it was given into arrays."""
     if isinstance(x, Tensor):
         return x.data
     if isinstance(x, tuple):
-        return tuple(_data(i) for i in x)
+        return tuple(as_array(i) for i in x)
     return x
 
 

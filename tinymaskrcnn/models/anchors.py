@@ -20,7 +20,7 @@ flattened in. Every image of a batch shares them, since they depend only on the 
 import numpy as np
 
 from .. import nn
-from ..autograd import Tensor
+from ..autograd import as_array
 from ..backend import get_array_module, get_default_dtype
 
 
@@ -137,7 +137,7 @@ class AnchorGenerator(nn.Module):
             image_size, num_images = images.shape[-2:], images.shape[0]
         else:
             image_size, num_images = images, 1
-        maps = [f.data if isinstance(f, Tensor) else f for f in feature_maps]
+        maps = [as_array(f) for f in feature_maps]
         arrays = [m for m in maps if hasattr(m, "dtype")]
         xp = get_array_module(*arrays)
         if arrays:

@@ -12,6 +12,7 @@ from .. import nn
 from ..autograd import cat
 from ..backend import get_array_module
 from ..boxes import box_area
+from ..ops.arguments import pair
 from ..ops.roi_align import roi_align
 
 
@@ -46,7 +47,7 @@ class MultiScaleRoIAlign(nn.Module):
     def __init__(self, featmap_names, output_size, sampling_ratio, canonical_scale=224, canonical_level=4):
         super().__init__()
         self.featmap_names = list(featmap_names)
-        self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        self.output_size = pair(output_size, "output_size", "MultiScaleRoIAlign", 1)
         self.sampling_ratio = sampling_ratio
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level

@@ -20,15 +20,10 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..autograd import Tensor
+from ..autograd import Tensor, as_array
 from ..backend import get_array_module, to_numpy
 from ..ops.paste_masks import paste_masks_in_image
 from ..random import get_rng
-
-
-def _array(x):
-    """The array inside a Tensor, or ``x`` itself."""
-    return x.data if isinstance(x, Tensor) else x
 
 
 class ImageList:
@@ -107,7 +102,7 @@ class GeneralizedRCNNTransform(nn.Module):
 
     def normalize(self, image):
         """(x - mean) / std per channel, in the image's dtype."""
-        image = _array(image)
+        image = as_array(image)
         if image.dtype.kind != "f":
             raise TypeError(f"images must be floating (values in [0, 1]), got dtype {image.dtype}: "
                             f"convert with image.astype(np.float32) / 255")
@@ -130,7 +125,7 @@ class GeneralizedRCNNTransform(nn.Module):
         else:
             scale = min(self._min_size() / min(h, w), self.max_size / max(h, w))
             how = dict(scale_factor=scale, recompute_scale_factor=True)
-        image = _array(F.interpolate(image[None], mode="bilinear", align_corners=False, **how))[0]
+        image = as_array(F.interpolate(image[None], mode="bilinear", align_corners=False, **how))[0]
         if target is None:
             return image, None
         target = dict(target)
@@ -146,7 +141,7 @@ class GeneralizedRCNNTransform(nn.Module):
             return xp.zeros((0,) + tuple(size), dtype=np.uint8)
         # torchvision resizes masks as float32 (whatever the image dtype), nearest, back to uint8
         resized = F.interpolate(masks[:, None].astype(np.float32), mode="nearest", **how)
-        return _array(resized)[:, 0].astype(np.uint8)
+        return as_array(resized)[:, 0].astype(np.uint8)
 
     @staticmethod
     def batch_images(images, size_divisible=32):
@@ -169,9 +164,9 @@ class GeneralizedRCNNTransform(nn.Module):
         out = []
         for pred, size, original in zip(result, image_shapes, original_image_sizes):
             pred = dict(pred)
-            pred["boxes"] = resize_boxes(_array(pred["boxes"]), size, original)
+            pred["boxes"] = resize_boxes(as_array(pred["boxes"]), size, original)
             if "masks" in pred:
-                pred["masks"] = _array(paste_masks_in_image(_array(pred["masks"]), pred["boxes"], tuple(original)))
+                pred["masks"] = as_array(paste_masks_in_image(as_array(pred["masks"]), pred["boxes"], tuple(original)))
             out.append(pred)
         return out
 
@@ -182,7 +177,7 @@ class GeneralizedRCNNTransform(nn.Module):
                             f"wrap a single image as [image]")
         if len(images) == 0:
             raise ValueError("images is an empty list: give at least one (C, H, W) image")
-        images = [_array(img) for img in images]
+        images = [as_array(img) for img in images]
         channels = len(self.image_mean)
         for i, img in enumerate(images):
             if not hasattr(img, "dtype"):
@@ -207,7 +202,7 @@ class GeneralizedRCNNTransform(nn.Module):
             if not isinstance(target, dict) or "boxes" not in target:
                 raise ValueError(f"target {i} must be a dict with a 'boxes' entry (K, 4), got "
                                  f"{sorted(target) if isinstance(target, dict) else type(target).__name__}")
-            target = {k: _array(v) for k, v in target.items()}
+            target = {k: as_array(v) for k, v in target.items()}
             boxes = target["boxes"]
             if not hasattr(boxes, "dtype") or boxes.ndim != 2 or boxes.shape[1] != 4:
                 raise ValueError(f"target {i}: boxes must be a (K, 4) array of (x1, y1, x2, y2), got shape "

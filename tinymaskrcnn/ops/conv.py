@@ -63,6 +63,7 @@ from numbers import Integral
 from ..autograd import Function
 from ..backend import get_array_module, uses_cuda_kernels
 from . import conv_reference, conv_schedule
+from .arguments import pair
 
 
 # ----- which path the ops run on ------------------------------------------------------------
@@ -182,16 +183,6 @@ class ConvTranspose2d(Function):
 # ----- argument checks ----------------------------------------------------------------------
 
 
-def _pair(value, name, op, minimum):
-    """An int or a pair of ints -> (int, int), each at least ``minimum``."""
-    items = value if isinstance(value, (tuple, list)) else (value, value)
-    if len(items) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in items):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints (height, width), got {value!r}")
-    if min(items) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
-    return int(items[0]), int(items[1])
-
-
 def _check_common(op, input, weight, bias, groups):
     """Checks shared by both ops: array module, ranks, dtypes, groups."""
     for name, value in (("input", input), ("weight", weight), ("bias", bias)):
@@ -227,8 +218,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """
     op = "conv2d"
     _check_common(op, input, weight, bias, groups)
-    stride, padding = _pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0)
-    dilation = _pair(dilation, "dilation", op, 1)
+    stride, padding = pair(stride, "stride", op, 1), pair(padding, "padding", op, 0)
+    dilation = pair(dilation, "dilation", op, 1)
     _, cin, h, w = input.shape
     cout, cin_g, kh, kw = weight.shape
     if cin != cin_g * groups:
@@ -254,9 +245,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """
     op = "conv_transpose2d"
     _check_common(op, input, weight, bias, groups)
-    stride, padding = _pair(stride, "stride", op, 1), _pair(padding, "padding", op, 0)
-    dilation = _pair(dilation, "dilation", op, 1)
-    output_padding = _pair(output_padding, "output_padding", op, 0)
+    stride, padding = pair(stride, "stride", op, 1), pair(padding, "padding", op, 0)
+    dilation = pair(dilation, "dilation", op, 1)
+    output_padding = pair(output_padding, "output_padding", op, 0)
     _, cin, h, w = input.shape
     cin_w, cout_g, kh, kw = weight.shape
     if cin != cin_w:

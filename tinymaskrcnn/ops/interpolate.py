@@ -32,10 +32,13 @@ Which scale is used: with ``size`` the sizes give r. With ``scale_factor`` the o
 floor(L * scale_factor); recompute_scale_factor=True then forgets the factor and uses L/O,
 otherwise r = 1/scale_factor, which differs from L/O when L * scale_factor is not an integer.
 """
+from numbers import Real
+
 import numpy as np
 
 from ..autograd import Function
 from ..backend import get_array_module
+from .arguments import pair
 
 MODES = ("nearest", "bilinear")
 
@@ -135,15 +138,6 @@ class Interpolate(Function):
         return (_apply_along(_apply_along(g, self.a_h.T, 2), self.a_w.T, 3),)
 
 
-def _pair_of(value, kind, name):
-    """A number or a pair of numbers of ``kind`` as a pair (height, width)."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"interpolate: {name} must be a number or a pair (height, width) for a 4-D input, "
-                        f"got {value!r}")
-    return pair
-
-
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
                 recompute_scale_factor=None):
     """torch.nn.functional.interpolate for a 4-D input (N, C, H, W), modes 'nearest' and 'bilinear'.
@@ -164,10 +158,10 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     if size is not None:
         if recompute_scale_factor:
             raise ValueError("interpolate: recompute_scale_factor=True needs scale_factor, not an explicit size")
-        out_size = tuple(int(s) for s in _pair_of(size, (int, np.integer), "size"))
+        out_size = pair(size, "size", "interpolate")
         scales = (None, None)
     else:
-        factors = tuple(float(f) for f in _pair_of(scale_factor, (int, float, np.integer, np.floating), "scale_factor"))
+        factors = pair(scale_factor, "scale_factor", "interpolate", kind=Real)
         if min(factors) <= 0:
             raise ValueError(f"interpolate: scale_factor must be positive, got {scale_factor!r}")
         out_size = tuple(int(n * f) for n, f in zip(in_size, factors))  # floor, in double precision

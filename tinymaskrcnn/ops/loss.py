@@ -26,7 +26,7 @@ Smooth L1 with threshold beta, d = x - t:
 """
 import numpy as np
 
-from ..autograd import Function, Tensor
+from ..autograd import Function, Tensor, as_array
 from ..backend import get_array_module
 from .activation import _log_softmax
 
@@ -137,10 +137,6 @@ class SmoothL1(Function):
                 -dx if self.needs_input_grad[1] else None)
 
 
-def _array(t):
-    return t.data if isinstance(t, Tensor) else t
-
-
 def _check_same_shape(name, input, target):
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(f"{name}: target shape {tuple(target.shape)} must equal input shape {tuple(input.shape)}")
@@ -153,7 +149,7 @@ def _in_dtype_of(name, key, v, input):
     if isinstance(v, Tensor) and v.requires_grad:
         raise TypeError(f"{name}: {key} dtype {v.dtype} differs from input dtype {input.dtype}; "
                         f"convert one of them with .astype so that both match")
-    return _array(v).astype(input.dtype)
+    return as_array(v).astype(input.dtype)
 
 
 def _constant(name, key, v, input):
@@ -162,7 +158,7 @@ def _constant(name, key, v, input):
         return None
     if isinstance(v, Tensor) and v.requires_grad:
         raise ValueError(f"{name}: {key} gets no gradient (as in torch); pass it as a constant (.detach())")
-    return _array(v).astype(input.dtype, copy=False)
+    return as_array(v).astype(input.dtype, copy=False)
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -175,7 +171,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: input must be logits of shape (N, C), got shape {tuple(input.shape)}")
     n, c = input.shape
-    target = _array(target)
+    target = as_array(target)
     if target.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {target.dtype}; "
                         f"convert with .astype(np.int64)")

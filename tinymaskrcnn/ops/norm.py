@@ -32,7 +32,7 @@ and only x gets a gradient.
 """
 import numpy as np
 
-from ..autograd import Function, Tensor
+from ..autograd import Function, Tensor, as_array
 from ..backend import get_array_module
 from ..kernels.affine import channel_affine, channel_affine_reference
 
@@ -121,11 +121,6 @@ def _check_channel_vectors(name, x, vectors):
                             f"convert it with .astype({x.dtype})")
 
 
-def _array(t):
-    """The array inside a Tensor (buffers are updated in place, never recorded on the tape)."""
-    return t.data if isinstance(t, Tensor) else t
-
-
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """torch.nn.functional.batch_norm over an input of shape (N, C, *).
@@ -149,8 +144,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if input.size // input.shape[1] < 2:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel to estimate a variance, "
                              f"got input shape {tuple(input.shape)}")
-    return BatchNorm.apply(input, weight, bias, running_mean=_array(running_mean),
-                           running_var=_array(running_var), training=bool(training),
+    return BatchNorm.apply(input, weight, bias, running_mean=as_array(running_mean),
+                           running_var=as_array(running_var), training=bool(training),
                            momentum=momentum, eps=eps)
 
 
@@ -189,4 +184,4 @@ def frozen_batch_norm(input, weight, bias, running_mean, running_var, eps=1e-5):
         if isinstance(v, Tensor) and v.requires_grad:
             raise ValueError(f"frozen_batch_norm: {key} requires a gradient, but frozen batch norm's buffers "
                              f"are constants; use batch_norm for trainable parameters")
-    return FrozenBatchNorm.apply(input, *(_array(v) for v in vectors.values()), eps=eps)
+    return FrozenBatchNorm.apply(input, *(as_array(v) for v in vectors.values()), eps=eps)

@@ -6,7 +6,7 @@ resize, clipped paste) and torchvision's rounding are explained in
 """
 import numpy as np
 
-from ..autograd import Tensor
+from ..autograd import as_array
 from ..backend import get_array_module, uses_cuda_kernels
 from ..kernels.paste_masks import paste_masks
 
@@ -18,7 +18,7 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     resized to the box grown by (M + 2·padding) / M. The result has the masks' dtype; a box
     wholly outside the image gives a zero image. Returns a plain array (no gradient).
     """
-    masks, boxes = (x.data if isinstance(x, Tensor) else x for x in (masks, boxes))
+    masks, boxes = as_array(masks), as_array(boxes)
     xp = get_array_module(masks, boxes)
     masks, boxes = xp.asarray(masks), xp.asarray(boxes)
     if masks.ndim != 4 or masks.shape[1] != 1 or masks.shape[2] != masks.shape[3] or masks.shape[3] == 0:

@@ -24,14 +24,7 @@ import numpy as np
 from ..autograd import Function
 from ..backend import get_array_module, uses_cuda_kernels
 from ..kernels.pool import max_pool2d_forward
-
-
-def _pair(value, name):
-    """An int or a pair of ints as a pair (height, width)."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"max_pool2d: {name} must be an int or a pair of ints, got {value!r}")
-    return tuple(int(v) for v in pair)
+from .arguments import pair
 
 
 def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
@@ -97,12 +90,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if input.ndim != 4:
         raise ValueError(f"max_pool2d: expected a 4-D input (N, C, H, W), got shape {tuple(input.shape)}; "
                          f"add a batch axis with x[None] for a single (C, H, W) map")
-    kernel = _pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else _pair(stride, "stride")
-    padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
-    for name, pair in (("kernel_size", kernel), ("stride", stride), ("dilation", dilation)):
-        if min(pair) <= 0:
-            raise ValueError(f"max_pool2d: {name} must be positive, got {pair}")
+    op = "max_pool2d"
+    kernel = pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel if stride is None else pair(stride, "stride", op, 1)
+    padding, dilation = pair(padding, "padding", op), pair(dilation, "dilation", op, 1)
     if min(padding) < 0 or padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"max_pool2d: padding {padding} must be between 0 and half the kernel size {kernel}")
     out_size = tuple(pool_output_size(*args, ceil_mode)

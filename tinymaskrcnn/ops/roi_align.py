@@ -31,9 +31,10 @@ smooth, through floor); like torchvision, no gradient is given to the boxes.
 """
 import numpy as np
 
-from ..autograd import Function, Tensor
+from ..autograd import Function, as_array
 from ..backend import get_array_module, uses_cuda_kernels
 from ..kernels import roi_align as cpu_kernels
+from .arguments import pair
 
 
 def _kernels(x):
@@ -44,33 +45,18 @@ def _kernels(x):
     return cpu_kernels
 
 
-def _array(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _pair(output_size):
-    """output_size as (height, width) of positive ints."""
-    if isinstance(output_size, (int, np.integer)):
-        output_size = (output_size, output_size)
-    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else ()
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"output_size must be a positive int or a (height, width) pair of positive ints, "
-                         f"got {output_size!r}")
-    return int(size[0]), int(size[1])
-
-
 def _as_rois(boxes, dtype, xp):
     """(K, 5) rows [batch_index, x1, y1, x2, y2] from a (K, 5) array or a list of per-image (Ki, 4)."""
     if isinstance(boxes, (list, tuple)):
         parts = []
         for i, b in enumerate(boxes):
-            b = xp.asarray(_array(b))
+            b = xp.asarray(as_array(b))
             if b.ndim != 2 or b.shape[1] != 4:
                 raise ValueError(f"boxes[{i}] has shape {tuple(b.shape)}; a list of boxes needs one (Ki, 4) array "
                                  f"of (x1, y1, x2, y2) per image")
             parts.append(xp.concatenate([xp.full((len(b), 1), i, dtype=dtype), b.astype(dtype)], axis=1))
         return xp.concatenate(parts, axis=0) if parts else xp.zeros((0, 5), dtype=dtype)
-    rois = xp.asarray(_array(boxes))
+    rois = xp.asarray(as_array(boxes))
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(f"boxes has shape {tuple(rois.shape)}; give a (K, 5) array of rows "
                          f"[batch_index, x1, y1, x2, y2] or a list of per-image (Ki, 4) arrays")
@@ -105,7 +91,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     half a pixel (detectron2's ROIAlignV2). Boxes are cast to the input's dtype; the gradient
     flows to ``input`` only.
     """
-    x = _array(input)
+    x = as_array(input)
     if not hasattr(x, "dtype") or x.ndim != 4:
         raise ValueError(f"input must be an (N, C, H, W) array, got shape {getattr(x, 'shape', type(x).__name__)}")
     if x.dtype not in (np.float32, np.float64):
@@ -113,7 +99,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     N, _, H, W = x.shape
     if H == 0 or W == 0:
         raise ValueError(f"input has an empty feature map, shape {x.shape}: H and W must be > 0")
-    output_size = _pair(output_size)
+    output_size = pair(output_size, "output_size", "roi_align", 1)
     if not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int (samples per bin and axis; <= 0 for adaptive), "
                         f"got {sampling_ratio!r}")
