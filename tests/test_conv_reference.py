@@ -116,3 +116,30 @@ def test_the_switch_restores_and_checks_its_value():
             set_conv_implementation("slow")
     assert conv._implementation == "fast"
     assert tm.ops.conv_implementation is conv_implementation
+
+
+def test_the_whole_mask_rcnn_runs_on_the_textbook_path(rng):
+    """A training step of a small Mask R-CNN (every conv and the mask head's transposed conv)
+    gives the same losses and gradients on both paths, to rounding in float64."""
+    images = [rng.uniform(0, 1, (3, 60, 80)), rng.uniform(0, 1, (3, 72, 64))]
+    masks = np.zeros((1, 60, 80), np.uint8)
+    masks[0, 10:40, 20:60] = 1
+    targets = [{"boxes": np.array([[20.0, 10, 60, 40]]), "labels": np.array([2]), "masks": masks},
+               {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "masks": np.zeros((0, 72, 64), np.uint8)}]
+
+    def step(path):
+        tm.manual_seed(0)  # the same model and the same samples on both paths
+        model = tm.models.maskrcnn_resnet18_fpn(num_classes=3, min_size=64, max_size=96)
+        model.to(dtype=np.float64)
+        model.train()
+        with conv_implementation(path):
+            losses = model(images, targets)
+            sum(losses.values()).backward()
+        return ({k: v.item() for k, v in losses.items()},
+                {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+
+    (fast_losses, fast_grads), (losses, grads) = step("fast"), step("reference")
+    assert fast_losses == pytest.approx(losses, rel=ROUNDING) and all(v > 0 for v in losses.values())
+    assert fast_grads.keys() == grads.keys() and "roi_heads.mask_predictor.conv5_mask.weight" in grads
+    for name in grads:
+        assert rel_error(fast_grads[name], grads[name]) < 1e-10, name
