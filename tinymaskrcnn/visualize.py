@@ -573,6 +573,7 @@ def draw_mask_rows(image, boxes, targets, predictions, pasted, labels=None, clas
                 ax.set_title(columns[j], fontsize=9)
         name = _class_name(labels[k], class_names)
         row[0].set_ylabel(name if name is not None else f"RoI {k}", fontsize=8)
+    return axes
 
 
 def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys", fmt="{:.1f}", fontsize=7):
@@ -836,6 +837,9 @@ def draw_roi_refinement(image, rois, labels, refined=None, class_names=None, ax=
             ax.annotate("", xy=((c1 + c2) / 2, (d1 + d2) / 2), xytext=((a1 + a2) / 2, (b1 + b2) / 2),
                         arrowprops=dict(arrowstyle="->", color="white", linewidth=1.0))
     ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    return ax
 
 
 # ---------------------------------------------------------------------------------------------
