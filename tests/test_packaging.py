@@ -31,6 +31,16 @@ def test_ci_runs_the_readme_first_command():
     assert any(line == command or line.startswith(command + " --") for line in ci_lines)
 
 
+def test_editable_installs_go_through_pep_660():
+    """Without a build-system table pip (23.x) installs `pip install -e .` with the legacy
+    `setup.py develop` wherever the wheel package is present; that install ignores package_dir,
+    and `import tinymaskrcnn` then fails for want of tinymaskrcnn.kernels (seen in a dev venv)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    assert build["build-backend"] == "setuptools.build_meta"
+    assert any(r.replace(" ", "").startswith("setuptools>=64") for r in build["requires"])  # PEP 660 editables
+
+
 def test_kernels_import_as_a_subpackage():
     import tinymaskrcnn.kernels.im2col as k
 
