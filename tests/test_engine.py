@@ -244,3 +244,14 @@ def test_a_start_removes_what_a_killed_write_left(shapes_root, tmp_path):
 def test_an_unknown_model_keyword_is_named():
     with pytest.raises(ValueError, match=r"maskrcnn_resnet18_fpn takes no keyword argument 'fpn_chanels'.*fpn_channels"):
         engine.build_model("maskrcnn_resnet18_fpn", 4, {"fpn_chanels": 8})
+
+
+def test_warmup_defaults_to_a_quarter_of_a_short_run(shapes_root, tmp_path):
+    """--iterations 20 works as typed: the default warmup (50) shrinks to a quarter of a shorter run."""
+    assert engine.with_optimizer_defaults(engine.TrainConfig(iterations=20)).warmup_iters == 5
+    assert engine.with_optimizer_defaults(engine.TrainConfig(iterations=1900)).warmup_iters == 50
+    assert engine.with_optimizer_defaults(engine.TrainConfig(iterations=20, warmup_iters=3)).warmup_iters == 3
+    config = dataclasses.replace(tiny_config(shapes_root, tmp_path / "run", iterations=3, checkpoint_period=0),
+                                 warmup_iters=None)
+    engine.train(config)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_iters"] == 0

@@ -346,7 +346,7 @@ def build_parser():
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {per_optimizer('lr')})")
     p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {d.momentum})")
     p.add_argument("--weight-decay", type=float, help=f"(default: {per_optimizer('weight_decay')})")
-    p.add_argument("--warmup-iters", type=int, help=f"linear warmup length (default {d.warmup_iters})")
+    p.add_argument("--warmup-iters", type=int, help="linear warmup length (default 50, or a quarter of a shorter run)")
     p.add_argument("--schedule", choices=("cosine", "step"), help=f"lr schedule after warmup (default {d.schedule})")
     p.add_argument("--clip-grad-norm", type=float, help=f"max gradient norm, 0 for none (default {d.clip_grad_norm})")
     p.add_argument("--eval-period", type=int, help="evaluate every N iterations (default: only at the end)")

@@ -98,7 +98,7 @@ class TrainConfig:
     lr: float = None                   # None: the optimizer's default in OPTIMIZER_DEFAULTS
     momentum: float = 0.9              # SGD only
     weight_decay: float = None         # None: the optimizer's default in OPTIMIZER_DEFAULTS
-    warmup_iters: int = 50
+    warmup_iters: int = None           # None: 50, or a quarter of a shorter run
     warmup_factor: float = 1e-3
     schedule: str = "cosine"           # "cosine" (to zero at the end) or "step" (x gamma at milestones)
     milestones: tuple = None           # for "step"; None: at 2/3 and 8/9 of the iterations
@@ -127,13 +127,15 @@ class TrainConfig:
         if self.processes == 2 and self.batch_size < 2:
             raise ValueError(f"processes=2 splits each batch in two: batch_size={self.batch_size} needs to be at least 2")
         for name in ("eval_period", "checkpoint_period", "num_predictions", "warmup_iters", "seed"):
+            if name == "warmup_iters" and self.warmup_iters is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected a non-negative integer")
         if self.optimizer not in OPTIMIZER_DEFAULTS:
             raise ValueError(f"optimizer={self.optimizer!r}: choose one of {tuple(OPTIMIZER_DEFAULTS)}")
         if self.schedule not in ("cosine", "step"):
             raise ValueError(f"schedule={self.schedule!r}: choose 'cosine' or 'step'")
-        if self.schedule == "cosine" and self.warmup_iters >= self.iterations:
+        if self.schedule == "cosine" and self.warmup_iters is not None and self.warmup_iters >= self.iterations:
             raise ValueError(f"warmup_iters ({self.warmup_iters}) must be below iterations ({self.iterations})")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
@@ -262,9 +264,14 @@ def predict_images(model, images, class_names, out_dir, names, score_threshold=0
 # ---------------------------------------------------------------------------------------------
 
 def with_optimizer_defaults(config):
-    """A copy of ``config`` whose lr and weight decay left None are its optimizer's defaults."""
-    return dataclasses.replace(config, **{name: value for name, value in OPTIMIZER_DEFAULTS[config.optimizer].items()
-                                          if getattr(config, name) is None})
+    """A copy of ``config`` whose lr and weight decay left None are its optimizer's defaults, and
+    whose warmup left None is 50 iterations, or a quarter of a run shorter than 200 (so that
+    ``--iterations 20`` works as typed)."""
+    defaults = {name: value for name, value in OPTIMIZER_DEFAULTS[config.optimizer].items()
+                if getattr(config, name) is None}
+    if config.warmup_iters is None:
+        defaults["warmup_iters"] = min(50, config.iterations // 4)
+    return dataclasses.replace(config, **defaults)
 
 
 def build_optimizer(params, config):
