@@ -37,7 +37,8 @@ from .autograd import no_grad
 from .backend import check_cuda, to_numpy
 from .build import MODELS, build_model
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
-from .data.coco import check_datasets, write_json_atomic
+from .data.coco import check_datasets
+from .files import write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
@@ -150,7 +151,7 @@ class TrainConfig:
 # Data and model
 # ---------------------------------------------------------------------------------------------
 
-def _coco_layout(root):
+def coco_layout(root):
     """{split: (ann_file, image_dir)} of a folder in COCO layout; an error lists what was looked for."""
     root = Path(root)
     layouts = [(root / "annotations" / f"instances_{s}.json", root / "images" / s) for s in ("train", "val")], \
@@ -171,7 +172,7 @@ def resolve_data(config):
     if config.train_ann is not None:
         splits = {"train": (config.train_ann, config.train_images)}
     elif not uses_shapes(config):
-        splits = _coco_layout(config.data)
+        splits = coco_layout(config.data)
     else:
         paths = ensure_shapes_dataset(config.shapes_root, num_train=config.shapes_train, num_val=config.shapes_val,
                                       image_size=config.shapes_size, seed=config.seed, progress=config.progress)

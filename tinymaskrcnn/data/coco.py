@@ -11,12 +11,13 @@ import contextlib
 import io
 import json
 import math
-import os
 import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..files import write_json_atomic
 
 REQUIRED_KEYS = {
     "file": ("images", "annotations", "categories"),
@@ -267,7 +268,7 @@ def _completed(ann, height, width):
     return ann
 
 
-def _pycocotools_index(data):
+def pycocotools_index(data):
     """A pycocotools COCO object over already-loaded data (its progress prints silenced)."""
     from pycocotools.coco import COCO
 
@@ -381,7 +382,7 @@ class CocoDetection:
     def __init__(self, ann_file, image_dir, skip_empty=False):
         self.ann_file, self.image_dir = str(ann_file), Path(image_dir)
         data = load_instances(ann_file)
-        self.coco = _pycocotools_index(data)
+        self.coco = pycocotools_index(data)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in categories]
         self.category_names = ["__background__"] + [c["name"] for c in categories]
@@ -546,21 +547,6 @@ def _resolve_categories(categories, available, path):
             raise ValueError(f"category {c!r} is not in {path}: use one of the names {sorted(by_name)} "
                              f"or ids {sorted(ids)}")
     return chosen
-
-
-def write_json_atomic(data, out_file):
-    """Write JSON to a temporary file beside ``out_file`` and rename it into place, so a reader
-    never sees half a file."""
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, out_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return str(out_file)
 
 
 def coco_subset(ann_file, out_file, num_images, categories=None, seed=0):
