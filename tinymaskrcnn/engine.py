@@ -38,7 +38,7 @@ from .backend import check_cuda, to_numpy
 from .build import MODELS, build_model
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
 from .data.coco import check_datasets
-from .files import write_json_atomic
+from .files import atomic_write, write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
@@ -313,9 +313,8 @@ def _truncate_metrics(path, iteration):
         return
     lines = [line for line in path.read_text(encoding="utf-8").splitlines()
              if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    text = "".join(line + "\n" for line in lines).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _forever(loader):
@@ -333,7 +332,8 @@ def default_out_dir():
     return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
 
 
-# the files a run folder's writers replace atomically, through a hidden temporary file beside them
+# the files a run folder's writers replace through files.atomic_write, whose temporary file beside
+# each is the hidden .<name>.<random>.tmp
 _RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.json", "metrics.json", "results.json")
 
 
