@@ -67,6 +67,7 @@ import numpy as np
 from .autograd import Tensor
 from .backend import is_cupy, to_numpy
 from .files import atomic_write
+from .nn.module import format_state_mismatch
 
 __all__ = ["CheckpointError", "read_pth", "state_dict_from", "load_torchvision", "load_pretrained",
            "LoadResult", "save", "load",
@@ -476,26 +477,6 @@ def _ignored_keys(module):
             for name, m in module.named_modules() for key in getattr(m, "_ignored_state_keys", ())}
 
 
-def _format_mismatch(module, result, prefix):
-    lines = [f"torchvision state does not match {type(module).__name__}"
-             + (f" under prefix {prefix!r}" if prefix else "") + ":"]
-    if result.missing:
-        lines.append(f"  missing ({len(result.missing)}, in the module, not in the state): "
-                     + ", ".join(f"{k} {s}" for k, s in result.missing))
-    if result.unexpected:
-        lines.append(f"  unexpected ({len(result.unexpected)}, in the state, not in the module): "
-                     + ", ".join(f"{k} {s}" for k, s in result.unexpected))
-    if result.mismatched:
-        lines.append(f"  mis-shaped ({len(result.mismatched)}): "
-                     + ", ".join(f"{k}: state {a}, module {b}" for k, a, b in result.mismatched))
-    if result.unexpected and all(k.startswith("module.") for k, _ in result.unexpected):
-        lines.append("  hint: the keys start with 'module.' (saved from DataParallel): strip it first")
-    lines.append("  fix: build the module with the configuration the weights were saved from; load ImageNet weights "
-                 "into a backbone with prefix='backbone.body.' and exclude=('fc.',); or pass strict=False to load "
-                 "what matches")
-    return "\n".join(lines)
-
-
 # Checkpoints saved before torchvision 0.13 (the published COCO Mask R-CNN among them) name two
 # blocks that were later wrapped in Conv2dNormActivation by their old names.
 _LEGACY_NAMES = [
@@ -569,7 +550,12 @@ def load_torchvision(module, source, strict=True, prefix="", exclude=()):
         source = read_pth(source)
     matched, result = _match(module, state_dict_from(source), prefix, exclude)
     if strict and (result.missing or result.unexpected or result.mismatched):
-        raise ValueError(_format_mismatch(module, result, prefix))
+        raise ValueError(format_state_mismatch(
+            f"torchvision state does not match {type(module).__name__}"
+            + (f" under prefix {prefix!r}" if prefix else ""), *result,
+            fix="build the module with the configuration the weights were saved from; load ImageNet weights into "
+                "a backbone with prefix='backbone.body.' and exclude=('fc.',); or pass strict=False to load what "
+                "matches"))
     module.load_state_dict(matched, strict=False)  # converts dtype and device in place
     return result
 
