@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .backend import to_numpy
-from .data.shapes import mask_to_rle
+from .data.coco import mask_to_rle
 from .files import atomic_write, write_json_atomic
 
 # matplotlib's tab10 colours, as RGB in [0, 1]: distinct and readable on photographs

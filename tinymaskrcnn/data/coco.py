@@ -123,6 +123,27 @@ def _number_problem(values):
     return "holds a value that is not a finite number"
 
 
+def mask_to_rle(mask, compressed=True):
+    """COCO run-length encoding of a boolean mask: ``{"size": [h, w], "counts": ...}``.
+
+    Runs go down the columns (Fortran order) and start with a run of zeros. ``compressed``
+    gives pycocotools' string form; otherwise counts is the plain list of run lengths.
+    """
+    from pycocotools import mask as mask_utils
+
+    height, width = mask.shape
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    flat = mask.ravel(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1  # positions where a new run starts
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0] + counts  # the first run counts zeros, so it is empty here
+    return {"size": [height, width], "counts": counts}
+
+
 def compressed_rle_runs(counts):
     """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` read in
     Python), or None when the string is malformed.
@@ -493,8 +514,6 @@ class CocoDetection:
         ``masks`` (N, 1, H, W) or (N, H, W) probabilities, binarised at ``mask_threshold``
         and written as compressed RLE.
         """
-        from pycocotools import mask as mask_utils
-
         boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
         category_ids = self.label_to_category_id(np.asarray(prediction["labels"]).reshape(-1))
         scores = np.asarray(prediction["scores"], dtype=np.float64).reshape(-1)
@@ -507,8 +526,7 @@ class CocoDetection:
             result = {"image_id": int(image_id), "category_id": int(category_ids[k]),
                       "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
             if masks is not None:
-                rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
-                result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                result["segmentation"] = mask_to_rle(masks[k])
             results.append(result)
         return results
 
