@@ -45,17 +45,15 @@ CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
 # The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
 # would only make the mask head and evaluation slower, not the AP higher. The mask head trains
-# on at most 8 positive RoIs per image (the RPN soon gives each object a dozen near-copies):
-# a step is 25% cheaper, and 1250 iterations reached mask AP 0.32 against 0.30 without the cap
-# (docs/benchmarks.md). Half of each image's 128 sampled RoIs may be positives (torchvision: a
-# quarter): with 1-4 objects an image, the box classifier then learns the classes sooner
-# (mask AP50 0.67 against 0.61 after 1400 iterations). A 64-channel FPN makes a step 25%
-# cheaper (its 3x3 convs and the RPN's at 40x60 cost as much as half the ResNet-18).
-# InstanceNorm2d in the ResNet-18: each image is normalised by its own statistics, in training
-# (where data-parallel training gives each process one image, so BatchNorm2d's statistics would
-# be one image's anyway) and in inference (where BatchNorm2d's running averages of one-image
-# statistics are far from any one image's: mask AP50 0.28 with them, 0.86 normalising each
-# image by its own; docs/benchmarks.md).
+# on at most 8 positive RoIs per image: the RPN soon gives each object a dozen near-copies, so
+# more RoIs cost time and teach nothing new. Half of each image's 128 sampled RoIs may be
+# positives (torchvision: a quarter): with 1-4 objects an image, the box classifier then learns
+# the classes sooner. A 64-channel FPN: its 3x3 convs and the RPN's at 40x60 would otherwise cost
+# as much as half the ResNet-18. InstanceNorm2d in the ResNet-18: each image is normalised by its
+# own statistics, in training (where data-parallel training gives each process one image, so
+# BatchNorm2d's statistics would be one image's anyway) and in inference (where BatchNorm2d's
+# running averages of one-image statistics are far from any one image's). The figures behind
+# each choice: docs/benchmarks.md, "Figures behind design choices".
 SHAPES_MODEL_DEFAULTS = {"box_detections_per_img": 20, "mask_batch_size_per_image": 8, "box_positive_fraction": 0.5,
                          "fpn_channels": 64, "norm": "instance"}
 # lr and weight decay when TrainConfig leaves them None. AdamW is the default: from scratch on
@@ -278,8 +276,8 @@ def build_optimizer(params, config):
 
 def processes(config):
     """How many processes share each batch: ``config.processes``, or when None 2 on a machine
-    with 2 or more cores (data parallel is 1.25x faster there than one process on both) and a
-    batch to split."""
+    with 2 or more cores and a batch to split: small ops parallelise better across images than
+    inside one (data_parallel.py)."""
     if config.processes is not None:
         return config.processes
     if config.device == "cuda":
