@@ -138,7 +138,7 @@ def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monke
 def test_evaluate_writes_coco_metrics(shapes_root, tmp_path):
     result = engine.train(tiny_config(shapes_root, tmp_path / "run", iterations=2, num_predictions=1))
     model, _ = engine.load_model(result["checkpoint"])
-    val = CocoDetection(*engine._coco_layout(shapes_root)["val"])
+    val = CocoDetection(*engine.coco_layout(shapes_root)["val"])
     metrics = engine.evaluate(model, val, tmp_path / "eval", progress=False, verbose=False)
     assert set(metrics) == {"bbox", "segm"} and set(metrics["segm"]) >= {"AP", "AP50", "AP75"}
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tinymaskrcnn import cli, weights
+from tinymaskrcnn import cli, files, weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 
@@ -187,12 +187,12 @@ def test_object_array_checkpoint_is_refused_by_name(tmp_path):
 
 def test_damaged_index_is_reported(tmp_path):
     path = tmp_path / "c.npz"
-    weights._atomic_write(path, lambda f: weights._write_npz(f, {
+    files.atomic_write(path, lambda f: weights._write_npz(f, {
         "__tinymaskrcnn__": np.array(json.dumps({"format": "tinymaskrcnn-checkpoint", "version": 1,
                                                  "tree": {"__array__": "absent"}}))}))
     with pytest.raises(weights.CheckpointError, match=rf"{path}: its '__tinymaskrcnn__' index does not match"):
         weights.load(path)
-    weights._atomic_write(path, lambda f: weights._write_npz(f, {"__tinymaskrcnn__": np.array("{not json")}))
+    files.atomic_write(path, lambda f: weights._write_npz(f, {"__tinymaskrcnn__": np.array("{not json")}))
     with pytest.raises(weights.CheckpointError, match=rf"{path}: its '__tinymaskrcnn__' entry is not JSON"):
         weights.load(path)
 

@@ -196,7 +196,7 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
 
-        order = _topological_order(self._node)
+        order = topological_order(self._node)
         grads = {id(self._node): grad}
         for node in reversed(order):
             g = grads.pop(id(node), None)
@@ -342,7 +342,7 @@ def as_array(x):
     return x
 
 
-def _topological_order(root):
+def topological_order(root):
     """Nodes reachable from ``root`` (a Node) through the tape, every node after its inputs.
 
     Iterative depth-first search: a ResNet-50 tape is thousands of nodes deep, past Python's

@@ -201,7 +201,7 @@ def _val_split(args, saved_config):
             raise ValueError("give --val-ann and --val-images together")
         return args.val_ann, args.val_images
     if args.data:
-        splits = engine._coco_layout(args.data)
+        splits = engine.coco_layout(args.data)
     else:
         known = engine.TrainConfig.__dataclass_fields__
         splits = engine.resolve_data(engine.TrainConfig(**{k: v for k, v in saved_config.items() if k in known}))

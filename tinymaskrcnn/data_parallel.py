@@ -1,10 +1,10 @@
 """Data-parallel training on the CPU: a second process computes half of each batch's gradient.
 
 Why: on the small images of the main job one training step is hundreds of small operations. A
-2-core machine runs two single-threaded processes, one image each, 1.25x faster than one process
-whose convolutions use both cores (0.53 against 0.67 s a step on the shapes set, measured in
-docs/benchmarks.md): the small matrix products, the normalisations and the RoI ops parallelise
-badly inside a step but perfectly across images.
+2-core machine runs two single-threaded processes, one image each, faster than one process whose
+convolutions use both cores: the small matrix products, the normalisations and the RoI ops
+parallelise badly inside a step but perfectly across images (the figures: docs/benchmarks.md,
+"Figures behind design choices").
 
 How (the scheme of torch's DistributedDataParallel, on one machine):
 

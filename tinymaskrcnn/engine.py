@@ -37,24 +37,23 @@ from .autograd import no_grad
 from .backend import check_cuda, to_numpy
 from .build import MODELS, build_model
 from .data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget, ensure_shapes_dataset
-from .data.coco import check_datasets, write_json_atomic
+from .data.coco import check_datasets
+from .files import atomic_write, write_json_atomic
 from .data_parallel import DataParallel, forward_backward
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
 # The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
 # would only make the mask head and evaluation slower, not the AP higher. The mask head trains
-# on at most 8 positive RoIs per image (the RPN soon gives each object a dozen near-copies):
-# a step is 25% cheaper, and 1250 iterations reached mask AP 0.32 against 0.30 without the cap
-# (docs/benchmarks.md). Half of each image's 128 sampled RoIs may be positives (torchvision: a
-# quarter): with 1-4 objects an image, the box classifier then learns the classes sooner
-# (mask AP50 0.67 against 0.61 after 1400 iterations). A 64-channel FPN makes a step 25%
-# cheaper (its 3x3 convs and the RPN's at 40x60 cost as much as half the ResNet-18).
-# InstanceNorm2d in the ResNet-18: each image is normalised by its own statistics, in training
-# (where data-parallel training gives each process one image, so BatchNorm2d's statistics would
-# be one image's anyway) and in inference (where BatchNorm2d's running averages of one-image
-# statistics are far from any one image's: mask AP50 0.28 with them, 0.86 normalising each
-# image by its own; docs/benchmarks.md).
+# on at most 8 positive RoIs per image: the RPN soon gives each object a dozen near-copies, so
+# more RoIs cost time and teach nothing new. Half of each image's 128 sampled RoIs may be
+# positives (torchvision: a quarter): with 1-4 objects an image, the box classifier then learns
+# the classes sooner. A 64-channel FPN: its 3x3 convs and the RPN's at 40x60 would otherwise cost
+# as much as half the ResNet-18. InstanceNorm2d in the ResNet-18: each image is normalised by its
+# own statistics, in training (where data-parallel training gives each process one image, so
+# BatchNorm2d's statistics would be one image's anyway) and in inference (where BatchNorm2d's
+# running averages of one-image statistics are far from any one image's). The figures behind
+# each choice: docs/benchmarks.md, "Figures behind design choices".
 SHAPES_MODEL_DEFAULTS = {"box_detections_per_img": 20, "mask_batch_size_per_image": 8, "box_positive_fraction": 0.5,
                          "fpn_channels": 64, "norm": "instance"}
 # lr and weight decay when TrainConfig leaves them None. AdamW is the default: from scratch on
@@ -152,7 +151,7 @@ class TrainConfig:
 # Data and model
 # ---------------------------------------------------------------------------------------------
 
-def _coco_layout(root):
+def coco_layout(root):
     """{split: (ann_file, image_dir)} of a folder in COCO layout; an error lists what was looked for."""
     root = Path(root)
     layouts = [(root / "annotations" / f"instances_{s}.json", root / "images" / s) for s in ("train", "val")], \
@@ -173,7 +172,7 @@ def resolve_data(config):
     if config.train_ann is not None:
         splits = {"train": (config.train_ann, config.train_images)}
     elif not uses_shapes(config):
-        splits = _coco_layout(config.data)
+        splits = coco_layout(config.data)
     else:
         paths = ensure_shapes_dataset(config.shapes_root, num_train=config.shapes_train, num_val=config.shapes_val,
                                       image_size=config.shapes_size, seed=config.seed, progress=config.progress)
@@ -284,8 +283,8 @@ def build_optimizer(params, config):
 
 def processes(config):
     """How many processes share each batch: ``config.processes``, or when None 2 on a machine
-    with 2 or more cores (data parallel is 1.25x faster there than one process on both) and a
-    batch to split."""
+    with 2 or more cores and a batch to split: small ops parallelise better across images than
+    inside one (data_parallel.py)."""
     if config.processes is not None:
         return config.processes
     if config.device == "cuda":
@@ -319,9 +318,8 @@ def _truncate_metrics(path, iteration):
         return
     lines = [line for line in path.read_text(encoding="utf-8").splitlines()
              if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    text = "".join(line + "\n" for line in lines).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _forever(loader):
@@ -339,7 +337,8 @@ def default_out_dir():
     return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
 
 
-# the files a run folder's writers replace atomically, through a hidden temporary file beside them
+# the files a run folder's writers replace through files.atomic_write, whose temporary file beside
+# each is the hidden .<name>.<random>.tmp
 _RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.json", "metrics.json", "results.json")
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_numpy
-from .data.coco import _pycocotools_index, load_instances, write_json_atomic
+from .data.coco import load_instances, pycocotools_index
+from .files import write_json_atomic
 
 IOU_TYPES = ("bbox", "segm")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -105,11 +106,11 @@ def _ground_truth(coco_gt):
     from pycocotools.coco import COCO
 
     if isinstance(coco_gt, (str, Path)):
-        return _pycocotools_index(load_instances(coco_gt))
+        return pycocotools_index(load_instances(coco_gt))
     if hasattr(coco_gt, "coco"):
         coco_gt = coco_gt.coco
     if isinstance(coco_gt, COCO):
-        return _pycocotools_index(copy.deepcopy(coco_gt.dataset))
+        return pycocotools_index(copy.deepcopy(coco_gt.dataset))
     raise TypeError(f"coco_gt must be a pycocotools COCO, a CocoDetection or the path of a COCO instances file, "
                     f"got {type(coco_gt).__name__}")
 

@@ -22,9 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .backend import to_numpy
-from .data.coco import write_json_atomic
-from .data.shapes import mask_to_rle
-from .weights import _atomic_write
+from .data.coco import mask_to_rle
+from .files import atomic_write, write_json_atomic
 
 # matplotlib's tab10 colours, as RGB in [0, 1]: distinct and readable on photographs
 PALETTE = np.array([[0.122, 0.467, 0.706], [1.000, 0.498, 0.055], [0.173, 0.627, 0.173],
@@ -127,7 +126,7 @@ def save_figure(fig, out_png):
     """Write ``fig`` as a PNG atomically (a reader never sees half a file); returns the path."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
+    atomic_write(out_png, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
     return str(out_png)
 
 

@@ -18,7 +18,7 @@ Three jobs, one file:
    storage_offset, size, stride, ...)`` and a storage as a *persistent id*
    ``('storage', torch.FloatStorage, key, location, numel)``. A pickle can name *any*
    importable function (``os.system`` ...) and unpickling calls it, so a .pth from the
-   internet must never be opened with ``pickle.load``. ``_SafeUnpickler`` resolves only the
+   internet must never be opened with ``pickle.load``. ``SafeUnpickler`` resolves only the
    few names a state_dict needs, each to a harmless function of ours that builds a NumPy array
    as a strided view of its storage (views sharing a storage share memory, as in torch); any
    other name is refused before anything runs.
@@ -59,7 +59,6 @@ import re
 import sys
 import tarfile
 import urllib.request
-import uuid
 import zipfile
 import zlib
 
@@ -67,6 +66,8 @@ import numpy as np
 
 from .autograd import Tensor
 from .backend import is_cupy, to_numpy
+from .files import atomic_write
+from .nn.module import format_state_mismatch
 
 __all__ = ["CheckpointError", "read_pth", "state_dict_from", "load_torchvision", "load_pretrained",
            "LoadResult", "save", "load",
@@ -196,7 +197,7 @@ def _ascii(value):
     return value.decode("ascii") if isinstance(value, bytes) else value
 
 
-class _SafeUnpickler(pickle.Unpickler):
+class SafeUnpickler(pickle.Unpickler):
     """An Unpickler that resolves only ``_ALLOWED_GLOBALS`` and torch storage types.
 
     ``find_class`` is the only way a pickle reaches a callable (GLOBAL, STACK_GLOBAL, INST and
@@ -241,12 +242,12 @@ def _damaged(path, error):
 
 
 def _unpickle(file, path, record, load_storage=None):
-    """One object from ``file`` through ``_SafeUnpickler``, every failure a CheckpointError
+    """One object from ``file`` through ``SafeUnpickler``, every failure a CheckpointError
     naming the file and the record. A damaged pickle can make the unpickler raise almost
     anything (a cut-off opcode, a bad memo index, a call with the wrong arguments); a length
     field no file could fill asks for more memory than there is."""
     try:
-        return _SafeUnpickler(file, load_storage).load()
+        return SafeUnpickler(file, load_storage).load()
     except CheckpointError:
         raise
     except _RecordError as e:
@@ -370,7 +371,7 @@ def _read_legacy(path):
 
     with open(path, "rb") as f:
         try:
-            magic = _SafeUnpickler(f).load()
+            magic = SafeUnpickler(f).load()
         except Exception:
             magic = None
         if magic != _LEGACY_MAGIC:
@@ -476,26 +477,6 @@ def _ignored_keys(module):
             for name, m in module.named_modules() for key in getattr(m, "_ignored_state_keys", ())}
 
 
-def _format_mismatch(module, result, prefix):
-    lines = [f"torchvision state does not match {type(module).__name__}"
-             + (f" under prefix {prefix!r}" if prefix else "") + ":"]
-    if result.missing:
-        lines.append(f"  missing ({len(result.missing)}, in the module, not in the state): "
-                     + ", ".join(f"{k} {s}" for k, s in result.missing))
-    if result.unexpected:
-        lines.append(f"  unexpected ({len(result.unexpected)}, in the state, not in the module): "
-                     + ", ".join(f"{k} {s}" for k, s in result.unexpected))
-    if result.mismatched:
-        lines.append(f"  mis-shaped ({len(result.mismatched)}): "
-                     + ", ".join(f"{k}: state {a}, module {b}" for k, a, b in result.mismatched))
-    if result.unexpected and all(k.startswith("module.") for k, _ in result.unexpected):
-        lines.append("  hint: the keys start with 'module.' (saved from DataParallel): strip it first")
-    lines.append("  fix: build the module with the configuration the weights were saved from; load ImageNet weights "
-                 "into a backbone with prefix='backbone.body.' and exclude=('fc.',); or pass strict=False to load "
-                 "what matches")
-    return "\n".join(lines)
-
-
 # Checkpoints saved before torchvision 0.13 (the published COCO Mask R-CNN among them) name two
 # blocks that were later wrapped in Conv2dNormActivation by their old names.
 _LEGACY_NAMES = [
@@ -569,7 +550,12 @@ def load_torchvision(module, source, strict=True, prefix="", exclude=()):
         source = read_pth(source)
     matched, result = _match(module, state_dict_from(source), prefix, exclude)
     if strict and (result.missing or result.unexpected or result.mismatched):
-        raise ValueError(_format_mismatch(module, result, prefix))
+        raise ValueError(format_state_mismatch(
+            f"torchvision state does not match {type(module).__name__}"
+            + (f" under prefix {prefix!r}" if prefix else ""), *result,
+            fix="build the module with the configuration the weights were saved from; load ImageNet weights into "
+                "a backbone with prefix='backbone.body.' and exclude=('fc.',); or pass strict=False to load what "
+                "matches"))
     module.load_state_dict(matched, strict=False)  # converts dtype and device in place
     return result
 
@@ -701,37 +687,6 @@ def _decode(node, arrays):
     return kind((_decode(k, arrays), _decode(v, arrays)) for k, v in payload)
 
 
-def _atomic_write(path, write):
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it
-    over ``path``. An error or interruption at any point leaves ``path`` as it was (the old
-    checkpoint, or nothing) and removes the temporary file: the rename is atomic, so ``path``
-    never holds a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: directory {directory} does not exist; create it first")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # 0o666 and O_EXCL: the umask sets permissions as for a normal file; never reuse a file
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; directories cannot be opened this way on Windows
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_npz(f, arrays):
     """What np.savez writes (a zip of .npy entries), with pickling off and no keyword clashes."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -756,7 +711,7 @@ def save(path, state):
     tree = _encode(state, (), arrays)
     meta = json.dumps({"format": _FORMAT, "version": _FORMAT_VERSION, "tree": tree})
     arrays[_META_ENTRY] = np.array(meta)
-    _atomic_write(path, lambda f: _write_npz(f, arrays))
+    atomic_write(path, lambda f: _write_npz(f, arrays))
 
 
 def _read_npz(path):
@@ -897,5 +852,5 @@ def download(name, dest_dir=None):
                 f.write(chunk)
         _check_digest(digest.hexdigest(), prefix, url)  # raising here discards the temporary file
 
-    _atomic_write(dest, fetch)
+    atomic_write(dest, fetch)
     return dest

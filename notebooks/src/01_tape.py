@@ -16,7 +16,7 @@ import inspect
 
 import numpy as np
 import tinymaskrcnn as tm
-from tinymaskrcnn.autograd import Function, _topological_order
+from tinymaskrcnn.autograd import Function, topological_order
 from tinymaskrcnn.chapters import exercise, rejects
 from tinymaskrcnn.gradcheck import gradcheck, numerical_gradient, rel_error
 
@@ -48,7 +48,7 @@ print("dL/db from the tape:", b.grad, " by hand:", (2 * (w.data * x.data + b.dat
 
 # %%
 y = ((w * x + b) ** 2).sum()
-for node in _topological_order(y._node):
+for node in topological_order(y._node):
     made_by = type(node.fn).__name__ if node.fn is not None else "leaf"
     print(f"{made_by:10s} shape={node.shape}")
 

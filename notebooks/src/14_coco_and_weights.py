@@ -164,7 +164,7 @@ if torch is not None:
 # harmless function that builds a NumPy view of the storage's bytes:
 
 # %%
-print(inspect.getsource(tm.weights._SafeUnpickler.find_class))
+print(inspect.getsource(tm.weights.SafeUnpickler.find_class))
 
 # %%
 if torch is not None:

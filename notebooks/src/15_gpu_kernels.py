@@ -328,7 +328,7 @@ print(inspect.getsource(tm.boxes.box_iou))
 
 # %%
 print(inspect.getsource(backend.uses_cuda_kernels))
-print(inspect.getsource(importlib.import_module("tinymaskrcnn.ops.roi_align")._kernels))
+print(inspect.getsource(importlib.import_module("tinymaskrcnn.ops.roi_align").kernels_for))
 
 # %% [markdown]
 # CuPy can be installed on a machine without a GPU (it imports fine) and fails only at the first

@@ -11,12 +11,13 @@ import contextlib
 import io
 import json
 import math
-import os
 import struct
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..files import write_json_atomic
 
 REQUIRED_KEYS = {
     "file": ("images", "annotations", "categories"),
@@ -120,6 +121,27 @@ def _number_problem(values):
     except OverflowError:
         pass
     return "holds a value that is not a finite number"
+
+
+def mask_to_rle(mask, compressed=True):
+    """COCO run-length encoding of a boolean mask: ``{"size": [h, w], "counts": ...}``.
+
+    Runs go down the columns (Fortran order) and start with a run of zeros. ``compressed``
+    gives pycocotools' string form; otherwise counts is the plain list of run lengths.
+    """
+    from pycocotools import mask as mask_utils
+
+    height, width = mask.shape
+    if compressed:
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+    flat = mask.ravel(order="F").astype(np.int8)
+    change = np.flatnonzero(np.diff(flat)) + 1  # positions where a new run starts
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0] + counts  # the first run counts zeros, so it is empty here
+    return {"size": [height, width], "counts": counts}
 
 
 def compressed_rle_runs(counts):
@@ -267,7 +289,7 @@ def _completed(ann, height, width):
     return ann
 
 
-def _pycocotools_index(data):
+def pycocotools_index(data):
     """A pycocotools COCO object over already-loaded data (its progress prints silenced)."""
     from pycocotools.coco import COCO
 
@@ -381,7 +403,7 @@ class CocoDetection:
     def __init__(self, ann_file, image_dir, skip_empty=False):
         self.ann_file, self.image_dir = str(ann_file), Path(image_dir)
         data = load_instances(ann_file)
-        self.coco = _pycocotools_index(data)
+        self.coco = pycocotools_index(data)
         categories = sorted(data["categories"], key=lambda c: c["id"])
         self.category_ids = [c["id"] for c in categories]
         self.category_names = ["__background__"] + [c["name"] for c in categories]
@@ -492,8 +514,6 @@ class CocoDetection:
         ``masks`` (N, 1, H, W) or (N, H, W) probabilities, binarised at ``mask_threshold``
         and written as compressed RLE.
         """
-        from pycocotools import mask as mask_utils
-
         boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
         category_ids = self.label_to_category_id(np.asarray(prediction["labels"]).reshape(-1))
         scores = np.asarray(prediction["scores"], dtype=np.float64).reshape(-1)
@@ -506,8 +526,7 @@ class CocoDetection:
             result = {"image_id": int(image_id), "category_id": int(category_ids[k]),
                       "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
             if masks is not None:
-                rle = mask_utils.encode(np.asfortranarray(masks[k].astype(np.uint8)))
-                result["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                result["segmentation"] = mask_to_rle(masks[k])
             results.append(result)
         return results
 
@@ -546,21 +565,6 @@ def _resolve_categories(categories, available, path):
             raise ValueError(f"category {c!r} is not in {path}: use one of the names {sorted(by_name)} "
                              f"or ids {sorted(ids)}")
     return chosen
-
-
-def write_json_atomic(data, out_file):
-    """Write JSON to a temporary file beside ``out_file`` and rename it into place, so a reader
-    never sees half a file."""
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, out_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return str(out_file)
 
 
 def coco_subset(ann_file, out_file, num_images, categories=None, seed=0):

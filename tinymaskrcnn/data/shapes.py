@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .coco import mask_to_rle
+
 SHAPES = ("circle", "square", "triangle")
 CATEGORIES = tuple({"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES))
 STAMP = "shapes_dataset.json"  # written last inside the temporary folder: its presence means complete
@@ -95,27 +97,6 @@ def mask_to_polygons(mask):
         return None
     decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
     return polygons if np.array_equal(decoded.astype(bool), mask) else None
-
-
-def mask_to_rle(mask, compressed=True):
-    """COCO run-length encoding of a boolean mask: ``{"size": [h, w], "counts": ...}``.
-
-    Runs go down the columns (Fortran order) and start with a run of zeros. ``compressed``
-    gives pycocotools' string form; otherwise counts is the plain list of run lengths.
-    """
-    from pycocotools import mask as mask_utils
-
-    height, width = mask.shape
-    if compressed:
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-    flat = mask.ravel(order="F").astype(np.int8)
-    change = np.flatnonzero(np.diff(flat)) + 1  # positions where a new run starts
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat[0]:
-        counts = [0] + counts  # the first run counts zeros, so it is empty here
-    return {"size": [height, width], "counts": counts}
 
 
 # ---------------------------------------------------------------------------------------------

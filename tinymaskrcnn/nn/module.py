@@ -33,6 +33,27 @@ def _shape_of(value):
     return tuple(getattr(value, "shape", np.shape(value)))
 
 
+def format_state_mismatch(title, missing=(), unexpected=(), mismatched=(), fix=""):
+    """The one report of a state that does not fit a module, for Module.load_state_dict and
+    weights.load_torchvision (and through them resuming or loading a checkpoint): ``title``,
+    then a line for each non-empty list, with counts and shapes, then ``fix``. ``missing`` and
+    ``unexpected`` hold (key, shape), ``mismatched`` (key, state shape, module shape)."""
+    lines = [f"{title}:"]
+    if missing:
+        lines.append(f"  missing ({len(missing)}, in the module, not in the state): "
+                     + ", ".join(f"{k} {s}" for k, s in missing))
+    if unexpected:
+        lines.append(f"  unexpected ({len(unexpected)}, in the state, not in the module): "
+                     + ", ".join(f"{k} {s}" for k, s in unexpected))
+    if mismatched:
+        lines.append(f"  mis-shaped ({len(mismatched)}): "
+                     + ", ".join(f"{k}: state {a}, module {b}" for k, a, b in mismatched))
+    if unexpected and all(k.startswith("module.") for k, _ in unexpected):
+        lines.append("  hint: the keys start with 'module.' (saved from DataParallel): strip it first")
+    lines.append(f"  fix: {fix}")
+    return "\n".join(lines)
+
+
 def _copy_into(dest, value):
     """Copy ``value`` (array, Tensor or anything array-like, e.g. a CPU torch tensor) into the
     array ``dest`` in place, converting to ``dest``'s dtype and device."""
@@ -251,19 +272,13 @@ class Module:
         unexpected = [k for k in state_dict if k not in own and k not in ignored]
         mismatched = [k for k in own if k in state_dict and _shape_of(state_dict[k]) != tuple(own[k].shape)]
         if mismatched or (strict and (missing or unexpected)):
-            lines = [f"Error(s) in loading state_dict for {type(self).__name__}:"]
-            if mismatched:
-                lines.append("  shape mismatch (always an error): " + "; ".join(
-                    f"{k!r}: state has shape {_shape_of(state_dict[k])}, module has {tuple(own[k].shape)}" for k in mismatched))
-            if strict and missing:
-                lines.append("  missing keys (in the module, not in the state): " + ", ".join(
-                    f"{k!r} {tuple(own[k].shape)}" for k in missing))
-            if strict and unexpected:
-                lines.append("  unexpected keys (in the state, not in the module): " + ", ".join(
-                    f"{k!r} {_shape_of(state_dict[k])}" for k in unexpected))
-            lines.append("  fix: build the module with the configuration the state was saved from, or pass "
-                         "strict=False to load the keys that match (shapes must still agree)")
-            raise ValueError("\n".join(lines))
+            raise ValueError(format_state_mismatch(
+                f"Error(s) in loading state_dict for {type(self).__name__}",
+                [(k, tuple(own[k].shape)) for k in missing] if strict else (),
+                [(k, _shape_of(state_dict[k])) for k in unexpected] if strict else (),
+                [(k, _shape_of(state_dict[k]), tuple(own[k].shape)) for k in mismatched],
+                fix="build the module with the configuration the state was saved from, or pass strict=False to "
+                    "load the keys that match (shapes must still agree; a shape mismatch is always an error)"))
         for key, dest in own.items():
             if key in state_dict:
                 _copy_into(dest, state_dict[key])

@@ -33,7 +33,7 @@ def stable_sigmoid(x):
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def _log_softmax(x, axis):
+def log_softmax_array(x, axis):
     """x - logsumexp(x) along ``axis``, shifted by the maximum so that no exponential overflows."""
     xp = get_array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
@@ -74,7 +74,7 @@ class Softmax(Function):
 
     def forward(self, x, axis):
         self.axis = axis
-        self.y = get_array_module(x).exp(_log_softmax(x, axis))
+        self.y = get_array_module(x).exp(log_softmax_array(x, axis))
         return self.y
 
     def backward(self, g):
@@ -86,7 +86,7 @@ class LogSoftmax(Function):
 
     def forward(self, x, axis):
         self.axis = axis
-        self.y = _log_softmax(x, axis)
+        self.y = log_softmax_array(x, axis)
         return self.y
 
     def backward(self, g):

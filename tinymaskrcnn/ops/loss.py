@@ -28,7 +28,7 @@ import numpy as np
 
 from ..autograd import Function, Tensor, as_array
 from ..backend import get_array_module
-from .activation import _log_softmax
+from .activation import log_softmax_array
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -63,7 +63,7 @@ class CrossEntropy(Function):
     def forward(self, x, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         xp = get_array_module(x)
         n, c = x.shape
-        logp = _log_softmax(x, axis=1)
+        logp = log_softmax_array(x, axis=1)
         keep = target != ignore_index
         safe_target = xp.where(keep, target, 0)  # any valid index for ignored rows; their weight is 0
         w = xp.ones(c, dtype=x.dtype) if weight is None else weight

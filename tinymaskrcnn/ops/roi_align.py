@@ -37,7 +37,7 @@ from ..kernels import roi_align as cpu_kernels
 from .arguments import pair
 
 
-def _kernels(x):
+def kernels_for(x):
     """The kernel module for ``x``: Numba-CUDA for CuPy arrays (or the simulator switch), else Numba CPU."""
     if uses_cuda_kernels(x):
         from ..kernels.cuda import roi_align as cuda_kernels
@@ -69,7 +69,7 @@ class RoIAlign(Function):
     def forward(self, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
         # the scale in the input's dtype keeps float32 box arithmetic in float32, as torchvision
         self.params = (input.dtype.type(spatial_scale), int(sampling_ratio), bool(aligned))
-        self.rois, self.input_shape, self.kernels = rois, input.shape, _kernels(input)
+        self.rois, self.input_shape, self.kernels = rois, input.shape, kernels_for(input)
         input = get_array_module(input).ascontiguousarray(input)
         return self.kernels.roi_align_forward(input, rois, *output_size, *self.params)
 
