@@ -19,6 +19,7 @@ setup(
         "tinymaskrcnn.ops",
         "tinymaskrcnn.models",
         "tinymaskrcnn.data",
+        "tinymaskrcnn.engine",
         "tinymaskrcnn.kernels",
         "tinymaskrcnn.kernels.cuda",
     ],

@@ -70,7 +70,7 @@ def _schedule(config, iterations):
     """The engine's own learning-rate schedule for ``iterations``, run on a stand-in optimizer
     (our schedulers drive our optimizers); torchvision's optimizer copies its lr every step."""
     stand_in = engine.build_optimizer([nn.Parameter(np.zeros(1, np.float32))], config)
-    return engine._scheduler(stand_in, dataclasses.replace(config, iterations=iterations))
+    return engine.build_scheduler(stand_in, dataclasses.replace(config, iterations=iterations))
 
 
 def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):

@@ -197,7 +197,7 @@ def test_a_run_that_fails_after_a_checkpoint_prints_the_resume_command(tmp_path,
         object.__setattr__(model, "forward", poisoned)
         return model
 
-    monkeypatch.setattr(engine, "build_model", build_poisoned)
+    monkeypatch.setattr(engine.loop, "build_model", build_poisoned)
     run_dir = tmp_path / "run with space"
     flags = ["train", "--data", str(tmp_path / "shapes"), "--out-dir", str(run_dir), "--processes", "1"] + TINY_FLAGS \
         + ["--iterations", "5", "--checkpoint-period", "2"]
@@ -209,7 +209,7 @@ def test_a_run_that_fails_after_a_checkpoint_prints_the_resume_command(tmp_path,
     command = shlex.split(note[len(prefix):])
     assert command[:2] == ["tinymaskrcnn", "train"] and command[-1] == "--resume"
     # the command given, with --resume, is what it says: it continues the run to the end
-    monkeypatch.setattr(engine, "build_model", build)
+    monkeypatch.setattr(engine.loop, "build_model", build)
     assert cli.main(command[1:]) == 0
     assert weights.load(run_dir / "checkpoint.npz")["iteration"] == 5
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -37,7 +37,7 @@ def test_cli_device_cuda_fails_first_with_one_line(no_cuda, tmp_path, capsys, ar
 def test_engine_refuses_data_parallel_on_the_gpu(monkeypatch):
     from tinymaskrcnn import engine
     monkeypatch.setattr(backend, "check_cuda", lambda: None)
-    monkeypatch.setattr(engine, "check_cuda", lambda: None)
+    monkeypatch.setattr(engine.loop, "check_cuda", lambda: None)
     with pytest.raises(ValueError, match="processes=1 with device='cuda'"):
         engine.train(engine.TrainConfig(device="cuda", processes=2))
     with pytest.raises(ValueError, match="device='gpu'"):

@@ -50,17 +50,17 @@ def test_resume_is_bit_identical(shapes_root, tmp_path, monkeypatch, optimizer, 
     straight = engine.train(tiny_config(shapes_root, tmp_path / "straight", optimizer=optimizer, processes=processes))
 
     # the interrupted run dies during iteration 3, after the checkpoint of iteration 2
-    append = engine._append_jsonl
+    append = engine.append_jsonl
 
     def interrupt(path, record):
         append(path, record)
         if record.get("iteration") == 3 and "eval" not in record:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "_append_jsonl", interrupt)
+    monkeypatch.setattr(engine.loop, "append_jsonl", interrupt)
     with pytest.raises(KeyboardInterrupt):
         engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, processes=processes))
-    monkeypatch.setattr(engine, "_append_jsonl", append)
+    monkeypatch.setattr(engine.loop, "append_jsonl", append)
     assert weights.load(tmp_path / "stopped" / engine.CHECKPOINT)["iteration"] == 2
     resumed = engine.train(tiny_config(shapes_root, tmp_path / "stopped", optimizer=optimizer, processes=processes,
                                        resume=True))
@@ -112,7 +112,7 @@ def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monke
         object.__setattr__(model, "forward", poisoned)
         return model
 
-    monkeypatch.setattr(engine, "build_model", build_poisoned)
+    monkeypatch.setattr(engine.loop, "build_model", build_poisoned)
     with pytest.raises(FloatingPointError, match=r"iteration 3: loss_mask = nan") as info:
         engine.train(tiny_config(shapes_root, tmp_path / "run", clip_grad_norm=clip))
     message = str(info.value)
@@ -128,7 +128,7 @@ def test_nan_loss_stops_with_the_iteration_and_term(shapes_root, tmp_path, monke
     (note,) = info.value.__notes__
     assert f"last checkpoint is {tmp_path / 'run' / engine.CHECKPOINT} (iteration 2)" in note
     assert f"resume=True, out_dir={str(tmp_path / 'run')!r}" in note
-    monkeypatch.setattr(engine, "build_model", build)
+    monkeypatch.setattr(engine.loop, "build_model", build)
     model, state = engine.load_model(tmp_path / "run" / engine.CHECKPOINT)
     assert state["iteration"] == 2  # the last good one; nothing was written from the bad state
     assert all(np.isfinite(v).all() for v in model.state_dict().values())

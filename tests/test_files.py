@@ -34,7 +34,7 @@ def test_the_temporary_is_hidden_beside_the_file_and_unique(tmp_path):
 
     files.atomic_write(tmp_path / "metrics.jsonl", write)
     files.atomic_write(tmp_path / "metrics.jsonl", write)
-    # engine._remove_stale_temporaries looks for .<name>*.tmp in the run folder
+    # engine.remove_stale_temporaries looks for .<name>*.tmp in the run folder
     (first,), (second,) = seen[0], [n for n in seen[1] if n != "metrics.jsonl"]
     assert first.startswith(".metrics.jsonl.") and first.endswith(".tmp")
     assert second.startswith(".metrics.jsonl.") and second != first

@@ -5,7 +5,7 @@
 # measures, what its value should be before any learning (a free bug detector), watches all five
 # fall as the model overfits a single image (the first thing to try when a detector will not
 # learn), tabulates every layer's weights and gradients to spot dead or exploding layers, and
-# holds one optimizer step equal to torch's. The loop in `tinymaskrcnn/engine.py` does the same
+# holds one optimizer step equal to torch's. The loop in `tinymaskrcnn/engine/loop.py` does the same
 # at scale, with data loading, schedules, checkpoints and evaluation.
 
 # %%

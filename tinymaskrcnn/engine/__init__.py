@@ -1,0 +1,34 @@
+"""The training loop and the evaluation loop.
+
+``train(TrainConfig(...))`` is the whole recipe in one place: data (the synthetic shapes set or
+any COCO-format set), the model, AdamW (or SGD with momentum) and weight decay, a warmup then step or
+cosine learning-rate schedule, optional gradient clipping, a progress bar with running losses,
+one JSON line of metrics per iteration, a loss-curve picture, periodic COCO evaluation and
+atomic checkpoints from which ``resume=True`` continues bit for bit.
+
+What a run folder holds when training ends::
+
+    checkpoint.npz     model, optimizer, schedule, loader and RNG state, iteration, config
+    config.json        the TrainConfig
+    metrics.jsonl      one line per iteration (losses, total, training stats, gradient norm
+                       before clipping, lr, seconds) and one per evaluation
+                       ({"iteration": ..., "eval": {...}})
+    losses.png         the loss curves
+    results.json, metrics.json   COCO results and the COCOeval summary of the final model on val
+    predictions/       a PNG and a JSON of the detections for a few val images
+
+The folder is made only once everything has loaded (data, model, weights, the checkpoint to
+resume, the data-parallel worker): a run that cannot start leaves nothing behind. Each start or
+resume removes the hidden temporary files of writes that a killed run left half done.
+
+The package in four parts, each readable alone: ``config`` (TrainConfig, its defaults and what
+it resolves to), ``checkpoint`` (saving, restoring and loading a run's state; stale temporary
+files), ``inference`` (evaluation and prediction pictures) and ``loop`` (``train``).
+"""
+from ..build import MODELS, build_model
+from .checkpoint import (CHECKPOINT, CHECKPOINT_FORMAT, RUN_FILES, load_model, remove_stale_temporaries, restore,
+                         save_checkpoint, truncate_metrics)
+from .config import (OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes,
+                     resolve_data, uses_shapes, with_optimizer_defaults)
+from .inference import evaluate, predict_images
+from .loop import NonFiniteLossError, append_jsonl, build_optimizer, build_scheduler, train

@@ -1,0 +1,172 @@
+"""What a training run is told: TrainConfig with its validation, the defaults it falls back to,
+and what it resolves to (the data's files, the lr and warmup, the number of processes, the run folder)."""
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..build import MODELS
+from ..data import ensure_shapes_dataset
+
+# The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
+# would only make the mask head and evaluation slower, not the AP higher. The mask head trains
+# on at most 8 positive RoIs per image: the RPN soon gives each object a dozen near-copies, so
+# more RoIs cost time and teach nothing new. Half of each image's 128 sampled RoIs may be
+# positives (torchvision: a quarter): with 1-4 objects an image, the box classifier then learns
+# the classes sooner. A 64-channel FPN: its 3x3 convs and the RPN's at 40x60 would otherwise cost
+# as much as half the ResNet-18. InstanceNorm2d in the ResNet-18: each image is normalised by its
+# own statistics, in training (where data-parallel training gives each process one image, so
+# BatchNorm2d's statistics would be one image's anyway) and in inference (where BatchNorm2d's
+# running averages of one-image statistics are far from any one image's). The figures behind
+# each choice: docs/benchmarks.md, "Figures behind design choices".
+SHAPES_MODEL_DEFAULTS = {"box_detections_per_img": 20, "mask_batch_size_per_image": 8, "box_positive_fraction": 0.5,
+                         "fpn_channels": 64, "norm": "instance"}
+# lr and weight decay when TrainConfig leaves them None. AdamW is the default: from scratch on
+# the shapes set it reaches twice SGD's mask AP in the same iterations (docs/benchmarks.md).
+# SGD's are torchvision's reference recipe (lr 0.02, weight decay 1e-4).
+OPTIMIZER_DEFAULTS = {"adamw": {"lr": 5e-4, "weight_decay": 0.05}, "sgd": {"lr": 0.02, "weight_decay": 1e-4}}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint and in config.json).
+
+    Data (first that applies): ``train_ann``/``train_images`` (and ``val_ann``/``val_images``)
+    COCO files; ``data``, a folder in COCO layout (``annotations/instances_{train,val}.json``
+    with ``images/{train,val}/``, or COCO 2017's ``annotations/instances_train2017.json`` with
+    ``train2017/``); otherwise the synthetic shapes set, generated once under ``shapes_root``
+    with ``shapes_train``/``shapes_val`` images of ``shapes_size`` (H, W) pixels.
+    """
+    # data
+    data: str = None
+    train_ann: str = None
+    train_images: str = None
+    val_ann: str = None
+    val_images: str = None
+    shapes_root: str = "data_cache/shapes"
+    shapes_train: int = 256
+    shapes_val: int = 64
+    shapes_size: tuple = ((128, 192), (128, 192))
+    hflip: float = 0.5                 # probability of a horizontal flip per training image
+    # model: a name from MODELS and its keyword arguments (num_classes comes from the data)
+    model: str = "maskrcnn_resnet18_fpn"
+    model_kwargs: dict = field(default_factory=dict)  # on the shapes set SHAPES_MODEL_DEFAULTS come first
+    weights: str = None                # a torchvision .pth to start from (mismatched heads stay as built)
+    device: str = "cpu"                # "cuda": the model's arrays in CuPy, the kernels kernels/cuda (one process)
+    # optimisation
+    iterations: int = 1900             # the main job: about 14 minutes on 2 cores
+    batch_size: int = 2
+    processes: int = None              # 2: each batch split with a worker process (data_parallel.py); None: 2 where
+                                       # there are 2+ cores and batch_size >= 2, else 1
+    optimizer: str = "adamw"           # "adamw" or "sgd" (with momentum); see OPTIMIZER_DEFAULTS
+    lr: float = None                   # None: the optimizer's default in OPTIMIZER_DEFAULTS
+    momentum: float = 0.9              # SGD only
+    weight_decay: float = None         # None: the optimizer's default in OPTIMIZER_DEFAULTS
+    warmup_iters: int = None           # None: 50, or a quarter of a shorter run
+    warmup_factor: float = 1e-3
+    schedule: str = "cosine"           # "cosine" (to zero at the end) or "step" (x gamma at milestones)
+    milestones: tuple = None           # for "step"; None: at 2/3 and 8/9 of the iterations
+    gamma: float = 0.1
+    clip_grad_norm: float = 10.0       # None or 0: no clipping
+    # bookkeeping
+    eval_period: int = 0               # evaluate on val every N iterations (0: only at the end)
+    checkpoint_period: int = 100       # write checkpoint.npz every N iterations (and at the end)
+    num_predictions: int = 4           # val images drawn into predictions/ at the end
+    seed: int = 0
+    out_dir: str = None                # None: runs/<timestamp>
+    resume: bool = False               # continue from out_dir/checkpoint.npz
+    progress: bool = True
+
+    def validate(self):
+        """Raise ValueError naming the first field that cannot work."""
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: choose one of {MODELS}")
+        for name in ("iterations", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a positive integer")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
+        if self.processes not in (None, 1, 2):
+            raise ValueError(f"processes={self.processes!r}: expected 1 or 2 (2 splits each batch with a worker process)")
+        if self.processes == 2 and self.batch_size < 2:
+            raise ValueError(f"processes=2 splits each batch in two: batch_size={self.batch_size} needs to be at least 2")
+        for name in ("eval_period", "checkpoint_period", "num_predictions", "warmup_iters", "seed"):
+            if name == "warmup_iters" and self.warmup_iters is None:
+                continue
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected a non-negative integer")
+        if self.optimizer not in OPTIMIZER_DEFAULTS:
+            raise ValueError(f"optimizer={self.optimizer!r}: choose one of {tuple(OPTIMIZER_DEFAULTS)}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule={self.schedule!r}: choose 'cosine' or 'step'")
+        if self.schedule == "cosine" and self.warmup_iters is not None and self.warmup_iters >= self.iterations:
+            raise ValueError(f"warmup_iters ({self.warmup_iters}) must be below iterations ({self.iterations})")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr!r}: expected a positive learning rate")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r}: expected a non-negative number")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir: the run folder holding checkpoint.npz")
+        if (self.train_ann is None) != (self.train_images is None) or (self.val_ann is None) != (self.val_images is None):
+            raise ValueError("give annotation files and image folders in pairs: train_ann with train_images, "
+                             "val_ann with val_images")
+
+
+def with_optimizer_defaults(config):
+    """A copy of ``config`` whose lr and weight decay left None are its optimizer's defaults, and
+    whose warmup left None is 50 iterations, or a quarter of a run shorter than 200 (so that
+    ``--iterations 20`` works as typed)."""
+    defaults = {name: value for name, value in OPTIMIZER_DEFAULTS[config.optimizer].items()
+                if getattr(config, name) is None}
+    if config.warmup_iters is None:
+        defaults["warmup_iters"] = min(50, config.iterations // 4)
+    return dataclasses.replace(config, **defaults)
+
+
+def processes(config):
+    """How many processes share each batch: ``config.processes``, or when None 2 on a machine
+    with 2 or more cores and a batch to split: small ops parallelise better across images than
+    inside one (data_parallel.py)."""
+    if config.processes is not None:
+        return config.processes
+    if config.device == "cuda":
+        return 1  # one GPU, one process
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 2 if cores >= 2 and config.batch_size >= 2 else 1
+
+
+def coco_layout(root):
+    """{split: (ann_file, image_dir)} of a folder in COCO layout; an error lists what was looked for."""
+    root = Path(root)
+    layouts = [(root / "annotations" / f"instances_{s}.json", root / "images" / s) for s in ("train", "val")], \
+              [(root / "annotations" / f"instances_{s}2017.json", root / f"{s}2017") for s in ("train", "val")]
+    for layout in layouts:
+        if layout[0][0].is_file():
+            return {split: (str(a), str(i)) for split, (a, i) in zip(("train", "val"), layout) if a.is_file()}
+    raise FileNotFoundError(f"{root} is not in COCO layout: expected annotations/instances_train.json with "
+                            "images/train/ (or annotations/instances_train2017.json with train2017/)")
+
+
+def uses_shapes(config):
+    return config.train_ann is None and config.data is None
+
+
+def resolve_data(config):
+    """{"train": (ann_file, image_dir), "val": (ann_file, image_dir) or absent} for ``config``."""
+    if config.train_ann is not None:
+        splits = {"train": (config.train_ann, config.train_images)}
+    elif not uses_shapes(config):
+        splits = coco_layout(config.data)
+    else:
+        paths = ensure_shapes_dataset(config.shapes_root, num_train=config.shapes_train, num_val=config.shapes_val,
+                                      image_size=config.shapes_size, seed=config.seed, progress=config.progress)
+        splits = {s: tuple(p) for s, p in paths.items()}
+    if config.val_ann is not None:
+        splits["val"] = (config.val_ann, config.val_images)
+    return splits
+
+
+def default_out_dir():
+    """The run folder when none is given: runs/<date-time>."""
+    return str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))

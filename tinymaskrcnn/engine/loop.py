@@ -1,0 +1,208 @@
+"""The training loop: ``train(TrainConfig(...))`` builds the data, model, optimizer and schedule,
+runs the iterations (logging, evaluating and checkpointing as it goes) and ends with COCO
+evaluation and prediction pictures of the final model."""
+import dataclasses
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from .. import optim, random as tm_random, weights
+from ..backend import check_cuda
+from ..build import build_model
+from ..data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget
+from ..data.coco import check_datasets
+from ..data_parallel import DataParallel, forward_backward
+from ..files import write_json_atomic
+from .checkpoint import CHECKPOINT, remove_stale_temporaries, restore, save_checkpoint, truncate_metrics
+from .config import SHAPES_MODEL_DEFAULTS, default_out_dir, processes, resolve_data, uses_shapes, with_optimizer_defaults
+from .inference import evaluate, predict_images
+
+
+def build_optimizer(params, config):
+    """The optimizer ``config.optimizer`` names, with the config's settings (None: the defaults)."""
+    config = with_optimizer_defaults(config)
+    if config.optimizer == "sgd":
+        return optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(optimizer, config):
+    """The warmup then cosine or step schedule ``config.schedule`` names, over ``config.iterations``."""
+    if config.schedule == "cosine":
+        return optim.WarmupCosineLR(optimizer, config.iterations, config.warmup_factor, config.warmup_iters)
+    milestones = config.milestones or (2 * config.iterations // 3, 8 * config.iterations // 9)
+    return optim.WarmupMultiStepLR(optimizer, milestones, config.gamma, config.warmup_factor, config.warmup_iters)
+
+
+def _json_number(value):
+    # JSON has no NaN: a statistic with nothing to measure (e.g. no positives) is written as null
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def append_jsonl(path, record):
+    """Add ``record`` to the metrics log at ``path`` as one JSON line."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _forever(loader):
+    """Batches across epochs; the loader's own state says where it is."""
+    while True:
+        yield from loader
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; training stopped before updating the parameters."""
+
+
+def _add_note(error, note):
+    """``error.add_note(note)`` (Python 3.11+), or the same attribute on older versions, where
+    the command line still prints it."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
+def train(config, resume_command=None):
+    """Train a Mask R-CNN as ``config`` (a TrainConfig) says; returns a dict with the run
+    folder, the checkpoint path, the final COCO metrics (None without a val split) and the
+    prediction pictures. See the package docstring (engine/__init__.py) for what the run folder holds.
+
+    An error (or interruption) once a checkpoint of this run exists gets a note naming the
+    checkpoint and how to continue: ``resume_command`` (the command line passes its own), else
+    the TrainConfig fields to set."""
+    from tqdm import tqdm
+
+    config = dataclasses.replace(config)
+    config.validate()
+    if config.device == "cuda":  # before any work: one clear error where there is no GPU
+        check_cuda()
+        if processes(config) == 2:
+            raise ValueError("processes=2 (data parallel) runs on CPU processes: use processes=1 with device='cuda'")
+    config = with_optimizer_defaults(config)  # so config.json and the checkpoint say what was used
+    if uses_shapes(config):
+        config.model_kwargs = {**SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
+    out_dir = Path(config.out_dir or default_out_dir())
+    checkpoint_path = out_dir / CHECKPOINT
+    metrics_path = out_dir / "metrics.jsonl"
+    if config.resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint_path}")
+
+    splits = resolve_data(config)
+    train_set = CocoDetection(*splits["train"], skip_empty=True)
+    val_set = CocoDetection(*splits["val"]) if "val" in splits else None
+    check_datasets({"train": train_set, "val": val_set})  # every image file, before any work
+    tm_random.manual_seed(config.seed)
+    model = build_model(config.model, train_set.num_classes, config.model_kwargs)
+    if config.weights and not config.resume:
+        for line in weights.load_pretrained(model, config.weights):
+            print(line)
+    model.to(device=config.device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, config)
+    # split in two, an epoch's last batch could be a single image: drop the remainder, as DDP's samplers do
+    loader = DataLoader(train_set, config.batch_size, shuffle=True, seed=config.seed, drop_last=processes(config) == 2,
+                        transforms=Compose([RandomHorizontalFlip(config.hflip), SanitizeTarget(drop=True)]))
+
+    scheduler = build_scheduler(optimizer, config)
+
+    start = 0
+    if config.resume:
+        start = restore(checkpoint_path, config, model, optimizer, scheduler, loader)
+    saved = {"iteration": start if config.resume else None}  # this run's checkpoint on disk
+
+    def checkpoint(iteration):
+        save_checkpoint(checkpoint_path, config, train_set, model, optimizer, scheduler, loader, iteration)
+        saved["iteration"] = iteration
+
+    def write_loss_curve():
+        from ..visualize import plot_losses
+
+        plot_losses(metrics_path, out_dir / "losses.png")
+
+    def run_evaluation(iteration, folder):
+        metrics = evaluate(model, val_set, folder, progress=config.progress, verbose=False)
+        append_jsonl(metrics_path, {"iteration": iteration, "eval": metrics})
+        return metrics
+
+    def stop(iteration, what):
+        where = f"last good checkpoint: {checkpoint_path}" if saved["iteration"] is not None else "no checkpoint yet"
+        clip = config.clip_grad_norm
+        tries = [f"a lower lr (peak {config.lr:g}, {optimizer.param_groups[0]['lr']:.3g} at this iteration)",
+                 f"a longer warmup (warmup_iters {config.warmup_iters})",
+                 f"a lower clip_grad_norm (gradients were clipped at norm {clip:g})" if clip else
+                 "gradient clipping (clip_grad_norm, e.g. 10; it was off)"]
+        raise NonFiniteLossError(f"iteration {iteration}: {what}; training stopped before the update ({where}). "
+                                 f"Try {', '.join(tries[:-1])} or {tries[-1]}")
+
+    batches = _forever(loader)
+    recent = {"loss": [], "loss_mask": []}  # the last 20 values of what the progress bar shows
+    build = (config.model, train_set.num_classes, config.model_kwargs)
+    try:
+        with DataParallel(model, build) if processes(config) == 2 else nullcontext() as parallel:
+            # everything has loaded and the worker runs: only now is the run folder made or touched
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out_dir)
+            if config.resume:
+                truncate_metrics(metrics_path, start)
+            elif metrics_path.exists():
+                metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
+            write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
+            bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
+                       initial=start, total=config.iterations)
+            for it in bar:
+                iteration = it + 1  # iterations completed once this one is done
+                t0 = time.perf_counter()
+                images, targets = next(batches)
+                values, stats = parallel.step(images, targets) if parallel else forward_backward(model, images, targets)
+                bad = [name for name, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    stop(iteration, ", ".join(f"{n} = {values[n]}" for n in bad))
+                norm = None
+                if config.clip_grad_norm:
+                    norm = optim.clip_grad_norm_(params, config.clip_grad_norm)
+                    if not math.isfinite(norm):
+                        stop(iteration, f"the gradient norm is {norm}")
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                record = {"iteration": iteration, **values, "loss": float(sum(values.values())),
+                          **{k: _json_number(v) for k, v in stats.items()}, "grad_norm": norm, "lr": lr,
+                          "time": time.perf_counter() - t0}
+                append_jsonl(metrics_path, record)
+                for name, window in recent.items():
+                    window.append(record[name])
+                    del window[:-20]
+                bar.set_postfix(loss=f"{np.mean(recent['loss']):.3f}", mask=f"{np.mean(recent['loss_mask']):.3f}",
+                                lr=f"{lr:.2g}")
+                if val_set is not None and config.eval_period and iteration % config.eval_period == 0 \
+                        and iteration < config.iterations:
+                    run_evaluation(iteration, out_dir / "eval" / f"iter_{iteration:06d}")
+                if iteration == config.iterations or (config.checkpoint_period and iteration % config.checkpoint_period == 0):
+                    checkpoint(iteration)
+                    write_loss_curve()  # kept current, so a stopped run has its curve too
+            bar.close()
+
+        result = {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "metrics_jsonl": str(metrics_path),
+                  "loss_curve": str(out_dir / "losses.png"), "metrics": None, "predictions": []}
+        if val_set is not None:
+            result["metrics"] = run_evaluation(config.iterations, out_dir)
+            result["metrics_json"] = str(out_dir / "metrics.json")
+            picks = range(min(config.num_predictions, len(val_set)))
+            samples = [val_set[i] for i in picks]
+            result["predictions"] = predict_images(
+                model, [image for image, _ in samples], val_set.category_names, out_dir / "predictions",
+                [f"val_{target['image_id']:06d}" for _, target in samples])
+    except BaseException as e:
+        if saved["iteration"] is not None:
+            how = resume_command or f"train() with resume=True, out_dir={str(out_dir)!r} and the same settings"
+            _add_note(e, f"the run's last checkpoint is {checkpoint_path} (iteration {saved['iteration']}); "
+                         f"continue from it with: {how}")
+        raise
+    return result
