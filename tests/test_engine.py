@@ -255,3 +255,12 @@ def test_warmup_defaults_to_a_quarter_of_a_short_run(shapes_root, tmp_path):
                                  warmup_iters=None)
     engine.train(config)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["warmup_iters"] == 0
+
+
+def test_resuming_a_finished_run_logs_its_final_evaluation_once(shapes_root, tmp_path):
+    run = tmp_path / "run"
+    engine.train(tiny_config(shapes_root, run, iterations=2, checkpoint_period=0, processes=1))
+    engine.train(tiny_config(shapes_root, run, iterations=2, checkpoint_period=0, processes=1, resume=True))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "eval" in r] == [2]
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2]

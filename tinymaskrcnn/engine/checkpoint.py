@@ -40,13 +40,18 @@ def restore(path, config, model, optimizer, scheduler, loader):
     return int(state["iteration"])
 
 
-def truncate_metrics(path, iteration):
+def truncate_metrics(path, iteration, final_iteration):
     """Keep the lines up to ``iteration``: a resumed run re-does (and re-logs) the iterations
-    after its checkpoint."""
+    after its checkpoint, and always the final evaluation (logged at ``final_iteration``)."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
-             if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+
+    def kept(record):
+        if "eval" in record and record.get("iteration", 0) >= final_iteration:
+            return False
+        return record.get("iteration", 0) <= iteration
+
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and kept(json.loads(line))]
     text = "".join(line + "\n" for line in lines).encode("utf-8")
     atomic_write(path, lambda f: f.write(text))
 

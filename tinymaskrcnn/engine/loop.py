@@ -150,7 +150,7 @@ def train(config, resume_command=None):
             out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(out_dir)
             if config.resume:
-                truncate_metrics(metrics_path, start)
+                truncate_metrics(metrics_path, start, config.iterations)
             elif metrics_path.exists():
                 metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
             write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
