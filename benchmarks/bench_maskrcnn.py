@@ -130,10 +130,7 @@ def _measure(framework, task, pth, repeats):
                 model.zero_grad()
             else:
                 losses = model([image], [target])
-                total = None
-                for v in losses.values():
-                    total = v if total is None else total + v
-                total.backward()
+                sum(losses.values()).backward()
                 model.zero_grad()
             if r:
                 times.append(time.perf_counter() - t0)

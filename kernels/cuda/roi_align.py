@@ -59,6 +59,16 @@ def _sample(start, bin_size, grid, p, i):
     return start + T(p) * bin_size + (T(i) + T(0.5)) * bin_size / T(grid)
 
 
+@cuda.jit(device=True)
+def _bin(e, rois, C, PH, PW, spatial_scale, sampling_ratio, aligned):
+    """Flat bin index ``e`` of a (K, C, PH, PW) output -> its (px, py, c, k), the RoI's image b, and
+    each axis's (start, bin size, samples per bin): what the forward and backward threads share."""
+    px, py, c, k = e % PW, (e // PW) % PH, (e // (PW * PH)) % C, e // (PW * PH * C)
+    ys, yb, gh = _axis(rois[k, 2], rois[k, 4], PH, spatial_scale, sampling_ratio, aligned)
+    xs, xb, gw = _axis(rois[k, 1], rois[k, 3], PW, spatial_scale, sampling_ratio, aligned)
+    return px, py, c, k, int(rois[k, 0]), ys, yb, gh, xs, xb, gw
+
+
 @cuda.jit
 def roi_align_forward_kernel(input, rois, spatial_scale, sampling_ratio, aligned, out):
     """Thread layout: one thread per output bin of out (K, C, ph, pw), grid-stride."""
@@ -66,10 +76,7 @@ def roi_align_forward_kernel(input, rois, spatial_scale, sampling_ratio, aligned
     K, C, PH, PW = out.shape
     H, W = input.shape[2], input.shape[3]
     for e in range(cuda.grid(1), K * C * PH * PW, cuda.gridsize(1)):
-        px, py, c, k = e % PW, (e // PW) % PH, (e // (PW * PH)) % C, e // (PW * PH * C)
-        b = int(rois[k, 0])
-        ys, yb, gh = _axis(rois[k, 2], rois[k, 4], PH, spatial_scale, sampling_ratio, aligned)
-        xs, xb, gw = _axis(rois[k, 1], rois[k, 3], PW, spatial_scale, sampling_ratio, aligned)
+        px, py, c, k, b, ys, yb, gh, xs, xb, gw = _bin(e, rois, C, PH, PW, spatial_scale, sampling_ratio, aligned)
         acc = T(0.0)
         for iy in range(gh):
             y0, y1, hy, ly = _tap(_sample(ys, yb, gh, py, iy), H)
@@ -88,10 +95,7 @@ def roi_align_backward_kernel(grad_output, rois, spatial_scale, sampling_ratio, 
     K, C, PH, PW = grad_output.shape
     H, W = grad_input.shape[2], grad_input.shape[3]
     for e in range(cuda.grid(1), K * C * PH * PW, cuda.gridsize(1)):
-        px, py, c, k = e % PW, (e // PW) % PH, (e // (PW * PH)) % C, e // (PW * PH * C)
-        b = int(rois[k, 0])
-        ys, yb, gh = _axis(rois[k, 2], rois[k, 4], PH, spatial_scale, sampling_ratio, aligned)
-        xs, xb, gw = _axis(rois[k, 1], rois[k, 3], PW, spatial_scale, sampling_ratio, aligned)
+        px, py, c, k, b, ys, yb, gh, xs, xb, gw = _bin(e, rois, C, PH, PW, spatial_scale, sampling_ratio, aligned)
         count = T(max(gh * gw, 1))
         g = grad_output[k, c, py, px]
         for iy in range(gh):

@@ -39,12 +39,6 @@ rng = np.random.default_rng(0)
 torch = reference()
 
 
-def shapes_scene(seed):
-    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float64, pixel edges)."""
-    image, target = scene(seed)
-    return image.astype(np.float64), target["boxes"].astype(np.float64)
-
-
 def jitter(boxes, n, scale, rng):
     """``n`` noisy copies of each box: every corner moved by N(0, scale · the box's size)."""
     boxes = np.repeat(boxes, n, axis=0)
@@ -52,7 +46,8 @@ def jitter(boxes, n, scale, rng):
     return boxes + rng.normal(0, scale, boxes.shape) * wh
 
 
-image, gt = shapes_scene(5)
+image, target = scene(5, dtype=np.float64)   # a shapes image and its objects' tight boxes
+gt = target["boxes"]
 print(f"image {image.shape}, {len(gt)} objects:\n{gt}")
 
 # %% [markdown]

@@ -27,13 +27,8 @@ rng = np.random.default_rng(0)
 torch = reference()
 
 
-def shapes_scene(seed):
-    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float64, pixel edges)."""
-    image, target = scene(seed)
-    return image.astype(np.float64), target["boxes"].astype(np.float64)
-
-
-image, gt = shapes_scene(5)
+image, target = scene(5, dtype=np.float64)   # a shapes image and its objects' tight boxes
+gt = target["boxes"]
 print(f"image {image.shape}, object sizes √(w·h): {np.sqrt(np.prod(gt[:, 2:] - gt[:, :2], axis=1)).round(1)}")
 
 # %% [markdown]

@@ -32,13 +32,8 @@ plt.rcParams["figure.dpi"] = 72
 torch = reference()
 
 
-def shapes_scene(seed):
-    """A shapes image (3, H, W) in [0, 1] and its objects' tight boxes (float32, pixel edges)."""
-    image, target = scene(seed)
-    return image, target["boxes"]
-
-
-image, gt = shapes_scene(5)
+image, target = scene(5)   # a shapes image and its objects' tight boxes
+gt = target["boxes"]
 
 # %% [markdown]
 # ## 1. The head

@@ -171,15 +171,15 @@ def tight_box(mask):
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def scene(seed, height=128, width=192, max_objects=4):
+def scene(seed, height=128, width=192, max_objects=4, dtype=np.float32):
     """One seeded shapes image and its target, as the detector takes them, without a data set
-    on disk: ((3, H, W) float32 in [0, 1], {"boxes": (K, 4) tight xyxy float32, "labels": (K,)
-    int64 category ids, "masks": (K, H, W) uint8}). What the chapters draw on."""
+    on disk: ((3, H, W) ``dtype`` in [0, 1], {"boxes": (K, 4) tight xyxy ``dtype``, "labels":
+    (K,) int64 category ids, "masks": (K, H, W) uint8}). What the chapters draw on."""
     pixels, objects = draw_scene(np.random.default_rng(seed), height, width, max_objects)
     masks = np.stack([mask for _, mask in objects]).astype(np.uint8)
-    target = {"boxes": np.array([tight_box(m) for m in masks], dtype=np.float32),
+    target = {"boxes": np.array([tight_box(m) for m in masks], dtype=dtype),
               "labels": np.array([category for category, _ in objects], dtype=np.int64), "masks": masks}
-    return pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255), target
+    return (pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)).astype(dtype), target
 
 
 def _annotation(ann_id, image_id, category_id, mask):
