@@ -15,11 +15,20 @@ setup(
     python_requires=">=3.10",
     packages=[
         "tinymaskrcnn",
+        # foundation
+        "tinymaskrcnn.core",
+        "tinymaskrcnn.functional",
         "tinymaskrcnn.nn",
+        # detector
         "tinymaskrcnn.ops",
         "tinymaskrcnn.models",
+        # application
         "tinymaskrcnn.data",
+        "tinymaskrcnn.weights",
         "tinymaskrcnn.engine",
+        "tinymaskrcnn.cli",
+        "tinymaskrcnn.chapters",
+        # the floor
         "tinymaskrcnn.kernels",
         "tinymaskrcnn.kernels.cuda",
     ],

@@ -88,7 +88,7 @@ def _measure(framework, task, pth, repeats):
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        from tinymaskrcnn.reference import torchvision_maskrcnn
+        from tinymaskrcnn.chapters.reference import torchvision_maskrcnn
 
         model = torchvision_maskrcnn(box_score_thresh=0.0)
         model.load_state_dict(torch.load(pth))
@@ -149,7 +149,7 @@ def main():
         _measure(*args._run, args.repeats)
         return
 
-    from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
 
     pth = save_state_dict(torchvision_maskrcnn(), tempfile.gettempdir())
     try:

@@ -119,7 +119,7 @@ def main():
 
     import tinymaskrcnn  # noqa: F401  (chooses Numba's thread pool before anything starts one)
 
-    from tinymaskrcnn.ops import conv_schedule
+    from tinymaskrcnn.functional import conv_schedule
 
     conv_schedule.WINOGRAD = not args.im2col
     torch.set_num_threads(args.threads)

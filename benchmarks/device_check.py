@@ -75,7 +75,7 @@ def _rel(a, b):
 
 def _run(tm, model, device, image, target):
     """Inference outputs, then one training step's losses and gradients, all as NumPy."""
-    from tinymaskrcnn.backend import to_device, to_numpy
+    from tinymaskrcnn.core.backend import to_device, to_numpy
     model.to(device=device)
     model.eval()
     tm.random.manual_seed(0)
@@ -137,9 +137,9 @@ def speed(cpu, pth, repeats):
     import torchvision
     import tinymaskrcnn as tm
     import tinymaskrcnn.functional as F
-    from tinymaskrcnn.backend import to_device
-    from tinymaskrcnn.models.poolers import MultiScaleRoIAlign
-    from tinymaskrcnn.reference import torchvision_maskrcnn
+    from tinymaskrcnn.core.backend import to_device
+    from tinymaskrcnn.ops.poolers import MultiScaleRoIAlign
+    from tinymaskrcnn.chapters.reference import torchvision_maskrcnn
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -246,9 +246,9 @@ def main():
 
     section("versions", versions)
     if not args.cpu and "cupy" not in skip:
-        from tinymaskrcnn.backend import check_cuda
+        from tinymaskrcnn.core.backend import check_cuda
         check_cuda()  # one clear error before anything else when there is no GPU
-    from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
     pth = save_state_dict(torchvision_maskrcnn(), tempfile.mkdtemp())
     section("tests", gpu_tests, args.cpu)
     section("parity", parity, args.cpu, pth, (96, 128) if args.cpu else (320, 416))

@@ -79,7 +79,7 @@ def run_torchvision(config, seconds, out_dir, iterations=None, threads=None):
     from tinymaskrcnn.data import CocoDetection
     from tinymaskrcnn.data.loader import DataLoader
     from tinymaskrcnn.data.transforms import Compose, RandomHorizontalFlip, SanitizeTarget
-    from tinymaskrcnn.evaluation import Evaluator
+    from tinymaskrcnn.engine.evaluation import Evaluator
 
     torch.set_num_threads(threads or os.cpu_count())
     torch.manual_seed(config.seed)

@@ -55,7 +55,7 @@ Each function comes twice: a plain NumPy version (suffix ``_reference``) to read
 works a kernel tap at a time with slices, and the Numba kernel that the ops run, with the same
 signature and results. The Numba kernels are single-threaded and release the GIL: the conv op
 runs one per core at a time on its own band, followed on the same core by that band's matrix
-product (tinymaskrcnn/parallel.py says why).
+product (tinymaskrcnn/core/threads.py says why).
 """
 import numpy as np
 from numba import njit

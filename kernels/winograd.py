@@ -34,7 +34,7 @@ Backward. All four steps are linear, so the gradient runs their adjoints in reve
     dU[ab] = sum over tiles of dM[ab] V[ab]^T,  dL/dg = sum_ab G^T dU[ab] G   (weight gradient)
 
 and dL/dx, the full correlation of dL/dy with the flipped kernel, is itself a 3x3 stride-1
-convolution (padding 2 - p), done by the forward path (see tinymaskrcnn/ops/conv.py).
+convolution (padding 2 - p), done by the forward path (see tinymaskrcnn/functional/conv.py).
 
 Layout: V and M are (16, channels, columns), entry ab = 4a + b, column
 ((n - n0) * (r1 - r0) + (i - r0)) * Tw + j for tile (i, j) of image n, over images [n0, n1) and

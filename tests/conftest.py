@@ -34,9 +34,9 @@ def rng():
 
 @pytest.fixture(params=["fast", "reference"])
 def conv_path(request):
-    """Run the test on the fast convolution (ops/conv.py's schedule) and on the textbook one
-    (ops/conv_reference.py)."""
-    from tinymaskrcnn.ops.conv import conv_implementation
+    """Run the test on the fast convolution (functional/conv.py's schedule) and on the textbook one
+    (functional/conv_textbook.py)."""
+    from tinymaskrcnn.functional.conv import conv_implementation
 
     with conv_implementation(request.param):
         yield request.param

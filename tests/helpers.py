@@ -6,7 +6,7 @@ import io
 import numpy as np
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 

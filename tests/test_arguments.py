@@ -1,4 +1,4 @@
-"""ops/arguments.py: the one (height, width) pair check that every op and layer uses."""
+"""functional/arguments.py: the one (height, width) pair check that every op and layer uses."""
 from numbers import Real
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import nn
-from tinymaskrcnn.ops.arguments import pair
+from tinymaskrcnn.functional.arguments import pair
 
 
 def test_pair_accepts_an_int_or_two_and_converts():

@@ -4,7 +4,7 @@ import pytest
 from helpers import assert_matches_torch
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn.core.gradcheck import gradcheck
 
 DTYPES = [np.float64, np.float32]
 

@@ -16,13 +16,13 @@ from helpers import compare_module_with_torch
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import nn
-from tinymaskrcnn.autograd import as_array
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.autograd import as_array
+from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
-from tinymaskrcnn.ops import conv, conv_schedule
-from tinymaskrcnn.reference import calibrate_frozen_batchnorm, save_state_dict
+from tinymaskrcnn.functional import conv, conv_schedule
+from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
 OUT_TOL = {np.float64: 1e-10, np.float32: 1e-4}
@@ -126,7 +126,7 @@ def resnet50_detection(tmp_path_factory):
 def conv_algorithms(request, monkeypatch):
     """The conv op as it chooses, with Winograd's algorithm for every 3x3 stride-1 conv of 16
     channels or more however small (by default only the larger ones use it), and the textbook
-    convolution (ops/conv_reference.py) for every conv."""
+    convolution (functional/conv_textbook.py) for every conv."""
     if request.param == "winograd_everywhere":
         monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     with conv.conv_implementation("reference" if request.param == "textbook" else "fast"):

@@ -5,7 +5,7 @@ import pytest
 from helpers import compare_module_with_torch
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models import FastRCNNConvFCHead, TwoMLPHead
 
 

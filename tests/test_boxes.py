@@ -10,10 +10,11 @@ import pytest
 from helpers import TOL
 
 import tinymaskrcnn as tm
-from tinymaskrcnn import random as tm_random
-from tinymaskrcnn.boxes import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_area, box_iou,
-                                clip_boxes_to_image, remove_small_boxes)
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core import random as tm_random
+from tinymaskrcnn.models.matcher import BalancedPositiveNegativeSampler, Matcher
+from tinymaskrcnn.models.box_coder import BoxCoder
+from tinymaskrcnn.ops.boxes import box_area, box_iou, clip_boxes_to_image, remove_small_boxes
+from tinymaskrcnn.core.gradcheck import rel_error
 
 DTYPES = [np.float64, np.float32]
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinymaskrcnn import cli, data_parallel, engine, weights
+from tinymaskrcnn import cli, engine, weights
+from tinymaskrcnn.engine import data_parallel
 from test_engine import TINY_MODEL, make_tiny_shapes
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2

@@ -1,6 +1,6 @@
 """conv2d and conv_transpose2d: forward and all three gradients against torch, finite differences,
 the fast paths (1x1, row bands), and the argument checks. The tests taking ``conv_path`` run on
-the fast path and on the textbook one (ops/conv_reference.py), which are also held equal to
+the fast path and on the textbook one (functional/conv_textbook.py), which are also held equal to
 each other."""
 import numpy as np
 import pytest
@@ -8,9 +8,9 @@ from helpers import assert_matches_torch
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import gradcheck
-from tinymaskrcnn import parallel
-from tinymaskrcnn.ops import conv, conv_schedule
+from tinymaskrcnn.core.gradcheck import gradcheck
+from tinymaskrcnn.core import threads as parallel
+from tinymaskrcnn.functional import conv, conv_schedule
 
 DTYPES = [np.float64, np.float32]
 

@@ -1,4 +1,4 @@
-"""The textbook convolution (ops/conv_reference.py): its functions on their own against torch,
+"""The textbook convolution (functional/conv_textbook.py): its functions on their own against torch,
 im2col and col2im adjoint to each other, the switch, and fast = textbook in float64 to
 rounding on every conv case of test_conv.py (Winograd's algorithm included)."""
 import numpy as np
@@ -7,9 +7,9 @@ from test_conv import CONV2D, CONV_TRANSPOSE2D, WINOGRAD_CASES
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.ops import conv, conv_reference as ref, conv_schedule
-from tinymaskrcnn.ops.conv import conv_implementation, set_conv_implementation
+from tinymaskrcnn.core.gradcheck import rel_error
+from tinymaskrcnn.functional import conv, conv_textbook as ref, conv_schedule
+from tinymaskrcnn.functional.conv import conv_implementation, set_conv_implementation
 
 ROUNDING = 1e-12  # float64: the two paths sum the same products in different orders
 

@@ -149,7 +149,7 @@ def test_annotations_without_segmentation_are_refused_when_read(shapes_set, tmp_
 def test_area_and_iscrowd_are_filled_in_for_cocoeval(shapes_set, tmp_path):
     """Files from other tools may lack ``area`` and ``iscrowd``; COCOeval reads both (a
     KeyError at the end of training before). Filled in, the ground truth scores AP 1."""
-    from tinymaskrcnn.evaluation import Evaluator
+    from tinymaskrcnn.engine.evaluation import Evaluator
 
     original = {a["id"]: a for a in json.loads(open(shapes_set["train"].ann_file).read())["annotations"]}
 

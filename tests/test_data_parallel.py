@@ -5,9 +5,12 @@ traceback, its death with its exit status and last error line."""
 import numpy as np
 import pytest
 
-from tinymaskrcnn import data_parallel, engine, optim, random as tm_random
-from tinymaskrcnn.data_parallel import DataParallel, WorkerDiedError, forward_backward
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.engine import data_parallel
+from tinymaskrcnn import engine, optim
+from tinymaskrcnn.core import random as tm_random
+from tinymaskrcnn.engine.data_parallel import DataParallel, WorkerDiedError
+from tinymaskrcnn.engine.step import forward_backward
+from tinymaskrcnn.core.gradcheck import rel_error
 
 from test_engine import TINY_MODEL
 

@@ -9,8 +9,7 @@ from pycocotools import mask as mask_utils
 
 from tinymaskrcnn.data import shapes
 from tinymaskrcnn.data.coco import mask_to_rle
-from tinymaskrcnn.data.shapes import (SHAPES, classification_set, ensure_shapes_dataset, make_shapes_dataset,
-                                      mask_to_polygons, shape_mask)
+from tinymaskrcnn.data.shapes import SHAPES, classification_set, ensure_shapes_dataset, make_shapes_dataset, mask_to_polygons, shape_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 SMALL = dict(num_train=10, num_val=3, image_size=((64, 96), (64, 96)), max_objects=4)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn import backend, cli
+from tinymaskrcnn.core import backend
+from tinymaskrcnn import cli
 
 
 @pytest.fixture(params=["no cupy", "no gpu"])

@@ -210,7 +210,7 @@ def test_torchvision_weights_with_other_heads(torch, shapes_root, tmp_path):
 
 
 def test_a_run_that_cannot_start_leaves_no_folder(shapes_root, tmp_path, monkeypatch):
-    from tinymaskrcnn import data_parallel
+    from tinymaskrcnn.engine import data_parallel
 
     runs = tmp_path / "runs"
     with pytest.raises(FileNotFoundError, match="not in COCO layout"):  # no data

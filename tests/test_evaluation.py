@@ -13,7 +13,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from tinymaskrcnn.data import CocoDetection, load_instances, make_shapes_dataset
-from tinymaskrcnn.evaluation import Evaluator, coco_results, evaluate_coco
+from tinymaskrcnn.engine.evaluation import Evaluator, coco_results, evaluate_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 

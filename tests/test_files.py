@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tinymaskrcnn import files
+from tinymaskrcnn.core import files
 
 
 @pytest.mark.parametrize("interruption", [OSError("No space left on device"), KeyboardInterrupt()])

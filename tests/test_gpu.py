@@ -11,7 +11,7 @@ import pytest
 
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import ops
-from tinymaskrcnn.backend import to_numpy
+from tinymaskrcnn.core.backend import to_numpy
 from tinymaskrcnn.kernels import roi_align as cpu_roi
 
 
@@ -36,7 +36,7 @@ def rtol(dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_conv2d_forward_and_backward_on_cupy_equal_numpy(cp, rng, dtype, stride):
-    from tinymaskrcnn.autograd import Tensor
+    from tinymaskrcnn.core.autograd import Tensor
     x = rng.standard_normal((2, 16, 23, 30)).astype(dtype)
     w = rng.standard_normal((8, 16, 3, 3)).astype(dtype)
     g = rng.standard_normal((2, 8, (23 - 1) // stride + 1, (30 - 1) // stride + 1)).astype(dtype)
@@ -74,7 +74,7 @@ def test_nms_and_paste_masks_on_cupy_equal_numpy(cp, rng, dtype):
 
 
 def test_max_pool_on_cupy_equals_numpy(cp, rng):
-    from tinymaskrcnn.autograd import Tensor
+    from tinymaskrcnn.core.autograd import Tensor
     x = rng.integers(-5, 5, (2, 4, 17, 19)).astype(np.float64)
     grads = []
     for to in (np.asarray, cp.asarray):

@@ -3,9 +3,8 @@ against torch's unfold and fold, and against each other (adjoints, bands)."""
 import numpy as np
 import pytest
 
-from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.kernels.im2col import (col2im, col2im_reference, im2col, im2col_reference, phase_grid,
-                                         phase_merge, phase_merge_reference, phase_split, phase_split_reference)
+from tinymaskrcnn.core.gradcheck import rel_error
+from tinymaskrcnn.kernels.im2col import col2im, col2im_reference, im2col, im2col_reference, phase_grid, phase_merge, phase_merge_reference, phase_split, phase_split_reference
 
 from helpers import TOL
 

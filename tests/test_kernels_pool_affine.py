@@ -4,7 +4,7 @@ import pytest
 
 from tinymaskrcnn.kernels.affine import channel_affine, channel_affine_reference
 from tinymaskrcnn.kernels.pool import max_pool2d_forward, max_pool2d_forward_reference
-from tinymaskrcnn.ops.pool import _first_inside, pool_output_size
+from tinymaskrcnn.functional.pool import _first_inside, pool_output_size
 
 # (H, W, kernel, stride, padding, dilation, ceil_mode)
 POOLS = [

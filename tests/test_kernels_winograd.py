@@ -4,12 +4,8 @@ the argument checks."""
 import numpy as np
 import pytest
 
-from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint,
-                                           weight_transform_adjoint_reference, weight_transform_reference,
-                                           winograd_input, winograd_input_reference, winograd_output,
-                                           winograd_output_adjoint, winograd_output_adjoint_reference,
-                                           winograd_output_reference)
+from tinymaskrcnn.core.gradcheck import rel_error
+from tinymaskrcnn.kernels.winograd import tile_grid, weight_transform, weight_transform_adjoint, weight_transform_adjoint_reference, weight_transform_reference, winograd_input, winograd_input_reference, winograd_output, winograd_output_adjoint, winograd_output_adjoint_reference, winograd_output_reference
 
 from helpers import TOL
 

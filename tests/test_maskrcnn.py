@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn.core.gradcheck import gradcheck
 from tinymaskrcnn.models.roi_heads import _box_stats, _mask_stats, fastrcnn_loss, maskrcnn_loss
 from tinymaskrcnn.models.rpn import _objectness_stats
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import rel_error
-from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+from tinymaskrcnn.core.gradcheck import rel_error
+from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
 
 NUM_CLASSES = 5
 SMALL = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tinymaskrcnn import memory
+from tinymaskrcnn.core import memory
 
 # Allocates a 64 MB array and asks glibc (mallinfo2) how many bytes it holds in mmapped blocks:
 # with its defaults the array is one; with the memory kept it comes from the heap.

@@ -6,7 +6,7 @@ from helpers import compare_module_with_torch
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import nn, optim
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 
 TOL64 = 1e-10
 

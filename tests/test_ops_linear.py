@@ -5,7 +5,7 @@ from helpers import assert_matches_torch
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn.core.gradcheck import gradcheck
 
 DTYPES = [np.float64, np.float32]
 INPUT_SHAPES = [(5,), (1, 5), (3, 5), (2, 3, 5), (2, 1, 3, 5)]

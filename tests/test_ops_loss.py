@@ -5,7 +5,7 @@ from helpers import assert_matches_torch
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import gradcheck
+from tinymaskrcnn.core.gradcheck import gradcheck
 
 DTYPES = [np.float64, np.float32]
 REDUCTIONS = ["mean", "sum", "none"]

@@ -5,7 +5,7 @@ from helpers import TOL, assert_matches_torch
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 
 DTYPES = [np.float64, np.float32]
 SHAPES = [(2, 3, 5, 7), (4, 3), (3, 3, 5), (1, 3, 2, 2)]

@@ -7,8 +7,8 @@ from helpers import TOL, assert_matches_torch
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
-from tinymaskrcnn.ops.pool import pool_output_size
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.functional.pool import pool_output_size
 
 DTYPES = [np.float64, np.float32]
 # (kernel_size, stride, padding, dilation, ceil_mode)

@@ -8,7 +8,7 @@ import pytest
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import nn, optim
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 
 TOL64 = 1e-10
 

@@ -82,7 +82,7 @@ def test_installed_package_run_from_the_repository_root_starts_its_worker(wheel,
     script.write_text(textwrap.dedent(f"""
         import tinymaskrcnn
         from tinymaskrcnn import engine
-        from tinymaskrcnn.data_parallel import DataParallel
+        from tinymaskrcnn.engine.data_parallel import DataParallel
 
         assert tinymaskrcnn.__file__.startswith({str(purelib)!r}), tinymaskrcnn.__file__
         build = ("maskrcnn_resnet18_fpn", 3, dict(fpn_channels=8, representation_size=16, mask_channels=8))

@@ -4,7 +4,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.kernels.paste_masks import paste_masks, paste_masks_reference
 from tinymaskrcnn.ops.paste_masks import paste_masks_in_image
 

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
-from tinymaskrcnn.kernels.roi_align import (roi_align_backward, roi_align_backward_reference, roi_align_forward,
-                                            roi_align_forward_reference)
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.kernels.roi_align import roi_align_backward, roi_align_backward_reference, roi_align_forward, roi_align_forward_reference
 from tinymaskrcnn.ops.roi_align import roi_align
 
 from helpers import assert_matches_torch

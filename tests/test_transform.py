@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models.transform import GeneralizedRCNNTransform
 from helpers import TOL
 

@@ -14,7 +14,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from tinymaskrcnn import cli, files, weights
+from tinymaskrcnn import cli, weights
+from tinymaskrcnn.core import files
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 

@@ -1,12 +1,13 @@
 """tinymaskrcnn: Mask R-CNN from scratch in NumPy and Numba, proven equal to torchvision."""
-from .memory import keep_freed_memory
+from .core.memory import keep_freed_memory
 
-keep_freed_memory()  # before the first large array (tinymaskrcnn/memory.py says why)
+keep_freed_memory()  # before the first large array (tinymaskrcnn/core/memory.py says why)
 
-from . import backend, functional, nn, optim, random, weights
-from .autograd import Function, Tensor, cat, no_grad, stack, tensor
-from .backend import get_array_module, get_default_dtype, set_default_dtype
-from .random import manual_seed
+from .core import backend, random
+from . import functional, nn, optim
+from .core.autograd import Function, Tensor, cat, no_grad, stack, tensor
+from .core.backend import get_array_module, get_default_dtype, set_default_dtype
+from .core.random import manual_seed
 
 __version__ = "0.1.0"
 
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # The detector (models) and its ops load on first use: the foundation chapter's users
     # should not pay for compiling the detection kernels.
-    if name in ("models", "ops"):
+    if name in ("models", "ops", "weights"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -30,8 +30,8 @@ from bisect import bisect_right
 
 import numpy as np
 
-from .autograd import Tensor
-from .backend import get_array_module, to_device, device_of
+from .core.autograd import Tensor
+from .core.backend import get_array_module, to_device, device_of
 from .kernels.adamw import adamw_update, adamw_update_reference
 
 

@@ -21,9 +21,9 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .backend import to_numpy
+from .core.backend import to_numpy
 from .data.coco import mask_to_rle
-from .files import atomic_write, write_json_atomic
+from .core.files import atomic_write, write_json_atomic
 
 # matplotlib's tab10 colours, as RGB in [0, 1]: distinct and readable on photographs
 PALETTE = np.array([[0.122, 0.467, 0.706], [1.000, 0.498, 0.055], [0.173, 0.627, 0.173],

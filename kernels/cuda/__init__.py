@@ -20,12 +20,12 @@ Common rules
   rounding, not bit for bit; sums without products (col2im, NMS) are exact.
 
 These modules import ``numba.cuda`` (the ``numba-cuda`` package), so they are imported only when
-a CUDA array (or the simulator switch of ``tinymaskrcnn.backend``) reaches an op.
+a CUDA array (or the simulator switch of ``tinymaskrcnn.core.backend``) reaches an op.
 """
 import numpy as np
 from numba import config, cuda
 
-from ...backend import get_array_module, is_cupy
+from ...core.backend import get_array_module, is_cupy
 
 THREADS = 256
 MAX_BLOCKS = 65535  # grid-stride loops cover any size with at most this many blocks

@@ -19,7 +19,7 @@ row 0 <= oh < Ho (kj likewise), and sums them in (ki, kj) order, the CPU kernel'
 from numba import cuda
 
 from . import device_array, launch
-from ...backend import get_array_module
+from ...core.backend import get_array_module
 from ..im2col import conv_output_size
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numba import cuda, uint64
 
 from . import device_array, stream_for
-from ...backend import get_array_module
+from ...core.backend import get_array_module
 
 BLOCK = 64  # boxes per block: one bit of a 64-bit word each
 GATHER_THREADS = 64

@@ -16,7 +16,7 @@ import numpy as np
 from numba import cuda
 
 from . import device_array, launch
-from ...backend import get_array_module
+from ...core.backend import get_array_module
 
 
 @cuda.jit(device=True)

@@ -15,7 +15,7 @@ import math
 from numba import cuda
 
 from . import device_array, launch
-from ...backend import get_array_module
+from ...core.backend import get_array_module
 
 
 @cuda.jit

@@ -3,7 +3,7 @@
 #
 # Everything that learns in tinymaskrcnn is a chain of small operations, each with a forward
 # pass and a hand-written backward pass. This chapter builds intuition for the piece that ties
-# them together: `tinymaskrcnn.autograd`, one file you can read in one sitting (its length is
+# them together: `tinymaskrcnn.core.autograd`, one file you can read in one sitting (its length is
 # counted below, so this page cannot go out of date).
 #
 # * a `Tensor` holds an array in `.data` and, after `backward()`, its gradient in `.grad`;
@@ -16,12 +16,12 @@ import inspect
 
 import numpy as np
 import tinymaskrcnn as tm
-from tinymaskrcnn.autograd import Function, topological_order
+from tinymaskrcnn.core.autograd import Function, topological_order
 from tinymaskrcnn.chapters import exercise, rejects
-from tinymaskrcnn.gradcheck import gradcheck, numerical_gradient, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, numerical_gradient, rel_error
 
 rng = np.random.default_rng(0)
-print("tinymaskrcnn/autograd.py:", len(inspect.getsource(tm.autograd).splitlines()), "lines")
+print("tinymaskrcnn/core/autograd.py:", len(inspect.getsource(tm.core.autograd).splitlines()), "lines")
 
 # %% [markdown]
 # ## A first gradient

@@ -5,11 +5,11 @@
 # version checked against the one before:
 #
 # 1. **loops** — the definition, in ten lines you can read at a glance, far too slow to train with;
-# 2. **im2col** — the package's textbook convolution, `tinymaskrcnn/ops/conv_reference.py`: copy
+# 2. **im2col** — the package's textbook convolution, `tinymaskrcnn/functional/conv_textbook.py`: copy
 #    every window the kernel sees into one column of a matrix, and the convolution becomes one
 #    matrix product, which BLAS runs near the processor's peak; its backward is two more products
 #    and `col2im`, im2col's adjoint;
-# 3. **kernels** — the fast path the package runs, `tinymaskrcnn/ops/conv.py` with the Numba
+# 3. **kernels** — the fast path the package runs, `tinymaskrcnn/functional/conv.py` with the Numba
 #    kernels of `kernels/im2col.py` (and Winograd's algorithm for 3×3 convolutions): the same
 #    numbers, laid out so that every copy is contiguous and every product fits in a cache.
 #
@@ -28,10 +28,10 @@ import tinymaskrcnn.functional as F
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import im2col as kernels
-from tinymaskrcnn.ops import conv_reference
-from tinymaskrcnn.parallel import single_threaded_blas
+from tinymaskrcnn.functional import conv_textbook as conv_reference
+from tinymaskrcnn.core.threads import single_threaded_blas
 
 plt.rcParams["figure.dpi"] = 72
 rng = np.random.default_rng(2)
@@ -202,7 +202,7 @@ assert max(errors) < 1e-8
 # %% [markdown]
 # ## The fast path
 #
-# The package's own convolution (`ops/conv.py`) computes the same products, arranged for speed:
+# The package's own convolution (`functional/conv.py`) computes the same products, arranged for speed:
 #
 # * **contiguous copies**: `kernels/im2col.py` splits the padded image into its *phase images*
 #   (for stride 2, the four sub-images of even/odd rows and columns), so each kernel tap reads

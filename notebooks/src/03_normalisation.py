@@ -13,7 +13,7 @@
 #   when a batch holds one image;
 # * route max pooling's gradient to the winners of overlapping windows.
 #
-# The code is the package's: `tinymaskrcnn/ops/norm.py`, `ops/activation.py`, `ops/pool.py`,
+# The code is the package's: `tinymaskrcnn/functional/norm.py`, `functional/activation.py`, `functional/pool.py`,
 # and the modules `BatchNorm2d`, `FrozenBatchNorm2d`, `InstanceNorm2d` in `tinymaskrcnn/nn.py`.
 # Every result is checked against finite differences and, where torch is installed, against
 # torch.
@@ -30,10 +30,10 @@ from tinymaskrcnn import nn
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
-from tinymaskrcnn.gradcheck import gradcheck, numerical_gradient, rel_error
-from tinymaskrcnn.ops.activation import ReLU, stable_sigmoid
-from tinymaskrcnn.ops.norm import BatchNorm, FrozenBatchNorm, instance_norm
-from tinymaskrcnn.ops.pool import MaxPool2d
+from tinymaskrcnn.core.gradcheck import gradcheck, numerical_gradient, rel_error
+from tinymaskrcnn.functional.activation import ReLU, stable_sigmoid
+from tinymaskrcnn.functional.norm import BatchNorm, FrozenBatchNorm, instance_norm
+from tinymaskrcnn.functional.pool import MaxPool2d
 
 plt.rcParams["figure.dpi"] = 72
 rng = np.random.default_rng(3)  # not 0: gradcheck draws its cotangent from seed 0

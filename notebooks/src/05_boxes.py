@@ -28,7 +28,9 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
-from tinymaskrcnn.boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
+from tinymaskrcnn.models.matcher import BalancedPositiveNegativeSampler, Matcher
+from tinymaskrcnn.models.box_coder import BoxCoder
+from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, reference, rejects
 from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.kernels import nms as nms_kernels
@@ -64,7 +66,7 @@ print(f"image {image.shape}, {len(gt)} objects:\n{gt}")
 # two lists at once, by broadcasting an (N, 1) column against a (1, M) row:
 
 # %%
-print(inspect.getsource(tm.boxes.box_iou))
+print(inspect.getsource(tm.ops.box_iou))
 
 # %% [markdown]
 # IoU 0.5 is less overlap than it sounds. Two 60×30 boxes, one shifted right by a third of
@@ -91,7 +93,7 @@ assert iou_ab == 0.5 and abs(box_iou(a, inside)[0, 0] - 0.5) < 1e-12
 # row is bright only near its own object: most candidates overlap no object at all.
 
 # %%
-candidates = np.concatenate([jitter(gt, 4, 0.15, rng), tm.boxes.clip_boxes_to_image(
+candidates = np.concatenate([jitter(gt, 4, 0.15, rng), tm.ops.clip_boxes_to_image(
     np.sort(rng.uniform(0, 192, (8, 2, 2)), axis=1).transpose(0, 2, 1).reshape(8, 4), (128, 192))])
 iou = box_iou(gt, candidates)
 fig, ax = plt.subplots(figsize=(10, 2.8), layout="constrained")
@@ -138,7 +140,7 @@ print(inspect.getsource(Matcher.__call__))
 
 # %%
 candidates = np.concatenate([jitter(gt, 10, 0.12, rng), jitter(gt, 10, 0.4, rng)])
-candidates = tm.boxes.clip_boxes_to_image(candidates, image.shape[1:])
+candidates = tm.ops.clip_boxes_to_image(candidates, image.shape[1:])
 iou = box_iou(gt, candidates)
 strict = Matcher(0.7, 0.3, allow_low_quality_matches=False)(iou)
 with_low = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou)
@@ -201,8 +203,8 @@ print(inspect.getsource(BalancedPositiveNegativeSampler.__call__))
 # %%
 corners = rng.uniform([0, 0], [192, 128], (3000, 2))
 random_boxes = np.concatenate([corners, corners + rng.uniform(8, 60, (3000, 2))], axis=1)
-many = tm.boxes.clip_boxes_to_image(np.concatenate([jitter(gt, 60, 0.2, rng), random_boxes]), image.shape[1:])
-many = many[tm.boxes.remove_small_boxes(many, 2.0)]
+many = tm.ops.clip_boxes_to_image(np.concatenate([jitter(gt, 60, 0.2, rng), random_boxes]), image.shape[1:])
+many = many[tm.ops.remove_small_boxes(many, 2.0)]
 labels = to_labels(Matcher(0.7, 0.3, allow_low_quality_matches=True)(box_iou(gt, many)))
 tm.manual_seed(0)
 sampler = BalancedPositiveNegativeSampler(256, 0.5)
@@ -318,7 +320,7 @@ if torch is not None:
 print(inspect.getsource(nms_kernels.nms_reference))
 
 # %%
-noisy = tm.boxes.clip_boxes_to_image(jitter(gt, 15, 0.1, rng), image.shape[1:])
+noisy = tm.ops.clip_boxes_to_image(jitter(gt, 15, 0.1, rng), image.shape[1:])
 scores = box_iou(gt, noisy).max(axis=0) + rng.normal(0, 0.05, len(noisy))   # better boxes score higher
 keep = nms(noisy, scores, 0.5)
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")

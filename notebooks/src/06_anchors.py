@@ -17,7 +17,8 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
-from tinymaskrcnn.boxes import Matcher, box_iou
+from tinymaskrcnn.models.matcher import Matcher
+from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.models.anchors import AnchorGenerator, generate_cell_anchors

@@ -21,12 +21,12 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
-from tinymaskrcnn.boxes import box_iou
+from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import scene
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.models.rpn import RegionProposalNetwork, RPNHead, flatten_head_outputs
-from tinymaskrcnn.ops.activation import stable_sigmoid
+from tinymaskrcnn.functional.activation import stable_sigmoid
 
 plt.rcParams["figure.dpi"] = 72
 torch = reference()
@@ -250,7 +250,7 @@ if torch is not None:
 # ## 6. The proposals equal torchvision's
 #
 # torchvision's Mask R-CNN with a ResNet-18 FPN and random weights, every frozen BatchNorm
-# calibrated to the statistics of its input (`tinymaskrcnn.reference.calibrate_frozen_batchnorm`,
+# calibrated to the statistics of its input (`tinymaskrcnn.chapters.reference.calibrate_frozen_batchnorm`,
 # so that activations stay of order one and the comparison means something), is saved with
 # `torch.save` and loaded into ours by name, without torch. In float64 the RPN's proposals
 # agree to rounding; so do the two training losses when both sample every anchor (no
@@ -263,7 +263,7 @@ if torch is not None:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone as tv_resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from tinymaskrcnn.reference import calibrate_frozen_batchnorm, save_state_dict
+    from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
 
     sizes, ratios = ((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5
     settings = dict(num_classes=4, min_size=128, max_size=192, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,

@@ -8,7 +8,7 @@
 # * `tinymaskrcnn/ops/roi_align.py`: `roi_align` (torchvision.ops.roi_align), the Function with
 #   its forward and backward;
 # * `kernels/roi_align.py`: the Numba kernels and their readable NumPy twins;
-# * `tinymaskrcnn/models/poolers.py`: `MultiScaleRoIAlign`, which picks the FPN level of each box;
+# * `tinymaskrcnn/ops/poolers.py`: `MultiScaleRoIAlign`, which picks the FPN level of each box;
 # * `docs/roi_align.md`: the derivation and torchvision's exact rules.
 #
 # Along the way it answers three questions learners ask: what `sampling_ratio` and the
@@ -24,9 +24,9 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import scene
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import roi_align as K
-from tinymaskrcnn.models.poolers import MultiScaleRoIAlign, map_levels
+from tinymaskrcnn.ops.poolers import MultiScaleRoIAlign, map_levels
 
 plt.rcParams["figure.dpi"] = 72
 rng = np.random.default_rng(0)

@@ -23,10 +23,10 @@ import numpy as np
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import visualize as V
-from tinymaskrcnn.boxes import box_iou
+from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import SHAPES, scene
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.models.roi_heads import FastRCNNPredictor, RoIHeads, fastrcnn_loss
 
 plt.rcParams["figure.dpi"] = 72

@@ -26,10 +26,10 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import SHAPES, scene
-from tinymaskrcnn.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import paste_masks as PK
 from tinymaskrcnn.models.roi_heads import maskrcnn_inference, maskrcnn_loss, mask_targets, project_masks_on_boxes
-from tinymaskrcnn.ops.activation import stable_sigmoid
+from tinymaskrcnn.functional.activation import stable_sigmoid
 
 plt.rcParams["figure.dpi"] = 72
 torch = reference()

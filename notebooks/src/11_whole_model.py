@@ -20,7 +20,7 @@ from tinymaskrcnn import engine, visualize
 from tinymaskrcnn.chapters import QUICK, exercise, quick, reference, rejects
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
-from tinymaskrcnn.gradcheck import rel_error
+from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models.mask_rcnn import MaskRCNN
 
 plt.rcParams["figure.dpi"] = 72
@@ -125,14 +125,14 @@ assert detections["masks"].shape[-2:] == image.shape[-2:]     # pasted at the or
 # ## End to end, equal to torchvision
 #
 # The strongest check of the whole chapter series: torchvision's `maskrcnn_resnet50_fpn`, with
-# random weights calibrated so activations stay of order one (`tinymaskrcnn.reference`), saved
+# random weights calibrated so activations stay of order one (`tinymaskrcnn.chapters.reference`), saved
 # and loaded into ours without torch; both run the same image in float64; every box, score, label
 # and mask agrees to rounding.
 
 # %%
 torch = reference()
 if torch is not None:
-    from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
 
     small = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
                  box_detections_per_img=12)

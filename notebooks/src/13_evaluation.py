@@ -8,7 +8,7 @@
 #
 # You will build: the greedy matching of detections to ground truth, the precision–recall
 # curve, COCO's 101-point interpolated AP, and a gallery of failures. The package does this
-# with the official tools (pycocotools' `COCOeval`) in `tinymaskrcnn/evaluation.py`; here we
+# with the official tools (pycocotools' `COCOeval`) in `tinymaskrcnn/engine/evaluation.py`; here we
 # recompute what `COCOeval` does and hold it equal.
 
 # %%
@@ -25,8 +25,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import tinymaskrcnn as tm
-from tinymaskrcnn import engine, evaluation, visualize
-from tinymaskrcnn.boxes import box_iou
+from tinymaskrcnn import engine, visualize
+from tinymaskrcnn.engine import evaluation
+from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import QUICK, exercise, quick, rejects
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset

@@ -9,7 +9,7 @@
 #    that trains in minutes. Here we cut one from the shapes set's own annotation file and train on
 #    it; give `COCO_ANN` below the path of your COCO download to cut a real one.
 # 2. **torchvision's weights.** A `.pth` file is a zip of pickles and raw tensor bytes. We open one
-#    by hand, read it with the package's restricted unpickler (`tinymaskrcnn/weights.py`), watch
+#    by hand, read it with the package's restricted unpickler (`tinymaskrcnn/weights/`), watch
 #    it refuse a malicious pickle, and load a torchvision Mask R-CNN's weights into ours.
 
 # %%
@@ -211,13 +211,13 @@ assert not marker.exists(), "the payload ran"
 #
 # Our parameter names are torchvision's state_dict keys, so loading is by name, with nothing to
 # map. We build torchvision's `maskrcnn_resnet50_fpn` with random weights (calibrated so every
-# activation stays of order one — see `tinymaskrcnn.reference`), save it as torchvision's
+# activation stays of order one — see `tinymaskrcnn.chapters.reference`), save it as torchvision's
 # published files are saved, load the file into ours without torch, and compare the backbone's
 # features in float64.
 
 # %%
 if torch is not None:
-    from tinymaskrcnn.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
 
     theirs = torchvision_maskrcnn(num_classes=91, calibration_size=(128, 160)).eval()
     path = save_state_dict(theirs, directory=work)          # float32, as the published files

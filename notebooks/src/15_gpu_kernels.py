@@ -9,7 +9,7 @@
 # * `kernels/cuda/__init__.py`: how a launch is laid out (grids, blocks, grid-stride loops);
 # * `kernels/cuda/roi_align.py`: RoIAlign, one thread per output bin, the backward with atomic adds;
 # * `kernels/cuda/nms.py`: NMS, 64-bit overlap masks in parallel, then a sequential gather;
-# * `tinymaskrcnn/backend.py`: how one op runs on NumPy or CuPy arrays (`get_array_module`);
+# * `tinymaskrcnn/core/backend.py`: how one op runs on NumPy or CuPy arrays (`get_array_module`);
 # * `docs/gpu.md`: the whole GPU path, and how it is tested without a GPU.
 #
 # **No GPU is needed.** Numba's CUDA *simulator* runs each GPU thread as a Python thread on the
@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import tinymaskrcnn as tm
-from tinymaskrcnn import backend
+from tinymaskrcnn.core import backend
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, rejects
 from tinymaskrcnn.kernels import nms as cpu_nms, roi_align as cpu_roi
@@ -320,7 +320,7 @@ print("float32 IoU 30/100 > 0.3 (as float64):", np.float64(np.float32(30) / np.f
 
 # %%
 print(inspect.getsource(backend.get_array_module))
-print(inspect.getsource(tm.boxes.box_iou))
+print(inspect.getsource(tm.ops.box_iou))
 
 # %% [markdown]
 # What array code cannot express goes to a kernel, chosen by the array type: the Numba CPU kernel

@@ -152,7 +152,7 @@ POOL_CASES = [  # kernel, stride, padding, dilation
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_max_pool_forward_and_backward_equal_the_cpu_path(rng, dtype, case):
-    from tinymaskrcnn.ops.pool import _first_inside, pool_output_size
+    from tinymaskrcnn.functional.pool import _first_inside, pool_output_size
 
     kernel, stride, padding, dilation = case
     x = rng.integers(-3, 4, (2, 2, 6, 7)).astype(dtype)  # ties: the first maximum must win

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import tinymaskrcnn as tm
-from tinymaskrcnn import backend, nn
+from tinymaskrcnn.core import backend
+from tinymaskrcnn import nn
 from tinymaskrcnn.kernels.cuda import im2col, nms, paste_masks, pool, roi_align
 from tinymaskrcnn.models.anchors import AnchorGenerator
 from tinymaskrcnn.models.backbone import BackboneWithFPN

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import write_json_atomic
+from ..core.files import write_json_atomic
 
 REQUIRED_KEYS = {
     "file": ("images", "annotations", "categories"),

@@ -3,12 +3,12 @@
 A transform is called as ``t(image, target, rng=None)`` and returns a new pair (inputs are not
 modified). Randomness comes from ``rng`` when given (the DataLoader passes one derived from
 (seed, epoch, index), so a resumed run repeats its augmentations) and otherwise from the
-project generator ``tinymaskrcnn.random.get_rng()``.
+project generator ``tinymaskrcnn.core.random.get_rng()``.
 """
 import warnings
 
-from .. import random as tm_random
-from ..backend import get_array_module
+from ..core import random as tm_random
+from ..core.backend import get_array_module
 
 PER_INSTANCE_KEYS = ("boxes", "labels", "masks", "area", "iscrowd")  # indexed by instance
 

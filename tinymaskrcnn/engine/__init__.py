@@ -25,10 +25,8 @@ The package in four parts, each readable alone: ``config`` (TrainConfig, its def
 it resolves to), ``checkpoint`` (saving, restoring and loading a run's state; stale temporary
 files), ``inference`` (evaluation and prediction pictures) and ``loop`` (``train``).
 """
-from ..build import MODELS, build_model
-from .checkpoint import (CHECKPOINT, CHECKPOINT_FORMAT, RUN_FILES, load_model, remove_stale_temporaries, restore,
-                         save_checkpoint, truncate_metrics)
-from .config import (OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes,
-                     resolve_data, uses_shapes, with_optimizer_defaults)
+from ..models.registry import MODELS, build_model
+from .checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, RUN_FILES, load_model, remove_stale_temporaries, restore, save_checkpoint, truncate_metrics
+from .config import OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes, resolve_data, uses_shapes, with_optimizer_defaults
 from .inference import evaluate, predict_images
 from .loop import NonFiniteLossError, append_jsonl, build_optimizer, build_scheduler, train

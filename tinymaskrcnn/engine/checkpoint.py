@@ -3,10 +3,11 @@ loading the model a run saved, and clearing what a killed run left half written.
 import dataclasses
 import json
 
-from .. import random as tm_random, weights
-from ..backend import check_cuda
-from ..build import build_model
-from ..files import atomic_write
+from ..core import random as tm_random
+from .. import weights
+from ..core.backend import check_cuda
+from ..models.registry import build_model
+from ..core.files import atomic_write
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"

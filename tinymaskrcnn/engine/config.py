@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..build import MODELS
+from ..models.registry import MODELS
 from ..data import ensure_shapes_dataset
 
 # The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)

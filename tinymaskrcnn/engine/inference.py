@@ -1,8 +1,8 @@
 """A model run over images: COCO evaluation of a dataset, and pictures of predictions."""
 from pathlib import Path
 
-from ..autograd import no_grad
-from ..backend import to_numpy
+from ..core.autograd import no_grad
+from ..core.backend import to_numpy
 from ..data import DataLoader
 
 
@@ -18,7 +18,7 @@ def evaluate(model, dataset, out_dir=None, batch_size=1, progress=True, verbose=
     """
     from tqdm import tqdm
 
-    from ..evaluation import Evaluator
+    from .evaluation import Evaluator
 
     was_training = model.training
     model.eval()

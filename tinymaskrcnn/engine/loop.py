@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import optim, random as tm_random, weights
-from ..backend import check_cuda
-from ..build import build_model
+from .. import optim, weights
+from ..core import random as tm_random
+from ..core.backend import check_cuda
+from ..models.registry import build_model
 from ..data import CocoDetection, Compose, DataLoader, RandomHorizontalFlip, SanitizeTarget
 from ..data.coco import check_datasets
-from ..data_parallel import DataParallel, forward_backward
-from ..files import write_json_atomic
+from .data_parallel import DataParallel
+from .step import forward_backward
+from ..core.files import write_json_atomic
 from .checkpoint import CHECKPOINT, remove_stale_temporaries, restore, save_checkpoint, truncate_metrics
 from .config import SHAPES_MODEL_DEFAULTS, default_out_dir, processes, resolve_data, uses_shapes, with_optimizer_defaults
 from .inference import evaluate, predict_images

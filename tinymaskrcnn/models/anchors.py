@@ -20,8 +20,8 @@ flattened in. Every image of a batch shares them, since they depend only on the 
 import numpy as np
 
 from .. import nn
-from ..autograd import as_array
-from ..backend import get_array_module, get_default_dtype
+from ..core.autograd import as_array
+from ..core.backend import get_array_module, get_default_dtype
 
 
 def generate_cell_anchors(sizes, aspect_ratios):

@@ -8,10 +8,10 @@ from collections import OrderedDict
 
 
 from .. import nn
-from ..backend import device_of, to_device
+from ..core.backend import device_of, to_device
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_backbone
-from .poolers import MultiScaleRoIAlign
+from ..ops.poolers import MultiScaleRoIAlign
 from .resnet import resnet18
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead

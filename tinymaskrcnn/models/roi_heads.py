@@ -14,9 +14,11 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..backend import get_array_module
-from ..boxes import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou, clip_boxes_to_image, remove_small_boxes
-from ..ops.activation import stable_sigmoid
+from ..core.backend import get_array_module
+from .matcher import BalancedPositiveNegativeSampler, Matcher
+from .box_coder import BoxCoder
+from ..ops.boxes import box_iou, clip_boxes_to_image, remove_small_boxes
+from ..functional.activation import stable_sigmoid
 from ..ops.boxes import batched_nms
 from ..ops.roi_align import roi_align
 

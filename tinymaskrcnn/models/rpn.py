@@ -11,11 +11,12 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..autograd import cat
-from ..backend import get_array_module
-from ..boxes import (BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou, clip_boxes_to_image,
-                     remove_small_boxes)
-from ..ops.activation import stable_sigmoid
+from ..core.autograd import cat
+from ..core.backend import get_array_module
+from .matcher import BalancedPositiveNegativeSampler, Matcher
+from .box_coder import BoxCoder
+from ..ops.boxes import box_iou, clip_boxes_to_image, remove_small_boxes
+from ..functional.activation import stable_sigmoid
 from ..ops.boxes import batched_nms
 
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..autograd import Tensor, as_array
-from ..backend import get_array_module, to_numpy
+from ..core.autograd import Tensor, as_array
+from ..core.backend import get_array_module, to_numpy
 from ..ops.paste_masks import paste_masks_in_image
-from ..random import get_rng
+from ..core.random import get_rng
 
 
 class ImageList:
@@ -55,7 +55,7 @@ class GeneralizedRCNNTransform(nn.Module):
 
     Args:
         min_size: the short side after resizing; a tuple of choices in training (one drawn per
-            image from ``tinymaskrcnn.random``), its last entry at inference.
+            image from ``tinymaskrcnn.core.random``), its last entry at inference.
         max_size: the cap on the long side after resizing.
         image_mean, image_std: per-channel normalisation.
         size_divisible: the padded batch's H and W are multiples of it.

@@ -17,17 +17,15 @@ The package reads in four parts:
 - ``module.py``: Parameter and Module, the registration and state API;
 - ``containers.py``: Sequential, ModuleList, ModuleDict;
 - ``init.py`` (``nn.init``): torch.nn.init's initialisers, drawn from the project's generator
-  (``tinymaskrcnn.random.get_rng()``), so ``tm.manual_seed`` makes a model repeatable;
+  (``tinymaskrcnn.core.random.get_rng()``), so ``tm.manual_seed`` makes a model repeatable;
 - ``layers.py``: Conv2d, BatchNorm2d, Linear, ..., which only hold their parameters and call
   ``tinymaskrcnn.functional``; the forward and backward math lives in ``tinymaskrcnn/ops``.
   Their initialisation is torch's default.
 """
 from . import init
 from .containers import ModuleDict, ModuleList, Sequential
-from .init import (calculate_gain, constant_, kaiming_normal_, kaiming_uniform_, normal_, ones_, uniform_,
-                   zeros_)
-from .layers import (BatchNorm2d, Conv2d, ConvTranspose2d, Flatten, FrozenBatchNorm2d, Identity, InstanceNorm2d,
-                     Linear, MaxPool2d, ReLU)
+from .init import calculate_gain, constant_, kaiming_normal_, kaiming_uniform_, normal_, ones_, uniform_, zeros_
+from .layers import BatchNorm2d, Conv2d, ConvTranspose2d, Flatten, FrozenBatchNorm2d, Identity, InstanceNorm2d, Linear, MaxPool2d, ReLU
 from .module import IncompatibleKeys, Module, Parameter
 
 __all__ = [

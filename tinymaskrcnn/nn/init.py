@@ -1,11 +1,11 @@
-"""torch.nn.init's in-place initialisers, drawing from tinymaskrcnn.random.get_rng()."""
+"""torch.nn.init's in-place initialisers, drawing from tinymaskrcnn.core.random.get_rng()."""
 import math
 
 import numpy as np
 
-from ..autograd import as_array
-from ..backend import get_array_module
-from ..random import get_rng
+from ..core.autograd import as_array
+from ..core.backend import get_array_module
+from ..core.random import get_rng
 
 
 def _fill(tensor, values):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 
 from .. import functional as F
-from ..backend import get_default_dtype
-from ..ops.arguments import pair
+from ..core.backend import get_default_dtype
+from ..functional.arguments import pair
 from .init import fan_in_and_fan_out, kaiming_uniform_, uniform_
 from .module import Module, Parameter
 

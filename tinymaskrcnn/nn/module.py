@@ -4,8 +4,8 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
-from ..autograd import Tensor, as_array
-from ..backend import get_array_module, is_cupy, to_device, to_numpy
+from ..core.autograd import Tensor, as_array
+from ..core.backend import get_array_module, is_cupy, to_device, to_numpy
 
 
 class Parameter(Tensor):

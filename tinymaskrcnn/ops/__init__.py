@@ -1,9 +1,8 @@
-"""The ops: one file per family, forward and backward side by side.
-
-``tm.ops`` also holds the detection ops under torchvision.ops names, and the switch between
-the fast convolution and the textbook one (``with tm.ops.conv_implementation("reference"):``).
-"""
-from .conv import conv_implementation, set_conv_implementation
-from .boxes import batched_nms, box_iou, nms
+"""The detector's ops under torchvision.ops names: box geometry and NMS, RoIAlign, the
+multi-level pooler, mask pasting. (The layers' ops, under torch.nn.functional names, are in
+``tinymaskrcnn.functional``.)"""
+from ..functional.conv import conv_implementation, set_conv_implementation
+from .boxes import batched_nms, box_area, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 from .paste_masks import paste_masks_in_image
+from .poolers import MultiScaleRoIAlign
 from .roi_align import roi_align

@@ -1,15 +1,108 @@
-"""Box ops under torchvision.ops names: ``nms``, ``batched_nms`` and ``box_iou``.
+"""Box ops under torchvision.ops.boxes names: areas, IoU, clipping, small-box removal and NMS.
 
-These select boxes rather than compute values, so they have no backward: they take arrays
-(or Tensors, whose data is used) and return int64 indices into them.
+Every box is a row ``(x1, y1, x2, y2)`` in pixel coordinates ("xyxy"), with no "+1": a box
+from x = 2 to x = 5 is 3 wide, the convention of torchvision.ops.boxes, which the tests hold
+these functions equal to. ``box_iou`` scores every (ground truth, anchor or proposal) pair for
+the matcher (models/matcher.py); ``clip_boxes_to_image`` and ``remove_small_boxes`` tidy
+decoded boxes before NMS.
+
+NMS and batched NMS select boxes rather than compute values, so nothing here has a backward:
+the functions take arrays (or Tensors, whose data is used), NumPy or CuPy, and return arrays.
 """
 import numpy as np
 
-from ..backend import get_array_module, is_cupy, to_numpy, uses_cuda_kernels
-from ..boxes import as_array, box_iou, check_boxes
+from ..core.autograd import Tensor
+from ..core.backend import get_array_module, is_cupy, to_numpy, uses_cuda_kernels
 from ..kernels.nms import nms as _nms_kernel
 
-__all__ = ["nms", "batched_nms", "box_iou"]
+__all__ = ["box_area", "box_iou", "clip_boxes_to_image", "remove_small_boxes", "nms", "batched_nms"]
+
+
+def as_array(x, name):
+    """The array inside ``x``: a Tensor's data, a NumPy/CuPy array as is, a list made an array."""
+    if isinstance(x, Tensor):
+        return x.data
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as e:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from e
+
+
+def check_boxes(boxes, name="boxes", batched=False):
+    """Validate a box array and return it: floating, shape (N, 4), or (..., 4) if ``batched``."""
+    boxes = as_array(boxes, name)
+    if batched:
+        shape_ok = boxes.ndim >= 1 and boxes.shape[-1] == 4
+    else:
+        shape_ok = boxes.ndim == 2 and boxes.shape[1] == 4
+    if not shape_ok:
+        want = "(..., 4)" if batched else "(N, 4)"
+        raise ValueError(f"{name} must have shape {want} with rows (x1, y1, x2, y2), got shape {tuple(boxes.shape)}")
+    if boxes.dtype.kind != "f":
+        raise TypeError(f"{name} must be a floating array, got dtype {boxes.dtype}: use .astype(np.float32)")
+    return boxes
+
+
+def box_area(boxes):
+    """Area of each box, (x2 - x1) * (y2 - y1): (N, 4) → (N,)."""
+    boxes = check_boxes(boxes)
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(boxes1, boxes2):
+    """Intersection over union of every pair: (N, 4) and (M, 4) → (N, M).
+
+    The intersection of two boxes is the box from the larger of the top-left corners to the
+    smaller of the bottom-right corners, empty (area 0) when that has negative width or height:
+
+        inter = max(0, min(x2, x2') - max(x1, x1')) · max(0, min(y2, y2') - max(y1, y1'))
+        iou   = inter / (area + area' - inter)
+
+    Two empty boxes give 0/0 = NaN, as in torchvision.
+    """
+    boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
+    xp = get_array_module(boxes1, boxes2)
+    area1, area2 = box_area(boxes1), box_area(boxes2)
+    top_left = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = xp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = xp.maximum(bottom_right - top_left, 0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):  # degenerate pairs give NaN, like torch
+        return inter / union
+
+
+def _image_size(size_hw):
+    try:
+        height, width = (float(s) for s in size_hw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"size_hw must be (height, width), got {size_hw!r}") from e
+    return height, width
+
+
+def clip_boxes_to_image(boxes, size_hw):
+    """Clamp x into [0, width] and y into [0, height]; boxes (..., 4), size_hw = (height, width).
+
+    Any leading shape is kept, so the (N, num_classes, 4) per-class boxes of the box head clip
+    in one call.
+    """
+    boxes = check_boxes(boxes, batched=True)
+    xp = get_array_module(boxes)
+    height, width = _image_size(size_hw)
+    clipped = xp.empty_like(boxes)
+    clipped[..., 0::2] = xp.clip(boxes[..., 0::2], 0, width)
+    clipped[..., 1::2] = xp.clip(boxes[..., 1::2], 0, height)
+    return clipped
+
+
+def remove_small_boxes(boxes, min_size):
+    """Indices (int64) of the boxes whose width and height are both at least ``min_size``."""
+    boxes = check_boxes(boxes)
+    xp = get_array_module(boxes)
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    return xp.nonzero((widths >= min_size) & (heights >= min_size))[0].astype(np.int64)
 
 # Above this many box coordinates, torchvision's batched_nms runs one NMS per class instead of
 # one NMS over offset boxes (on the GPU the limit is higher). The two differ in rounding, so

@@ -6,8 +6,8 @@ resize, clipped paste) and torchvision's rounding are explained in
 """
 import numpy as np
 
-from ..autograd import as_array
-from ..backend import get_array_module, uses_cuda_kernels
+from ..core.autograd import as_array
+from ..core.backend import get_array_module, uses_cuda_kernels
 from ..kernels.paste_masks import paste_masks
 
 

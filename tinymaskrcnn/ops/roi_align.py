@@ -31,10 +31,10 @@ smooth, through floor); like torchvision, no gradient is given to the boxes.
 """
 import numpy as np
 
-from ..autograd import Function, as_array
-from ..backend import get_array_module, uses_cuda_kernels
+from ..core.autograd import Function, as_array
+from ..core.backend import get_array_module, uses_cuda_kernels
 from ..kernels import roi_align as cpu_kernels
-from .arguments import pair
+from ..functional.arguments import pair
 
 
 def kernels_for(x):

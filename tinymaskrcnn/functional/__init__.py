@@ -4,14 +4,14 @@ Each function here takes Tensors (or plain arrays, treated as constants) and ret
 recorded on the tape. The forward and backward passes live in ``tinymaskrcnn/ops/``, one file
 per family, derivation in each docstring.
 """
-from .autograd import cat, stack
-from .ops.activation import log_softmax, relu, sigmoid, softmax
-from .ops.conv import conv2d, conv_transpose2d
-from .ops.interpolate import interpolate
-from .ops.linear import linear
-from .ops.loss import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
-from .ops.norm import batch_norm, frozen_batch_norm, instance_norm
-from .ops.pool import max_pool2d
+from ..core.autograd import cat, stack
+from .activation import log_softmax, relu, sigmoid, softmax
+from .conv import conv2d, conv_transpose2d
+from .interpolate import interpolate
+from .linear import linear
+from .loss import binary_cross_entropy_with_logits, cross_entropy, smooth_l1_loss
+from .norm import batch_norm, frozen_batch_norm, instance_norm
+from .pool import max_pool2d
 
 __all__ = [
     "batch_norm", "binary_cross_entropy_with_logits", "cat", "conv2d", "conv_transpose2d",

@@ -8,7 +8,7 @@ backward   dL/dX_mi = sum_k dL/dY_mk W_ki          ->  dL/dX = dL/dY W
            dL/dW_ki = sum_m dL/dY_mk X_mi          ->  dL/dW = dL/dY^T X
            dL/db_k  = sum_m dL/dY_mk               ->  dL/db = column sums of dL/dY
 """
-from ..autograd import Function
+from ..core.autograd import Function
 
 
 class Linear(Function):

@@ -1,7 +1,7 @@
-"""How ops/conv.py's three products are computed fast: tiles, threads, Winograd's algorithm.
+"""How functional/conv.py's three products are computed fast: tiles, threads, Winograd's algorithm.
 
-ops/conv.py holds the math of conv2d and conv_transpose2d and calls three products, given
-here with the signatures of the textbook path (ops/conv_reference.py):
+functional/conv.py holds the math of conv2d and conv_transpose2d and calls three products, given
+here with the signatures of the textbook path (functional/conv_textbook.py):
 
     conv2d_forward       y = W im2col(x) + b
     conv2d_input_grad    dL/dx = col2im(W^T dY)
@@ -17,7 +17,7 @@ Choices made for speed and memory
   whole images when they are small (the mask head's RoIs). One worker thread per core takes a
   share of the tiles and, for each, fills X^ restricted to the tile's columns into its own
   reused buffer of about TILE_BYTES (1 MB) and multiplies it at once, on the same core, while
-  it is in the cache (tinymaskrcnn/parallel.py). A conv never holds more than one tile per
+  it is in the cache (tinymaskrcnn/core/threads.py). A conv never holds more than one tile per
   thread: the full X^ of the FPN's 3x3 conv on the stride-4 level at 800x1088 would be 500 MB.
   dL/dx and dL/dW go tile by tile too: col2im adds each tile into the gradient of the phase
   images (neighbouring bands, which share rows, never at the same time), and each thread sums
@@ -41,11 +41,10 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..core.backend import get_array_module
 from ..kernels.im2col import col2im, conv_output_size, im2col, phase_grid, phase_merge, phase_split
-from ..kernels.winograd import (tile_grid, weight_transform, weight_transform_adjoint, winograd_input,
-                                winograd_output, winograd_output_adjoint)
-from ..parallel import map_shares, num_workers
+from ..kernels.winograd import tile_grid, weight_transform, weight_transform_adjoint, winograd_input, winograd_output, winograd_output_adjoint
+from ..core.threads import map_shares, num_workers
 
 
 class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
@@ -72,7 +71,7 @@ class _Geometry(namedtuple("_Geometry", "kh kw sh sw ph pw dh dw")):
 # The work is cut into tiles of output positions: a band of output rows of one image, or, when
 # images are small (the mask head's 14x14 RoIs), several whole images. Each worker thread takes
 # a share of the tiles and, for each, fills the tile's im2col matrix into its own buffer and
-# multiplies it at once, on the same core, while it is still in the cache (parallel.py). A
+# multiplies it at once, on the same core, while it is still in the cache (core/threads.py). A
 # tile's matrix is about TILE_BYTES (so it stays in a core's L2 cache and a conv never holds
 # more than one tile per worker: the whole im2col matrix of the FPN's 3x3 conv on the stride-4
 # level at 800x1088 would be 500 MB), but spans at least MIN_TILE_POSITIONS output positions,
@@ -441,7 +440,7 @@ def _winograd_weight_grad(g, x, ph, pw):
 
 
 # ----- the three products the ops call, with Winograd dispatch ------------------------------
-# The same signatures as ops/conv_reference.py's (the ops run on either).
+# The same signatures as functional/conv_textbook.py's (the ops run on either).
 
 
 def _geometry(kernel_hw, stride, padding, dilation):

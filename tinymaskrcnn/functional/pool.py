@@ -21,8 +21,8 @@ torch indexes outside the image for it.)
 """
 import numpy as np
 
-from ..autograd import Function
-from ..backend import get_array_module, uses_cuda_kernels
+from ..core.autograd import Function
+from ..core.backend import get_array_module, uses_cuda_kernels
 from ..kernels.pool import max_pool2d_forward
 from .arguments import pair
 

@@ -36,8 +36,8 @@ from numbers import Real
 
 import numpy as np
 
-from ..autograd import Function
-from ..backend import get_array_module
+from ..core.autograd import Function
+from ..core.backend import get_array_module
 from .arguments import pair
 
 MODES = ("nearest", "bilinear")

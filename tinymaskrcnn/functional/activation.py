@@ -22,8 +22,8 @@ LogSoftmax along ``dim``
     backward  dy_i/dx_k = d_ik - softmax_k, so  dL/dx_k = dL/dy_k - softmax_k * sum_i dL/dy_i,
               with softmax = e^y.
 """
-from ..autograd import Function
-from ..backend import get_array_module
+from ..core.autograd import Function
+from ..core.backend import get_array_module
 
 
 def stable_sigmoid(x):

@@ -34,7 +34,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from . import random as tm_random
+from ..core import random as tm_random
+from .step import forward_backward, trainable_parameters
 
 # each process runs on one core: two processes are the two cores' work
 _SINGLE_THREADED = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -43,7 +44,7 @@ _SINGLE_THREADED = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_
 # not in the current folder as `python -m` would. From a repository root that folder holds the
 # source tree's tinymaskrcnn/, which has no kernels (they are installed from kernels/ as
 # tinymaskrcnn.kernels), so a non-editable install's worker would fail to import.
-_BOOTSTRAP = "import sys; sys.path[0] = sys.argv[1]; from tinymaskrcnn.data_parallel import _worker_main; _worker_main()"
+_BOOTSTRAP = "import sys; sys.path[0] = sys.argv[1]; from tinymaskrcnn.engine.data_parallel import _worker_main; _worker_main()"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,36 +67,17 @@ def _views(block, params, layout):
     return [block[o:o + n].view(p.data.dtype).reshape(p.data.shape) for p, (o, n) in zip(params, layout)]
 
 
-def _trainable(model):
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def forward_backward(model, images, targets, seed=None):
-    """Losses of ``images`` and their gradient in every ``.grad`` (cleared first): returns
-    (loss values, training statistics). ``seed``, when given, reseeds the project's generator
-    first (the worker's half of a batch)."""
-    if seed is not None:
-        tm_random.manual_seed(seed)
-    for p in model.parameters():
-        p.grad = None
-    stats = {}
-    losses = model(images, targets, stats=stats)
-    values = {name: float(loss.item()) for name, loss in losses.items()}
-    sum(losses.values()).backward()
-    return values, stats
-
-
 def _worker(connection):
     """The worker process: build the replica, map the shared blocks, answer steps until told to
     stop or until the main process goes away."""
     try:
-        from .build import build_model
+        from ..models.registry import build_model
 
         _, build, state, param_file, grad_file = connection.recv()
         model = build_model(*build)
         model.load_state_dict(state)
         model.train()
-        params = _trainable(model)
+        params = trainable_parameters(model)
         layout, size = _block_layout(params)
         for p, view in zip(params, _views(np.memmap(param_file, np.uint8, "r+", shape=size), params, layout)):
             p.data = view
@@ -155,7 +137,7 @@ class DataParallel:
 
     def __init__(self, model, build):
         self.model, self.build = model, build
-        self.params = _trainable(model)
+        self.params = trainable_parameters(model)
         if not self.params:
             raise ValueError("data-parallel training needs a model with trainable parameters")
         if any(not isinstance(p.data, np.ndarray) for p in self.params):

@@ -1,4 +1,4 @@
-"""The textbook convolution: pad, im2col, one matrix product (the slow twin of ops/conv.py).
+"""The textbook convolution: pad, im2col, one matrix product (the slow twin of functional/conv.py).
 
 For an image x (C, H, W) and a weight w (Cout, C, kh, kw), im2col lays out every window the
 kernel sees as one column: X^[(c*kh + ki)*kw + kj, oh*Wo + ow] = xpad[c, oh*sh + ki*dh, ow*sw + kj*dw].
@@ -20,7 +20,7 @@ pixel) and the products cuBLAS's batched matmul.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..backend import uses_cuda_kernels
+from ..core.backend import uses_cuda_kernels
 
 
 def output_size(size, kernel, stride, padding, dilation):

@@ -26,8 +26,8 @@ Smooth L1 with threshold beta, d = x - t:
 """
 import numpy as np
 
-from ..autograd import Function, Tensor, as_array
-from ..backend import get_array_module
+from ..core.autograd import Function, Tensor, as_array
+from ..core.backend import get_array_module
 from .activation import log_softmax_array
 
 REDUCTIONS = ("none", "mean", "sum")

@@ -64,10 +64,10 @@ import zlib
 
 import numpy as np
 
-from .autograd import Tensor
-from .backend import is_cupy, to_numpy
-from .files import atomic_write
-from .nn.module import format_state_mismatch
+from ..core.autograd import Tensor
+from ..core.backend import is_cupy, to_numpy
+from ..core.files import atomic_write
+from ..nn.module import format_state_mismatch
 
 __all__ = ["CheckpointError", "read_pth", "state_dict_from", "load_torchvision", "load_pretrained",
            "LoadResult", "save", "load",

@@ -32,8 +32,8 @@ and only x gets a gradient.
 """
 import numpy as np
 
-from ..autograd import Function, Tensor, as_array
-from ..backend import get_array_module
+from ..core.autograd import Function, Tensor, as_array
+from ..core.backend import get_array_module
 from ..kernels.affine import channel_affine, channel_affine_reference
 
 

@@ -48,8 +48,8 @@ How it runs
 -----------
 The ops below hold the math and the checks, and call three products: y = W im2col(x) + b,
 dL/dx = col2im(W^T dY) and dL/dW = dY im2col(x)^T. Two modules compute them with the same
-signatures: ops/conv_schedule.py, fast (tiles of output rows shared among worker threads,
-Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_reference.py, the textbook (pad,
+signatures: functional/conv_schedule.py, fast (tiles of output rows shared among worker threads,
+Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_textbook.py, the textbook (pad,
 im2col with sliding windows, one matrix product). ``conv_implementation`` chooses between
 them on the CPU; CUDA arrays always take the textbook products, with the Numba-CUDA im2col and
 col2im kernels and cuBLAS's batched matmul. The backward computes only what
@@ -60,22 +60,22 @@ import os
 from contextlib import contextmanager
 from numbers import Integral
 
-from ..autograd import Function
-from ..backend import get_array_module, uses_cuda_kernels
-from . import conv_reference, conv_schedule
+from ..core.autograd import Function
+from ..core.backend import get_array_module, uses_cuda_kernels
+from . import conv_schedule, conv_textbook
 from .arguments import pair
 
 
 # ----- which path the ops run on ------------------------------------------------------------
 
 
-IMPLEMENTATIONS = {"fast": conv_schedule, "reference": conv_reference}
+IMPLEMENTATIONS = {"fast": conv_schedule, "reference": conv_textbook}
 _implementation = os.environ.get("TINYMASKRCNN_CONV", "fast")
 
 
 def set_conv_implementation(name):
     """Run every conv2d and conv_transpose2d of the package on ``name``: "fast" (the default:
-    tiles, threads, Winograd) or "reference" (ops/conv_reference.py: pad, im2col, one matrix
+    tiles, threads, Winograd) or "reference" (ops/conv_textbook.py: pad, im2col, one matrix
     product). Returns the previous name. The environment variable TINYMASKRCNN_CONV sets the
     starting value (and reaches subprocesses, such as data-parallel workers)."""
     global _implementation
@@ -105,7 +105,7 @@ def _current_path():
 def _path_for(x):
     """The chosen path on the CPU; on the GPU (CUDA arrays) the textbook products with the CUDA
     im2col/col2im kernels (Winograd and the tiles are CPU schedules)."""
-    return conv_reference if uses_cuda_kernels(x) else _current_path()
+    return conv_textbook if uses_cuda_kernels(x) else _current_path()
 
 
 # ----- the ops ------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def _path_for(x):
 
 def _output_hw(in_hw, kernel_hw, stride, padding, dilation):
     """(Ho, Wo) of a conv2d of an (H, W) image."""
-    return tuple(conv_reference.output_size(*args) for args in zip(in_hw, kernel_hw, stride, padding, dilation))
+    return tuple(conv_textbook.output_size(*args) for args in zip(in_hw, kernel_hw, stride, padding, dilation))
 
 
 def _bias_grad(g):

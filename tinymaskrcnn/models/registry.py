@@ -8,7 +8,7 @@ MODELS = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn")
 def build_model(name, num_classes, model_kwargs=None):
     """``tm.models.<name>(num_classes=..., **model_kwargs)`` for a name in MODELS; a keyword
     that neither the builder nor MaskRCNN takes is a ValueError naming it."""
-    from . import models  # on first use: the detector's kernels are not needed before
+    from .. import models  # on first use: the detector's kernels are not needed before
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {MODELS}")

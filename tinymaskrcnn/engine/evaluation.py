@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy
-from .data.coco import load_instances, pycocotools_index
-from .files import write_json_atomic
+from ..core.backend import to_numpy
+from ..data.coco import load_instances, pycocotools_index
+from ..core.files import write_json_atomic
 
 IOU_TYPES = ("bbox", "segm")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")

@@ -25,7 +25,7 @@ def _gradient_report():
     """Finite-difference checks (float64) of each layer a small conv net uses."""
     import tinymaskrcnn as tm
     import tinymaskrcnn.functional as F
-    from tinymaskrcnn.gradcheck import gradcheck
+    from tinymaskrcnn.core.gradcheck import gradcheck
 
     rng = np.random.default_rng(0)
     T = lambda *shape, grad=True: tm.Tensor(rng.standard_normal(shape), requires_grad=grad)
@@ -398,8 +398,8 @@ _MEMORY_ADVICE = {
 
 
 def main(argv=None):
-    from tinymaskrcnn.backend import CUDAUnavailableError
-    from tinymaskrcnn.data_parallel import WorkerDiedError
+    from tinymaskrcnn.core.backend import CUDAUnavailableError
+    from tinymaskrcnn.engine.data_parallel import WorkerDiedError
 
     args = build_parser().parse_args(argv)
 
@@ -423,6 +423,3 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         return fail("interrupted", e, code=130)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

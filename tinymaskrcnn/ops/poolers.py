@@ -9,11 +9,11 @@ import math
 import numpy as np
 
 from .. import nn
-from ..autograd import cat
-from ..backend import get_array_module
-from ..boxes import box_area
-from ..ops.arguments import pair
-from ..ops.roi_align import roi_align
+from ..core.autograd import cat
+from ..core.backend import get_array_module
+from .boxes import box_area
+from ..functional.arguments import pair
+from .roi_align import roi_align
 
 
 def boxes_to_rois(boxes):
