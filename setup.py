@@ -37,7 +37,6 @@ setup(
         "numpy>=1.24",
         "numba>=0.59",
         "threadpoolctl>=3.1",
-        "scipy>=1.10",
         "pycocotools>=2.0.7",
         "matplotlib>=3.7",
         "pillow>=10.0",
@@ -46,11 +45,13 @@ setup(
     ],
     extras_require={
         # numba-cuda with its NVRTC/NVVM wheels: the CUDA kernels run in the simulator and compile
-        # to PTX without a GPU (tests/test_cuda_kernels.py); wheel: tests build one
+        # to PTX without a GPU (tests/test_cuda_kernels.py); wheel: tests build one; scipy: an
+        # independent referee in the tests and chapter 2 (the package itself never imports it)
         "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "numba-cuda[cu13]>=0.30",
-                "wheel"],
+                "wheel", "scipy>=1.10"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
-        "notebooks": ["jupyterlab>=4"],  # to open the chapters; the tests run them with nbclient (dev)
+        # to open the chapters (scipy: chapter 2's referee); the tests run them with nbclient (dev)
+        "notebooks": ["jupyterlab>=4", "scipy>=1.10"],
         # GPU machines: CuPy's wheels are built per CUDA major version; pick the driver's
         "gpu-cuda12": ["cupy-cuda12x>=13", "numba-cuda[cu12]>=0.30"],
         "gpu-cuda13": ["cupy-cuda13x>=14", "numba-cuda[cu13]>=0.30"],

@@ -1,13 +1,19 @@
-"""Hand-written hot paths (Numba), installed as ``tinymaskrcnn.kernels``.
+"""Hand-written hot paths (Numba), installed as ``tinymaskrcnn.kernels``: the floor of the package.
 
-Every kernel here has a readable NumPy twin with the same signature (suffix ``_reference``);
-tests hold the two equal, and the notebooks explain the twin first.
+Every kernel here has a readable NumPy twin with the same signature, named ``<name>_twin`` and
+written first in its file, above the Numba kernel: the notebooks explain the twin first, and the
+tests hold the two equal. ``kernels/cuda/`` holds the Numba-CUDA kernels of the same families.
+Which of the three an op runs is chosen in one table, ``tinymaskrcnn/functional/dispatch.py``
+(``TINYMASKRCNN_KERNELS=twins`` runs the whole package on the twins).
+
+The kernels take arrays, dtypes and numbers, and import nothing of the package above them.
 """
 import os
 import warnings
 
 import numba
 import numba.np.ufunc.parallel
+import numpy as np
 
 # The parallel kernels here (roi_align, paste_masks) alternate with NumPy work that runs on
 # OpenBLAS's threads. Numba's default OpenMP workers busy-wait for milliseconds after each
@@ -24,3 +30,16 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
                       "kernels were imported, so its kernels may run several times slower: import "
                       "tinymaskrcnn first, or set NUMBA_THREADING_LAYER=workqueue", RuntimeWarning)
     numba.config.THREADING_LAYER = "workqueue"
+
+
+def is_cupy(a):
+    """True for a CuPy array, told by its type's module (so that CuPy is imported only when one comes in)."""
+    return type(a).__module__.startswith("cupy")
+
+
+def array_module(a):
+    """The array module of ``a``: cupy for a CuPy array, else numpy."""
+    if is_cupy(a):
+        import cupy
+        return cupy
+    return np

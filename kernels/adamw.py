@@ -1,4 +1,4 @@
-"""AdamW's update of one parameter in one pass: the Numba kernel and its NumPy twin.
+"""AdamW's update of one parameter in one pass: the NumPy twin and the Numba kernel.
 
 The update (torch.optim.AdamW, see ``tinymaskrcnn.optim``) written with NumPy operators walks
 the parameter, its gradient and two moment buffers about a dozen times and makes as many
@@ -9,8 +9,21 @@ dtype, C-contiguous for the kernel; ``p``, ``m`` and ``v`` are updated in place.
 """
 import math
 
-import numpy as np
 from numba import njit, prange
+
+from . import array_module
+
+
+def adamw_update_twin(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """The NumPy twin, torch's order of operations; array code, so it runs on CuPy arrays too."""
+    xp = array_module(p)
+    p *= 1 - lr * weight_decay
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
+    p -= (lr / (1 - beta1 ** step)) * (m / denom)
 
 
 @njit(parallel=True, cache=True)
@@ -31,15 +44,3 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
         m1[i] = mi
         v1[i] = vi
         p1[i] = p1[i] * decay - step_size * (mi / (math.sqrt(vi) / root_correction + eps))
-
-
-def adamw_update_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, xp=None):
-    """The NumPy (or CuPy: pass ``xp``) twin, torch's order of operations."""
-    xp = xp or np
-    p *= 1 - lr * weight_decay
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * (g * g)
-    denom = xp.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
-    p -= (lr / (1 - beta1 ** step)) * (m / denom)

@@ -51,7 +51,7 @@ runs the adjoints in the reverse order: ``col2im`` adds each row of cols back on
 the phase images, and ``phase_merge`` gathers the phase images back into an image of x's shape
 (what landed in the padding is dropped).
 
-Each function comes twice: a plain NumPy version (suffix ``_reference``) to read first, which
+Each function comes twice: a plain NumPy version (suffix ``_twin``) to read first, which
 works a kernel tap at a time with slices, and the Numba kernel that the ops run, with the same
 signature and results. The Numba kernels are single-threaded and release the GIL: the conv op
 runs one per core at a time on its own band, followed on the same core by that band's matrix
@@ -65,6 +65,11 @@ from numba import njit
 def conv_output_size(size, kernel, stride, padding, dilation):
     """Output length of a convolution along one axis: floor((n + 2p - d(k-1) - 1) / s) + 1."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_output_hw(hw, kernel, stride, padding, dilation):
+    """(Ho, Wo) of a convolution of an (H, W) image, each argument a (height, width) pair."""
+    return tuple(conv_output_size(*axis) for axis in zip(hw, kernel, stride, padding, dilation))
 
 
 @njit(cache=True)
@@ -85,7 +90,7 @@ def _tap(ki, kj, sh, sw, dh, dw, wq):
 # ----- NumPy twins ----------------------------------------------------------------------------
 
 
-def phase_split_reference(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+def phase_split_twin(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     """The phase images (sh*sw, C, Hq*Wq) of the image ``x`` (C, H, W):
     q[pi*sw + pj, c, u*Wq + v] = x[c, u*sh + pi - ph, v*sw + pj - pw], 0 outside x.
     Only the phases some tap reads are written (the others are never read)."""
@@ -104,7 +109,7 @@ def phase_split_reference(x, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     return q
 
 
-def im2col_reference(q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop, out=None):
+def im2col_twin(q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop, out=None):
     """cols (C*kh*kw, (row_stop - row_start)*Wq) of output rows [row_start, row_stop) on the wide
     grid, from the phase images q (sh*sw, C, Hq*Wq): row (c*kh + ki)*kw + kj is the slice of
     its phase image that tap (ki, kj) reads."""
@@ -121,7 +126,7 @@ def im2col_reference(q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop, out=Non
     return cols
 
 
-def col2im_reference(cols, q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop):
+def col2im_twin(cols, q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop):
     """The adjoint of im2col: adds every row of ``cols`` onto the slice of the phase images
     ``q`` (sh*sw, C, Hq*Wq) it was copied from, in place."""
     C, n = q.shape[1], (row_stop - row_start) * wq
@@ -136,7 +141,7 @@ def col2im_reference(cols, q, kh, kw, sh, sw, dh, dw, wq, row_start, row_stop):
     return q
 
 
-def phase_merge_reference(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
+def phase_merge_twin(q, H, W, kh, kw, sh, sw, ph, pw, dh, dw, out=None):
     """The adjoint of phase_split: the (C, H, W) image whose pixel (i, j) is the phase-image
     entry phase_split put it in. Written into ``out`` if given."""
     C = q.shape[1]

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression: the Numba kernel and its NumPy twin.
+"""Greedy non-maximum suppression: the NumPy twin and the Numba kernel.
 
 A detector proposes many overlapping boxes for each object. Greedy NMS keeps the best one
 and drops its near-duplicates:
@@ -18,11 +18,36 @@ Matching torchvision's CPU kernel to the bit:
 - the comparison ``iou > iou_threshold`` is made in float64 (the threshold is a C++
   ``double`` there): a float32 IoU of exactly float32(0.3) *is* above 0.3.
 
-Both functions take NumPy arrays already validated by ``tinymaskrcnn.ops.nms``: boxes (N, 4)
+Both functions take NumPy arrays already validated by ``tinymaskrcnn.ops.boxes.nms``: boxes (N, 4)
 floating, scores (N,) floating without NaN, and return int64 indices.
 """
 import numpy as np
 from numba import njit
+
+
+def nms_twin(boxes, scores, iou_threshold):
+    """Indices (int64) kept by greedy NMS, highest score first (readable NumPy twin).
+
+    Each kept box is compared with all boxes at once. Suppressing boxes that come earlier in
+    the order (already kept or already dropped) changes nothing, since only later boxes are
+    still to be visited.
+    """
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        w = np.maximum(0, np.minimum(x2[i], x2) - np.maximum(x1[i], x1))
+        h = np.maximum(0, np.minimum(y2[i], y2) - np.maximum(y1[i], y1))
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):  # two empty boxes: 0/0 = NaN, never suppresses
+            iou = inter / (areas[i] + areas - inter)
+        suppressed |= iou.astype(np.float64) > iou_threshold
+    return np.array(keep, dtype=np.int64)
 
 
 # error_model="numpy": 0/0 (two empty boxes) is NaN, as in C++, instead of Python's ZeroDivisionError
@@ -56,28 +81,3 @@ def nms(boxes, scores, iou_threshold):
             if iou > threshold:
                 suppressed[j] = True
     return keep[:num_kept]
-
-
-def nms_reference(boxes, scores, iou_threshold):
-    """Indices (int64) kept by greedy NMS, highest score first (readable NumPy twin).
-
-    Each kept box is compared with all boxes at once. Suppressing boxes that come earlier in
-    the order (already kept or already dropped) changes nothing, since only later boxes are
-    still to be visited.
-    """
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1) * (y2 - y1)
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        w = np.maximum(0, np.minimum(x2[i], x2) - np.maximum(x1[i], x1))
-        h = np.maximum(0, np.minimum(y2[i], y2) - np.maximum(y1[i], y1))
-        inter = w * h
-        with np.errstate(divide="ignore", invalid="ignore"):  # two empty boxes: 0/0 = NaN, never suppresses
-            iou = inter / (areas[i] + areas - inter)
-        suppressed |= iou.astype(np.float64) > iou_threshold
-    return np.array(keep, dtype=np.int64)

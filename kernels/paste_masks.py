@@ -1,4 +1,4 @@
-"""Pasting M × M mask probabilities into full-size images: the Numba kernel and its NumPy twin.
+"""Pasting M × M mask probabilities into full-size images: the NumPy twin and the Numba kernel.
 
 The mask head predicts each detection's mask on a small M × M grid (28 × 28) covering its box.
 To give a mask in image coordinates, torchvision's ``paste_masks_in_image``
@@ -34,6 +34,44 @@ finite, and ``scale`` = s as a scalar of the boxes' dtype.
 """
 import numpy as np
 from numba import njit, prange
+
+
+# ----- NumPy twin ------------------------------------------------------------------------------
+
+
+def _resize_taps_twin(in_len, out_len, start, stop, dtype):
+    """Bilinear taps (i0, i1, w0, w1) of outputs start..stop-1 of a resize in_len → out_len."""
+    T = np.dtype(dtype).type
+    ratio = T(in_len) / T(out_len)
+    src = np.maximum(ratio * (np.arange(start, stop, dtype=T) + T(0.5)) - T(0.5), 0)
+    i0 = np.minimum(np.floor(src.astype(np.float32)).astype(np.int64), in_len - 1)
+    lam = np.clip(src - i0.astype(T), 0, 1)
+    i1 = np.where(i0 < in_len - 1, i0 + 1, i0)
+    return i0, i1, 1 - lam, lam
+
+
+def paste_masks_twin(masks, boxes, im_h, im_w, padding, scale):
+    """(N, im_h, im_w) images with each mask pasted into its box (readable NumPy twin)."""
+    N, M = masks.shape[0], masks.shape[1]
+    P = M + 2 * padding
+    out = np.zeros((N, im_h, im_w), dtype=masks.dtype)
+    padded = np.pad(masks, ((0, 0), (padding, padding), (padding, padding)))  # step 1
+    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale  # step 2
+    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    cx, cy = (boxes[:, 2] + boxes[:, 0]) * 0.5, (boxes[:, 3] + boxes[:, 1]) * 0.5
+    grown = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.int64)  # step 3
+    for n, (x0, y0, x1, y1) in enumerate(grown):
+        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
+        r0, r1 = max(y0, 0), min(y1 + 1, im_h)  # step 5: the part of the box inside the image
+        c0, c1 = max(x0, 0), min(x1 + 1, im_w)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        # step 4, only for the rows and columns that land in the image
+        ry0, ry1, wy0, wy1 = _resize_taps_twin(P, h, r0 - y0, r1 - y0, masks.dtype)
+        cx0, cx1, wx0, wx1 = _resize_taps_twin(P, w, c0 - x0, c1 - x0, masks.dtype)
+        columns_done = padded[n][:, cx0] * wx0 + padded[n][:, cx1] * wx1  # (P, c1 - c0)
+        out[n, r0:r1, c0:c1] = columns_done[ry0] * wy0[:, None] + columns_done[ry1] * wy1[:, None]
+    return out
 
 
 # ----- Numba kernel ----------------------------------------------------------------------------
@@ -95,42 +133,4 @@ def paste_masks(masks, boxes, im_h, im_w, padding, scale):
                 top = a[cx0[c]] * wx0[c] + a[cx1[c]] * wx1[c]
                 bottom = b[cx0[c]] * wx0[c] + b[cx1[c]] * wx1[c]
                 out[n, r0 + r, c0 + c] = top * wy0[r] + bottom * wy1[r]
-    return out
-
-
-# ----- NumPy twin ------------------------------------------------------------------------------
-
-
-def _resize_taps_reference(in_len, out_len, start, stop, dtype):
-    """Bilinear taps (i0, i1, w0, w1) of outputs start..stop-1 of a resize in_len → out_len."""
-    T = np.dtype(dtype).type
-    ratio = T(in_len) / T(out_len)
-    src = np.maximum(ratio * (np.arange(start, stop, dtype=T) + T(0.5)) - T(0.5), 0)
-    i0 = np.minimum(np.floor(src.astype(np.float32)).astype(np.int64), in_len - 1)
-    lam = np.clip(src - i0.astype(T), 0, 1)
-    i1 = np.where(i0 < in_len - 1, i0 + 1, i0)
-    return i0, i1, 1 - lam, lam
-
-
-def paste_masks_reference(masks, boxes, im_h, im_w, padding, scale):
-    """(N, im_h, im_w) images with each mask pasted into its box (readable NumPy twin)."""
-    N, M = masks.shape[0], masks.shape[1]
-    P = M + 2 * padding
-    out = np.zeros((N, im_h, im_w), dtype=masks.dtype)
-    padded = np.pad(masks, ((0, 0), (padding, padding), (padding, padding)))  # step 1
-    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale  # step 2
-    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    cx, cy = (boxes[:, 2] + boxes[:, 0]) * 0.5, (boxes[:, 3] + boxes[:, 1]) * 0.5
-    grown = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.int64)  # step 3
-    for n, (x0, y0, x1, y1) in enumerate(grown):
-        w, h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-        r0, r1 = max(y0, 0), min(y1 + 1, im_h)  # step 5: the part of the box inside the image
-        c0, c1 = max(x0, 0), min(x1 + 1, im_w)
-        if r1 <= r0 or c1 <= c0:
-            continue
-        # step 4, only for the rows and columns that land in the image
-        ry0, ry1, wy0, wy1 = _resize_taps_reference(P, h, r0 - y0, r1 - y0, masks.dtype)
-        cx0, cx1, wx0, wx1 = _resize_taps_reference(P, w, c0 - x0, c1 - x0, masks.dtype)
-        columns_done = padded[n][:, cx0] * wx0 + padded[n][:, cx1] * wx1  # (P, c1 - c0)
-        out[n, r0:r1, c0:c1] = columns_done[ry0] * wy0[:, None] + columns_done[ry1] * wy1[:, None]
     return out

@@ -1,4 +1,4 @@
-"""RoIAlign forward and backward: the Numba kernels and their NumPy twins.
+"""RoIAlign forward and backward: the NumPy twins and the Numba kernels.
 
 RoIAlign (Mask R-CNN, He et al. 2017) cuts a fixed-size ph × pw patch out of a feature map for
 each region of interest (RoI), without rounding the RoI to the pixel grid:
@@ -29,6 +29,99 @@ dtype (so float32 arithmetic stays float32, as torchvision's kernel computes in 
 """
 import numpy as np
 from numba import njit, prange
+
+
+# ----- NumPy twins -----------------------------------------------------------------------------
+
+
+def sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned):
+    """One RoI, one axis: where its samples fall on the map (pixel centres at integers).
+
+    ``lo``, ``hi``: the RoI's edges in the image (x1, x2 or y1, y2), scalars of one float type.
+    Returns (start, extent, coord): the RoI's first edge and length on the map after the
+    scale, the half-pixel shift and the legacy clamp, and the (pooled, grid) coordinates of the
+    samples, sample i of bin p at start + (p + (i + 1/2) / grid) · extent / pooled.
+    """
+    T = type(lo)
+    offset = T(0.5) if aligned else T(0.0)
+    start = lo * spatial_scale - offset
+    extent = (hi * spatial_scale - offset) - start
+    if not aligned:
+        extent = max(extent, T(1.0))
+    bin_size = extent / T(pooled)
+    grid = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(extent / T(pooled))), 0)
+    p = np.arange(pooled, dtype=T)[:, None]
+    i = np.arange(grid, dtype=T)[None, :]
+    return start, extent, start + p * bin_size + (i + T(0.5)) * bin_size / T(grid)
+
+
+def _axis_taps_twin(lo, hi, size, pooled, spatial_scale, sampling_ratio, aligned):
+    """One RoI, one axis: (pooled, grid) arrays low, high, frac, valid, and the grid size."""
+    T = type(lo)
+    _, _, coord = sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned)
+    grid = coord.shape[1]
+    valid = (coord >= -1) & (coord <= size)
+    # clamp at 0 (the rule); clamping at `size` only tames invalid samples for the integer cast
+    coord = np.clip(coord, 0, size)
+    low = coord.astype(np.int64)
+    at_edge = low >= size - 1
+    low = np.where(at_edge, size - 1, low)
+    high = np.where(at_edge, size - 1, low + 1)
+    frac = np.where(at_edge, T(0.0), coord - low.astype(T))
+    return low, high, frac, valid, grid
+
+
+def _bilinear_taps_twin(roi, height, width, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+    """The four bilinear taps of every sample of one RoI, and the sample count.
+
+    Each tap is (rows, cols, weight), three arrays of shape (ph, grid_h, pw, grid_w): sample
+    (py, iy, px, ix) reads pixel (rows, cols) with that weight (zero for invalid samples).
+    """
+    rule = (spatial_scale, sampling_ratio, aligned)
+    ylow, yhigh, ly, vy, gh = _axis_taps_twin(roi[2], roi[4], height, pooled_h, *rule)
+    xlow, xhigh, lx, vx, gw = _axis_taps_twin(roi[1], roi[3], width, pooled_w, *rule)
+    hy, hx = 1 - ly, 1 - lx
+    valid = vy[:, :, None, None] & vx[None, None, :, :]
+
+    def tap(rows, cols, wy, wx):
+        weight = (wy[:, :, None, None] * wx[None, None, :, :]) * valid
+        return rows[:, :, None, None], cols[None, None, :, :], weight
+
+    taps = [tap(ylow, xlow, hy, hx), tap(ylow, xhigh, hy, lx), tap(yhigh, xlow, ly, hx), tap(yhigh, xhigh, ly, lx)]
+    return taps, type(roi[0])(max(gh * gw, 1))
+
+
+def roi_align_forward_twin(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
+    """(K, C, pooled_h, pooled_w) RoIAlign of ``input`` (N, C, H, W) (readable NumPy twin).
+
+    out[k, c, py, px] = (1 / count) Σ_samples Σ_taps weight · input[b_k, c, row, col]
+    """
+    _, C, H, W = input.shape
+    out = np.zeros((len(rois), C, pooled_h, pooled_w), dtype=input.dtype)
+    for k, roi in enumerate(rois):
+        fmap = input[int(roi[0])]  # (C, H, W)
+        taps, count = _bilinear_taps_twin(roi, H, W, pooled_h, pooled_w, spatial_scale, sampling_ratio,
+                                               aligned)
+        samples = sum(weight * fmap[:, rows, cols] for rows, cols, weight in taps)  # (C, ph, gh, pw, gw)
+        out[k] = samples.sum(axis=(2, 4)) / count
+    return out
+
+
+def roi_align_backward_twin(grad_output, rois, batch_size, height, width, spatial_scale, sampling_ratio, aligned):
+    """(N, C, H, W) input gradient from the (K, C, ph, pw) output gradient (readable NumPy twin).
+
+    The transpose of the forward sum: grad_input[b_k, c, row, col] += weight / count ·
+    grad_output[k, c, py, px] for every tap. Taps repeat pixels, so it is a scatter-add.
+    """
+    K, C, pooled_h, pooled_w = grad_output.shape
+    grad_input = np.zeros((batch_size, C, height, width), dtype=grad_output.dtype)
+    for k, roi in enumerate(rois):
+        taps, count = _bilinear_taps_twin(roi, height, width, pooled_h, pooled_w, spatial_scale,
+                                               sampling_ratio, aligned)
+        g = grad_output[k][:, :, None, :, None]  # (C, ph, 1, pw, 1): one value per bin
+        for rows, cols, weight in taps:
+            np.add.at(grad_input[int(roi[0])], (slice(None), rows, cols), g * weight / count)
+    return grad_input
 
 
 # ----- Numba kernels ---------------------------------------------------------------------------
@@ -164,97 +257,4 @@ def roi_align_backward(grad_output, rois, batch_size, height, width, spatial_sca
                             plane[row0 + x1] += g * (hy * lx) / count[k]
                             plane[row1 + x0] += g * (ly * hx) / count[k]
                             plane[row1 + x1] += g * (ly * lx) / count[k]
-    return grad_input
-
-
-# ----- NumPy twins -----------------------------------------------------------------------------
-
-
-def sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned):
-    """One RoI, one axis: where its samples fall on the map (pixel centres at integers).
-
-    ``lo``, ``hi``: the RoI's edges in the image (x1, x2 or y1, y2), scalars of one float type.
-    Returns (start, extent, coord): the RoI's first edge and length on the map after the
-    scale, the half-pixel shift and the legacy clamp, and the (pooled, grid) coordinates of the
-    samples, sample i of bin p at start + (p + (i + 1/2) / grid) · extent / pooled.
-    """
-    T = type(lo)
-    offset = T(0.5) if aligned else T(0.0)
-    start = lo * spatial_scale - offset
-    extent = (hi * spatial_scale - offset) - start
-    if not aligned:
-        extent = max(extent, T(1.0))
-    bin_size = extent / T(pooled)
-    grid = sampling_ratio if sampling_ratio > 0 else max(int(np.ceil(extent / T(pooled))), 0)
-    p = np.arange(pooled, dtype=T)[:, None]
-    i = np.arange(grid, dtype=T)[None, :]
-    return start, extent, start + p * bin_size + (i + T(0.5)) * bin_size / T(grid)
-
-
-def _axis_taps_reference(lo, hi, size, pooled, spatial_scale, sampling_ratio, aligned):
-    """One RoI, one axis: (pooled, grid) arrays low, high, frac, valid, and the grid size."""
-    T = type(lo)
-    _, _, coord = sample_coordinates(lo, hi, pooled, spatial_scale, sampling_ratio, aligned)
-    grid = coord.shape[1]
-    valid = (coord >= -1) & (coord <= size)
-    # clamp at 0 (the rule); clamping at `size` only tames invalid samples for the integer cast
-    coord = np.clip(coord, 0, size)
-    low = coord.astype(np.int64)
-    at_edge = low >= size - 1
-    low = np.where(at_edge, size - 1, low)
-    high = np.where(at_edge, size - 1, low + 1)
-    frac = np.where(at_edge, T(0.0), coord - low.astype(T))
-    return low, high, frac, valid, grid
-
-
-def _bilinear_taps_reference(roi, height, width, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    """The four bilinear taps of every sample of one RoI, and the sample count.
-
-    Each tap is (rows, cols, weight), three arrays of shape (ph, grid_h, pw, grid_w): sample
-    (py, iy, px, ix) reads pixel (rows, cols) with that weight (zero for invalid samples).
-    """
-    rule = (spatial_scale, sampling_ratio, aligned)
-    ylow, yhigh, ly, vy, gh = _axis_taps_reference(roi[2], roi[4], height, pooled_h, *rule)
-    xlow, xhigh, lx, vx, gw = _axis_taps_reference(roi[1], roi[3], width, pooled_w, *rule)
-    hy, hx = 1 - ly, 1 - lx
-    valid = vy[:, :, None, None] & vx[None, None, :, :]
-
-    def tap(rows, cols, wy, wx):
-        weight = (wy[:, :, None, None] * wx[None, None, :, :]) * valid
-        return rows[:, :, None, None], cols[None, None, :, :], weight
-
-    taps = [tap(ylow, xlow, hy, hx), tap(ylow, xhigh, hy, lx), tap(yhigh, xlow, ly, hx), tap(yhigh, xhigh, ly, lx)]
-    return taps, type(roi[0])(max(gh * gw, 1))
-
-
-def roi_align_forward_reference(input, rois, pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned):
-    """(K, C, pooled_h, pooled_w) RoIAlign of ``input`` (N, C, H, W) (readable NumPy twin).
-
-    out[k, c, py, px] = (1 / count) Σ_samples Σ_taps weight · input[b_k, c, row, col]
-    """
-    _, C, H, W = input.shape
-    out = np.zeros((len(rois), C, pooled_h, pooled_w), dtype=input.dtype)
-    for k, roi in enumerate(rois):
-        fmap = input[int(roi[0])]  # (C, H, W)
-        taps, count = _bilinear_taps_reference(roi, H, W, pooled_h, pooled_w, spatial_scale, sampling_ratio,
-                                               aligned)
-        samples = sum(weight * fmap[:, rows, cols] for rows, cols, weight in taps)  # (C, ph, gh, pw, gw)
-        out[k] = samples.sum(axis=(2, 4)) / count
-    return out
-
-
-def roi_align_backward_reference(grad_output, rois, batch_size, height, width, spatial_scale, sampling_ratio, aligned):
-    """(N, C, H, W) input gradient from the (K, C, ph, pw) output gradient (readable NumPy twin).
-
-    The transpose of the forward sum: grad_input[b_k, c, row, col] += weight / count ·
-    grad_output[k, c, py, px] for every tap. Taps repeat pixels, so it is a scatter-add.
-    """
-    K, C, pooled_h, pooled_w = grad_output.shape
-    grad_input = np.zeros((batch_size, C, height, width), dtype=grad_output.dtype)
-    for k, roi in enumerate(rois):
-        taps, count = _bilinear_taps_reference(roi, height, width, pooled_h, pooled_w, spatial_scale,
-                                               sampling_ratio, aligned)
-        g = grad_output[k][:, :, None, :, None]  # (C, ph, 1, pw, 1): one value per bin
-        for rows, cols, weight in taps:
-            np.add.at(grad_input[int(roi[0])], (slice(None), rows, cols), g * weight / count)
     return grad_input

@@ -42,7 +42,7 @@ tile rows [r0, r1); Tw = ceil(Wo / 2) tiles per row. The last tile row or column
 of the output (odd Ho or Wo): its extra outputs are dropped, and its patch reads zeros past the
 input like the padding does.
 
-Each kernel comes twice, a NumPy version (suffix ``_reference``) that states the transform as
+Each kernel comes twice, a NumPy version (suffix ``_twin``) that states the transform as
 matrices, and a single-threaded Numba kernel (``nogil``: the conv op runs one per core, on its
 own bands, as it does im2col) with the same results.
 
@@ -66,7 +66,7 @@ def tile_grid(ho, wo):
 # ----- the weight -----------------------------------------------------------------------------
 
 
-def weight_transform_reference(weight):
+def weight_transform_twin(weight):
     """U (16, Cout, C) = G g G^T of every (Cout, C, 3, 3) kernel, entry ab = 4a + b.
 
     As one matrix product: entry ab of G g G^T is sum_ij G[a, i] G[b, j] g[i, j], so the
@@ -76,7 +76,7 @@ def weight_transform_reference(weight):
     return (g2 @ weight.reshape(-1, 9).T).reshape(16, *weight.shape[:2])
 
 
-def weight_transform_adjoint_reference(du):
+def weight_transform_adjoint_twin(du):
     """dL/dg (Cout, C, 3, 3) = sum_ab G^T dU[ab] G: the adjoint of ``weight_transform``."""
     g2 = np.kron(G, G).astype(du.dtype)
     return (du.reshape(16, -1).T @ g2).reshape(*du.shape[1:], 3, 3)
@@ -100,7 +100,7 @@ def _patches(x, ph, pw, n0, n1, r0, r1, tw):
         padded, (n1 - n0, c, r1 - r0, tw, 4, 4), (s[0], s[1], 2 * s[2], 2 * s[3], s[2], s[3]), writeable=False)
 
 
-def winograd_input_reference(x, ph, pw, n0, n1, r0, r1, tw, out=None):
+def winograd_input_twin(x, ph, pw, n0, n1, r0, r1, tw, out=None):
     """V (16, C, columns) = B^T d B of the 4x4 input patch of every tile: x (N, C, H, W)."""
     b_t = B_T.astype(x.dtype)
     v = np.einsum("ka,ncijab,lb->klcnij", b_t, _patches(x, ph, pw, n0, n1, r0, r1, tw), b_t, optimize=True)
@@ -111,7 +111,7 @@ def winograd_input_reference(x, ph, pw, n0, n1, r0, r1, tw, out=None):
     return out
 
 
-def winograd_output_reference(m, y, n0, n1, r0, r1, bias=None):
+def winograd_output_twin(m, y, n0, n1, r0, r1, bias=None):
     """Writes A^T M A of every tile into y (N, Cout, Ho, Wo), dropping what sticks out, plus
     ``bias`` (Cout,) if given."""
     cout, ho, wo = y.shape[1:]
@@ -127,7 +127,7 @@ def winograd_output_reference(m, y, n0, n1, r0, r1, bias=None):
     return y
 
 
-def winograd_output_adjoint_reference(dy, n0, n1, r0, r1, out=None):
+def winograd_output_adjoint_twin(dy, n0, n1, r0, r1, out=None):
     """dM (16, Cout, columns) = A dY A^T of every 2x2 tile of dy (N, Cout, Ho, Wo), reading
     zeros where a tile sticks out: the adjoint of ``winograd_output`` (without the bias)."""
     cout, ho, wo = dy.shape[1:]

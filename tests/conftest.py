@@ -32,11 +32,11 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture(params=["fast", "reference"])
+@pytest.fixture(params=["fast", "twins"])
 def conv_path(request):
-    """Run the test on the fast convolution (functional/conv.py's schedule) and on the textbook one
-    (functional/conv_textbook.py)."""
-    from tinymaskrcnn.functional.conv import conv_implementation
+    """Run the test on the fast kernels (the convolution's schedule, functional/conv_schedule.py) and
+    on their twins (the textbook convolution, functional/conv_textbook.py): ``tm.use_kernels``."""
+    from tinymaskrcnn import use_kernels
 
-    with conv_implementation(request.param):
+    with use_kernels(request.param):
         yield request.param

@@ -21,7 +21,7 @@ from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
-from tinymaskrcnn.functional import conv, conv_schedule
+from tinymaskrcnn.functional import conv_schedule
 from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
@@ -122,14 +122,15 @@ def resnet50_detection(tmp_path_factory):
     return theirs, save_state_dict(theirs, tmp_path_factory.mktemp("resnet50"))
 
 
-@pytest.fixture(params=["default", "winograd_everywhere", "textbook"])
+@pytest.fixture(params=["default", "winograd_everywhere", "twins"])
 def conv_algorithms(request, monkeypatch):
     """The conv op as it chooses, with Winograd's algorithm for every 3x3 stride-1 conv of 16
-    channels or more however small (by default only the larger ones use it), and the textbook
-    convolution (functional/conv_textbook.py) for every conv."""
+    channels or more however small (by default only the larger ones use it), and the kernels'
+    twins: the textbook convolution (functional/conv_textbook.py) for every conv, the NumPy
+    max pooling and frozen batch norm."""
     if request.param == "winograd_everywhere":
         monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
-    with conv.conv_implementation("reference" if request.param == "textbook" else "fast"):
+    with tm.use_kernels("twins" if request.param == "twins" else "fast"):
         yield request.param
 
 

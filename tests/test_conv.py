@@ -60,6 +60,27 @@ def test_conv2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kw
     assert_matches_torch(lambda x, w, b: F.conv2d(x, w, b, **kwargs), _torch_conv2d(torch, kwargs), arrays, dtype)
 
 
+@_params([case for case in CONV2D if case[3].get("groups", 1) == 1])
+def test_conv2d_equals_scipy_correlation_summed_over_channels(conv_path, rng, shape_x, shape_w, kwargs):
+    """A referee written by others, and no torch needed: y[n, co] = b[co] + the sum over c of
+    SciPy's 2-D cross-correlation of x[n, c] (padded by np.pad) with w[co, c] (dilated by
+    zeros between its taps), kept at every stride-th position (float64)."""
+    from scipy.signal import correlate2d
+
+    x, w, b = rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])
+    (sh, sw), (ph, pw), (dh, dw) = (np.broadcast_to(kwargs.get(name, default), 2)
+                                    for name, default in (("stride", 1), ("padding", 0), ("dilation", 1)))
+    x_padded = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    w_dilated = np.zeros(shape_w[:2] + ((shape_w[2] - 1) * dh + 1, (shape_w[3] - 1) * dw + 1))
+    w_dilated[:, :, ::dh, ::dw] = w
+    expected = np.array([[b[co] + sum(correlate2d(x_padded[n, c], w_dilated[co, c], mode="valid")
+                                      for c in range(shape_x[1]))
+                          for co in range(shape_w[0])] for n in range(shape_x[0])])[:, :, ::sh, ::sw]
+    y = F.conv2d(tm.Tensor(x), tm.Tensor(w), tm.Tensor(b), **kwargs).data
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @_params(CONV_TRANSPOSE2D)
 def test_conv_transpose2d_matches_torch(conv_path, torch, rng, dtype, shape_x, shape_w, kwargs):

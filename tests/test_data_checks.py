@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from tinymaskrcnn import cli, engine, weights
 from tinymaskrcnn.data import CocoDetection, check_datasets, load_image, make_shapes_dataset
-from tinymaskrcnn.data.coco import compressed_rle_runs
+from tinymaskrcnn.data.annotations import compressed_rle_runs
 from test_cli import TINY_FLAGS
 from test_engine import TINY_MODEL, make_tiny_shapes
 

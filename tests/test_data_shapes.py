@@ -8,7 +8,7 @@ from helpers import load_coco, tight_box
 from pycocotools import mask as mask_utils
 
 from tinymaskrcnn.data import shapes
-from tinymaskrcnn.data.coco import mask_to_rle
+from tinymaskrcnn.data.annotations import mask_to_rle
 from tinymaskrcnn.data.shapes import SHAPES, classification_set, ensure_shapes_dataset, make_shapes_dataset, mask_to_polygons, shape_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2

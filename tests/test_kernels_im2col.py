@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tinymaskrcnn.core.gradcheck import rel_error
-from tinymaskrcnn.kernels.im2col import col2im, col2im_reference, im2col, im2col_reference, phase_grid, phase_merge, phase_merge_reference, phase_split, phase_split_reference
+from tinymaskrcnn.kernels.im2col import col2im, col2im_twin, im2col, im2col_twin, phase_grid, phase_merge, phase_merge_twin, phase_split, phase_split_twin
 
 from helpers import TOL
 
@@ -51,19 +51,19 @@ def test_kernels_equal_numpy_twins(cfg, dtype, rng):
     x = rng.standard_normal((C, H, W)).astype(dtype)
     q = phase_split(x, *geom)
     assert q.dtype == dtype and q.shape == (sh * sw, C, hq * wq)
-    assert np.array_equal(q, phase_split_reference(x, *geom))
+    assert np.array_equal(q, phase_split_twin(x, *geom))
 
     cols = im2col(q, *_taps(geom), wq, 0, ho)
     assert cols.shape == (C * kh * kw, ho * wq)
-    assert np.array_equal(cols, im2col_reference(q, *_taps(geom), wq, 0, ho))
+    assert np.array_equal(cols, im2col_twin(q, *_taps(geom), wq, 0, ho))
 
     c = rng.standard_normal(cols.shape).astype(dtype)
     dq = col2im(c, np.zeros_like(q), *_taps(geom), wq, 0, ho)
     # both add the taps in the same order into zeros: equal to the last bit
-    assert np.array_equal(dq, col2im_reference(c, np.zeros_like(q), *_taps(geom), wq, 0, ho))
+    assert np.array_equal(dq, col2im_twin(c, np.zeros_like(q), *_taps(geom), wq, 0, ho))
     image = phase_merge(dq, H, W, *geom)
     assert image.dtype == dtype and image.shape == (C, H, W)
-    assert np.array_equal(image, phase_merge_reference(dq, H, W, *geom))
+    assert np.array_equal(image, phase_merge_twin(dq, H, W, *geom))
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
@@ -118,23 +118,23 @@ def test_bands_and_out_buffers(cfg, dtype, rng):
         strided = np.empty((full.shape[0], 2, (last - first) * wq), dtype)[:, 1]  # not contiguous
         assert im2col(q, *_taps(geom), wq, first, last, out=strided) is strided
         assert np.array_equal(strided, full[:, band])
-        assert np.array_equal(im2col_reference(q, *_taps(geom), wq, first, last), full[:, band])
+        assert np.array_equal(im2col_twin(q, *_taps(geom), wq, first, last), full[:, band])
         band_cols = np.ascontiguousarray(c[:, band])
         assert col2im(band_cols, accumulated, *_taps(geom), wq, first, last) is accumulated
-        col2im_reference(band_cols, accumulated_ref, *_taps(geom), wq, first, last)
+        col2im_twin(band_cols, accumulated_ref, *_taps(geom), wq, first, last)
     expected = start + col2im(c, np.zeros_like(q), *_taps(geom), wq, 0, ho)
     assert rel_error(accumulated, expected) <= TOL[dtype]
     assert rel_error(accumulated_ref, expected) <= TOL[dtype]
 
     out = np.full((C, H, W), np.nan, dtype)
     assert phase_merge(expected, H, W, *geom, out=out) is out
-    assert np.array_equal(out, phase_merge_reference(expected, H, W, *geom))
+    assert np.array_equal(out, phase_merge_twin(expected, H, W, *geom))
 
 
 def test_non_contiguous_input(rng):
     x = rng.standard_normal((9, 7, 3)).transpose(2, 0, 1)  # (3, 9, 7), not C-contiguous
     geom = (3, 3, 2, 1, 1, 1, 1, 1)
-    assert np.array_equal(phase_split(x, *geom), phase_split_reference(np.ascontiguousarray(x), *geom))
+    assert np.array_equal(phase_split(x, *geom), phase_split_twin(np.ascontiguousarray(x), *geom))
 
 
 def test_wrong_buffer_shapes_raise(rng):
@@ -143,16 +143,16 @@ def test_wrong_buffer_shapes_raise(rng):
     ho, wo, hq, wq = phase_grid(5, 5, *geom)
     q = phase_split(x, *geom)
     taps = _taps(geom)
-    for split in (phase_split, phase_split_reference):
+    for split in (phase_split, phase_split_twin):
         with pytest.raises(ValueError, match="out must have shape"):
             split(x, *geom, out=np.empty((1, 2, hq * wq + 1)))
-    for unfold in (im2col, im2col_reference):
+    for unfold in (im2col, im2col_twin):
         with pytest.raises(ValueError, match="out must have shape"):
             unfold(q, *taps, wq, 0, ho, out=np.empty((18, ho * wq - 1)))
-    for fold in (col2im, col2im_reference):
+    for fold in (col2im, col2im_twin):
         with pytest.raises(ValueError, match="cols must have shape"):
             fold(np.empty((18, 24)), q, *taps, wq, 0, ho)
-    for merge in (phase_merge, phase_merge_reference):
+    for merge in (phase_merge, phase_merge_twin):
         with pytest.raises(ValueError, match="q must have shape"):
             merge(q[:, :, 1:], 5, 5, *geom)
     with pytest.raises(ValueError, match="out must have shape"):

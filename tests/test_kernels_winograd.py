@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinymaskrcnn.core.gradcheck import rel_error
-from tinymaskrcnn.kernels.winograd import tile_grid, weight_transform, weight_transform_adjoint, weight_transform_adjoint_reference, weight_transform_reference, winograd_input, winograd_input_reference, winograd_output, winograd_output_adjoint, winograd_output_adjoint_reference, winograd_output_reference
+from tinymaskrcnn.kernels.winograd import tile_grid, weight_transform, weight_transform_adjoint, weight_transform_adjoint_twin, weight_transform_twin, winograd_input, winograd_input_twin, winograd_output, winograd_output_adjoint, winograd_output_adjoint_twin, winograd_output_twin
 
 from helpers import TOL
 
@@ -48,22 +48,22 @@ def test_kernels_equal_numpy_twins(cfg, dtype, cut, rng):
     for piece in PIECES[cut](n, th):
         v = winograd_input(x, ph, pw, *piece, tw)
         assert v.dtype == dtype and v.shape == (16, c, (piece[1] - piece[0]) * (piece[3] - piece[2]) * tw)
-        np.testing.assert_allclose(v, winograd_input_reference(x, ph, pw, *piece, tw), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(v, winograd_input_twin(x, ph, pw, *piece, tw), rtol=0, atol=1e-5)
         m = rng.standard_normal((16, cout, v.shape[2])).astype(dtype)
         winograd_output(m, y, *piece, bias)
-        winograd_output_reference(m, y_ref, *piece, bias)
+        winograd_output_twin(m, y_ref, *piece, bias)
         dm = winograd_output_adjoint(dy, *piece)
         assert dm.dtype == dtype and dm.shape == m.shape
-        np.testing.assert_allclose(dm, winograd_output_adjoint_reference(dy, *piece), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(dm, winograd_output_adjoint_twin(dy, *piece), rtol=0, atol=1e-5)
     assert not np.isnan(y).any(), "some output was not written"
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-5)
     g, du = rng.standard_normal((cout, c, 3, 3)).astype(dtype), rng.standard_normal((16, cout, c)).astype(dtype)
     u = weight_transform(g)
     assert u.dtype == dtype and u.shape == (16, cout, c)
-    np.testing.assert_allclose(u, weight_transform_reference(g), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(u, weight_transform_twin(g), rtol=0, atol=1e-5)
     dg = weight_transform_adjoint(du)
     assert dg.dtype == dtype and dg.shape == g.shape
-    np.testing.assert_allclose(dg, weight_transform_adjoint_reference(du), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(dg, weight_transform_adjoint_twin(du), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinymaskrcnn.core.gradcheck import rel_error
-from tinymaskrcnn.kernels.paste_masks import paste_masks, paste_masks_reference
+from tinymaskrcnn.kernels.paste_masks import paste_masks, paste_masks_twin
 from tinymaskrcnn.ops.paste_masks import paste_masks_in_image
 
 from helpers import TOL
@@ -62,7 +62,7 @@ def test_kernel_matches_numpy_twin(rng, dtype, m, padding):
     scale = dtype((m + 2 * padding) / m)
     # the same operations in the same order: equal to the last bit
     np.testing.assert_array_equal(paste_masks(masks, boxes, H, W, padding, scale),
-                                  paste_masks_reference(masks, boxes, H, W, padding, scale))
+                                  paste_masks_twin(masks, boxes, H, W, padding, scale))
 
 
 def test_memory_is_the_output(rng):
@@ -74,7 +74,7 @@ def test_memory_is_the_output(rng):
     output_bytes = n * h * w * 4
     tracemalloc.start()
     try:
-        paste_masks_reference(masks, boxes, h, w, 1, np.float32(30 / 28))
+        paste_masks_twin(masks, boxes, h, w, 1, np.float32(30 / 28))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -619,7 +619,7 @@ def test_weight_urls_name_their_hash():
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "maskrcnn_resnet50_fpn_coco"):
         assert weights.WEIGHT_URLS[name].startswith("https://download.pytorch.org/models/")
     assert weights.WEIGHT_URLS["maskrcnn_resnet50_fpn_coco"].endswith("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
-    assert all(len(weights._hash_prefix(url)) == 8 for url in weights.WEIGHT_URLS.values())
+    assert all(len(weights.downloads._hash_prefix(url)) == 8 for url in weights.WEIGHT_URLS.values())
 
 
 def test_sha256_check_rejects_a_wrong_file(tmp_path):
@@ -641,7 +641,7 @@ def test_download_verifies_before_publishing(tmp_path, monkeypatch):
     prefix = hashlib.sha256(content).hexdigest()[:8]
     monkeypatch.setitem(weights.WEIGHT_URLS, "toy", f"https://example.invalid/toy-{prefix}.pth")
     served = {}
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served["body"]))
+    monkeypatch.setattr(weights.downloads.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(served["body"]))
     served["body"] = content + b" but tampered"
     with pytest.raises(ValueError, match="SHA-256"):
         weights.download("toy", tmp_path)

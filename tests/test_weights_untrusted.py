@@ -188,12 +188,12 @@ def test_object_array_checkpoint_is_refused_by_name(tmp_path):
 
 def test_damaged_index_is_reported(tmp_path):
     path = tmp_path / "c.npz"
-    files.atomic_write(path, lambda f: weights._write_npz(f, {
+    files.atomic_write(path, lambda f: weights.npz._write_npz(f, {
         "__tinymaskrcnn__": np.array(json.dumps({"format": "tinymaskrcnn-checkpoint", "version": 1,
                                                  "tree": {"__array__": "absent"}}))}))
     with pytest.raises(weights.CheckpointError, match=rf"{path}: its '__tinymaskrcnn__' index does not match"):
         weights.load(path)
-    files.atomic_write(path, lambda f: weights._write_npz(f, {"__tinymaskrcnn__": np.array("{not json")}))
+    files.atomic_write(path, lambda f: weights.npz._write_npz(f, {"__tinymaskrcnn__": np.array("{not json")}))
     with pytest.raises(weights.CheckpointError, match=rf"{path}: its '__tinymaskrcnn__' entry is not JSON"):
         weights.load(path)
 

@@ -8,6 +8,7 @@ from . import functional, nn, optim
 from .core.autograd import Function, Tensor, cat, no_grad, stack, tensor
 from .core.backend import get_array_module, get_default_dtype, set_default_dtype
 from .core.random import manual_seed
+from .functional.dispatch import get_kernels, set_kernels, use_kernels
 
 __version__ = "0.1.0"
 

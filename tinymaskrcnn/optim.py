@@ -28,11 +28,9 @@ import copy
 import math
 from bisect import bisect_right
 
-import numpy as np
-
 from .core.autograd import Tensor
 from .core.backend import get_array_module, to_device, device_of
-from .kernels.adamw import adamw_update, adamw_update_reference
+from .functional.dispatch import kernel_for, twin_of
 
 
 class Optimizer:
@@ -190,10 +188,10 @@ class AdamW(Optimizer):
         state["step"] = step = float(state["step"]) + 1
         arrays = (p.data, g, state["exp_avg"], state["exp_avg_sq"])
         settings = (lr, beta1, beta2, group["eps"], group["weight_decay"], step)
-        if xp is np and all(a.flags.c_contiguous and a.dtype == p.dtype for a in arrays):
-            adamw_update(*arrays, *settings)  # one parallel pass
-        else:
-            adamw_update_reference(*arrays, *settings, xp=xp)
+        if all(a.flags.c_contiguous and a.dtype == p.dtype for a in arrays):
+            kernel_for("adamw_update", p.data)(*arrays, *settings)  # kernels/adamw.py: one parallel pass
+        else:  # a strided view, or a gradient of another dtype: only the twin takes them
+            twin_of("adamw_update")(*arrays, *settings)
 
 
 # ----- learning-rate schedules ------------------------------------------------------------------

@@ -20,12 +20,15 @@ Common rules
   rounding, not bit for bit; sums without products (col2im, NMS) are exact.
 
 These modules import ``numba.cuda`` (the ``numba-cuda`` package), so they are imported only when
-a CUDA array (or the simulator switch of ``tinymaskrcnn.core.backend``) reaches an op.
+a CUDA array (or the simulator switch of ``tinymaskrcnn.core.backend``) reaches an op
+(``tinymaskrcnn/functional/dispatch.py``). Like the CPU kernels they take arrays and import
+nothing of the package: an array's module (CuPy on a GPU, NumPy under the simulator) is read
+off the array itself (``array_module``).
 """
 import numpy as np
 from numba import config, cuda
 
-from ...core.backend import get_array_module, is_cupy
+from .. import array_module, is_cupy
 
 THREADS = 256
 MAX_BLOCKS = 65535  # grid-stride loops cover any size with at most this many blocks
@@ -54,7 +57,7 @@ def stream_for(*arrays):
 def device_array(a):
     """``a`` as a C-contiguous, writable array of its own module (the simulator cannot take
     read-only or strided NumPy arrays)."""
-    xp = get_array_module(a)
+    xp = array_module(a)
     a = xp.ascontiguousarray(a)
     if xp is np and not a.flags.writeable:
         a = a.copy()

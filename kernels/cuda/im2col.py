@@ -18,9 +18,9 @@ row 0 <= oh < Ho (kj likewise), and sums them in (ki, kj) order, the CPU kernel'
 """
 from numba import cuda
 
+from .. import array_module
+from ..im2col import conv_output_hw
 from . import device_array, launch
-from ...core.backend import get_array_module
-from ..im2col import conv_output_size
 
 
 @cuda.jit
@@ -58,17 +58,12 @@ def col2im_kernel(cols, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, x):
         x[n, c, i, j] = acc
 
 
-def output_hw(h, w, kernel, stride, padding, dilation):
-    """The convolution's output size (Ho, Wo)."""
-    return tuple(conv_output_size(*args) for args in zip((h, w), kernel, stride, padding, dilation))
-
-
 def im2col(x, kernel, stride, padding, dilation):
     """cols (N, C*kh*kw, Ho*Wo) of the batch x (N, C, H, W); each geometry argument a pair."""
     x = device_array(x)
     N, C, H, W = x.shape
-    ho, wo = output_hw(H, W, kernel, stride, padding, dilation)
-    cols = get_array_module(x).empty((N, C * kernel[0] * kernel[1], ho * wo), x.dtype)
+    ho, wo = conv_output_hw((H, W), kernel, stride, padding, dilation)
+    cols = array_module(x).empty((N, C * kernel[0] * kernel[1], ho * wo), x.dtype)
     launch(im2col_kernel, cols.size, x, *kernel, *stride, *padding, *dilation, ho, wo, cols)
     return cols
 
@@ -77,10 +72,10 @@ def col2im(cols, x_shape, kernel, stride, padding, dilation):
     """The adjoint of im2col: the (N, C, H, W) image whose pixels are the sums of their copies in cols."""
     cols = device_array(cols)
     N, C, H, W = x_shape
-    ho, wo = output_hw(H, W, kernel, stride, padding, dilation)
+    ho, wo = conv_output_hw((H, W), kernel, stride, padding, dilation)
     if cols.shape != (N, C * kernel[0] * kernel[1], ho * wo):
         raise ValueError(f"col2im: cols has shape {cols.shape}, expected {(N, C * kernel[0] * kernel[1], ho * wo)} "
                          f"for an image batch of shape {tuple(x_shape)}")
-    x = get_array_module(cols).empty((N, C, H, W), cols.dtype)
+    x = array_module(cols).empty((N, C, H, W), cols.dtype)
     launch(col2im_kernel, x.size, cols, *kernel, *stride, *padding, *dilation, ho, wo, x)
     return x

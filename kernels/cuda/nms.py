@@ -23,8 +23,8 @@ intersection, then one division), so it is bit-identical to the CPU kernel's.
 import numpy as np
 from numba import cuda, uint64
 
+from .. import array_module
 from . import device_array, stream_for
-from ...core.backend import get_array_module
 
 BLOCK = 64  # boxes per block: one bit of a 64-bit word each
 GATHER_THREADS = 64
@@ -86,7 +86,7 @@ def nms_gather_kernel(mask, removed, keep):
 
 def nms(boxes, scores, iou_threshold):
     """Indices (int64) kept by greedy NMS, highest score first; stable order among equal scores."""
-    xp = get_array_module(boxes)
+    xp = array_module(boxes)
     n = boxes.shape[0]
     order = xp.argsort(-scores, kind="stable")
     if n == 0:

@@ -15,8 +15,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import array_module
 from . import device_array, launch
-from ...core.backend import get_array_module
 
 
 @cuda.jit(device=True)
@@ -67,6 +67,6 @@ def paste_masks(masks, boxes, im_h, im_w, padding, scale):
     """(N, im_h, im_w) images with each mask (N, M, M) pasted into its box (N, 4); the arguments
     as the CPU kernel's (``scale`` a scalar of the boxes' dtype)."""
     masks, boxes = device_array(masks), device_array(boxes)
-    out = get_array_module(masks).empty((masks.shape[0], im_h, im_w), masks.dtype)
+    out = array_module(masks).empty((masks.shape[0], im_h, im_w), masks.dtype)
     launch(paste_masks_kernel, out.size, masks, boxes, padding, scale, out)
     return out

@@ -8,14 +8,15 @@ Backward: the gradient of the input is a sum over the windows a pixel won. Writt
 it is deterministic: one thread per input pixel (row, col) visits the windows that contain it,
 output row i with i*sh - ph + a*dh = row for a tap row a (likewise j, b), and adds dL/dy[i, j]
 where the winner is its own tap (a, b). Taps are visited from the last to the first, which is
-i and then j ascending: the order in which the CPU path's ``bincount`` adds them.
+i and then j ascending: the order in which the CPU kernel and its twin add them (they add in
+float64, this kernel in the gradient's dtype: equal to rounding in float32).
 """
 import math
 
 from numba import cuda
 
+from .. import array_module
 from . import device_array, launch
-from ...core.backend import get_array_module
 
 
 @cuda.jit
@@ -68,7 +69,7 @@ def max_pool2d_backward_kernel(g, winner, kh, kw, sh, sw, ph, pw, dh, dw, dx):
 def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, first):
     """(best (N, C, oh, ow), winner (N, C, oh, ow) int32): the arguments as the CPU kernel's."""
     x, first = device_array(x), device_array(first)
-    xp = get_array_module(x)
+    xp = array_module(x)
     best = xp.empty((x.shape[0], x.shape[1], oh, ow), x.dtype)
     winner = xp.empty(best.shape, xp.int32)
     launch(max_pool2d_forward_kernel, best.size, x, kh, kw, sh, sw, ph, pw, dh, dw, first, best, winner)
@@ -78,6 +79,6 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, first):
 def max_pool2d_backward(g, winner, in_shape, kh, kw, sh, sw, ph, pw, dh, dw):
     """dL/dx (in_shape) from dL/dy and the winners of the forward."""
     g, winner = device_array(g), device_array(winner)
-    dx = get_array_module(g).empty(in_shape, g.dtype)
+    dx = array_module(g).empty(in_shape, g.dtype)
     launch(max_pool2d_backward_kernel, dx.size, g, winner, kh, kw, sh, sw, ph, pw, dh, dw, dx)
     return dx

@@ -18,8 +18,8 @@ import math
 
 from numba import cuda
 
+from .. import array_module
 from . import device_array, launch
-from ...core.backend import get_array_module
 
 
 @cuda.jit(device=True)
@@ -114,7 +114,7 @@ def roi_align_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_r
     """(K, C, pooled_h, pooled_w) RoIAlign of input (N, C, H, W); the arguments as the CPU kernel's
     (``spatial_scale`` a scalar of the input's dtype, rois (K, 5) of that dtype)."""
     input, rois = device_array(input), device_array(rois)
-    out = get_array_module(input).empty((rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
+    out = array_module(input).empty((rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
     launch(roi_align_forward_kernel, out.size, input, rois, spatial_scale, sampling_ratio, aligned, out)
     return out
 
@@ -122,7 +122,7 @@ def roi_align_forward(input, rois, pooled_h, pooled_w, spatial_scale, sampling_r
 def roi_align_backward(grad_output, rois, batch_size, height, width, spatial_scale, sampling_ratio, aligned):
     """(N, C, H, W) input gradient from the (K, C, ph, pw) output gradient."""
     grad_output, rois = device_array(grad_output), device_array(rois)
-    grad_input = get_array_module(grad_output).zeros((batch_size, grad_output.shape[1], height, width),
+    grad_input = array_module(grad_output).zeros((batch_size, grad_output.shape[1], height, width),
                                                      grad_output.dtype)
     launch(roi_align_backward_kernel, grad_output.size, grad_output, rois, spatial_scale, sampling_ratio, aligned,
            grad_input)

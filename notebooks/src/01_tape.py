@@ -176,7 +176,7 @@ assert rejects(check_tanh, WrongTanh)
 # When `b` of shape `(3, 1)` is added to `x` of shape `(2, 3, 4)`, NumPy copies `b` along the new
 # leading axis and along the last axis. Each copy sends back its own gradient, so `b`'s gradient is
 # the incoming gradient **summed** over the axes that broadcasting added or stretched. Write
-# `unbroadcast(grad, shape)` that does this; the tape does the same in `autograd.py`.
+# `unbroadcast(grad, shape)` that does this; the tape does the same in `core/autograd.py`.
 
 # %%
 @exercise

@@ -26,11 +26,12 @@ import numpy as np
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_foundation as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import im2col as kernels
-from tinymaskrcnn.functional import conv_textbook as conv_reference
+from tinymaskrcnn.functional import conv_textbook
 from tinymaskrcnn.core.threads import single_threaded_blas
 
 plt.rcParams["figure.dpi"] = 72
@@ -74,6 +75,27 @@ if torch is not None:
     y_torch = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), stride=2, padding=1)
     assert rel_error(y_loop, y_torch.numpy()) < 1e-14
     print("= torch.nn.functional.conv2d")
+
+# %% [markdown]
+# ### An independent referee: SciPy
+#
+# Our loops, im2col and kernels share one reading of the formula, so a misreading (a flipped
+# kernel, padding on one side only) would pass every comparison between them; SciPy's
+# `correlate2d`, written by others for signal processing, would not share it. Per output
+# channel, the layer is a 2-D cross-correlation of each padded input channel with its kernel
+# slice, summed over the input channels; a stride keeps every $s$-th position:
+
+# %%
+from scipy.signal import correlate2d
+
+referee_rng = np.random.default_rng(7)        # its own generator: the later cells' draws stay as they were
+xr, wr, br = (referee_rng.standard_normal(shape) for shape in ((3, 9, 8), (4, 3, 3, 3), (4,)))
+y_ours = F.conv2d(tm.Tensor(xr[None]), tm.Tensor(wr), tm.Tensor(br), stride=2, padding=1).data[0]
+xr_padded = np.pad(xr, ((0, 0), (1, 1), (1, 1)))
+y_scipy = np.stack([br[co] + sum(correlate2d(xr_padded[c], wr[co, c], mode="valid") for c in range(3))
+                    for co in range(4)])[:, ::2, ::2]
+assert np.allclose(y_ours, y_scipy, rtol=1e-12, atol=1e-12)
+print("F.conv2d = scipy.signal.correlate2d summed over the input channels:", y_ours.shape)
 
 # %% [markdown]
 # ## Hand-set filters: Sobel
@@ -123,8 +145,8 @@ assert np.all(response[0] == 8) and np.all(response[1] == 0)   # (1 + 2 + 1) * a
 # padded image, no copy until the reshape):
 
 # %%
-print(inspect.getsource(conv_reference.im2col))
-print(inspect.getsource(conv_reference.conv2d_forward))
+print(inspect.getsource(conv_textbook.im2col))
+print(inspect.getsource(conv_textbook.conv2d_forward))
 
 # %% [markdown]
 # Which window becomes which column: a 5×5 plane holding 1…25, a 3×3 kernel, stride 2,
@@ -134,13 +156,13 @@ print(inspect.getsource(conv_reference.conv2d_forward))
 
 # %%
 plane = np.arange(1.0, 26.0).reshape(5, 5)
-cols = conv_reference.im2col(plane[None, None], (3, 3), (2, 2), (1, 1), (1, 1))[0]
-V.draw_im2col(plane, cols, kernel_size=3, stride=2, padding=1, columns=(0, 5))
+cols = conv_textbook.im2col(plane[None, None], (3, 3), (2, 2), (1, 1), (1, 1))[0]
+figures.draw_im2col(plane, cols, kernel_size=3, stride=2, padding=1, columns=(0, 5))
 plt.show()
 assert np.array_equal(cols[:, 5], np.pad(plane, 1)[2:5, 4:7].ravel())   # output (1, 2): rows 2-4, columns 4-6
 
 # %%
-y_textbook = conv_reference.conv2d_forward(x, w, b, stride=(2, 2), padding=(1, 1))
+y_textbook = conv_textbook.conv2d_forward(x, w, b, stride=(2, 2), padding=(1, 1))
 err = rel_error(y_textbook, y_loop)
 print(f"im2col convolution vs loops: relative error {err:.1e}")
 assert err < 1e-14
@@ -160,15 +182,15 @@ assert err < 1e-14
 # for every $x$ and $Y$; it is checked here for random $x, Y$ and several geometries.
 
 # %%
-print(inspect.getsource(conv_reference.col2im))
+print(inspect.getsource(conv_textbook.col2im))
 
 # %%
 for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((3, 3), (2, 2), (1, 1), (1, 1)),
                                           ((7, 7), (2, 2), (3, 3), (1, 1)), ((2, 3), (2, 1), (0, 2), (2, 1))]:
     xa = rng.standard_normal((2, 3, 11, 10))
-    cols_a = conv_reference.im2col(xa, kernel, stride, padding, dilation)
+    cols_a = conv_textbook.im2col(xa, kernel, stride, padding, dilation)
     ya = rng.standard_normal(cols_a.shape)
-    left, right = np.sum(cols_a * ya), np.sum(xa * conv_reference.col2im(ya, xa.shape, kernel, stride, padding, dilation))
+    left, right = np.sum(cols_a * ya), np.sum(xa * conv_textbook.col2im(ya, xa.shape, kernel, stride, padding, dilation))
     print(f"kernel {kernel} stride {stride} padding {padding} dilation {dilation}:"
           f"  <Ax, Y> = {left:+.12f}   <x, A^T Y> = {right:+.12f}")
     assert abs(left - right) <= 1e-12 * max(abs(left), 1)
@@ -181,20 +203,24 @@ for kernel, stride, padding, dilation in [((3, 3), (1, 1), (1, 1), (1, 1)), ((3,
 # %%
 for stride in (1, 2):
     shape = (1, 1, 7, 7)
-    n_cols = conv_reference.im2col(np.zeros(shape), (3, 3), (stride, stride), (1, 1), (1, 1)).shape
-    counts = conv_reference.col2im(np.ones(n_cols), shape, (3, 3), (stride, stride), (1, 1), (1, 1))[0, 0]
+    n_cols = conv_textbook.im2col(np.zeros(shape), (3, 3), (stride, stride), (1, 1), (1, 1)).shape
+    counts = conv_textbook.col2im(np.ones(n_cols), shape, (3, 3), (stride, stride), (1, 1), (1, 1))[0, 0]
     print(f"stride {stride}:\n{counts.astype(int)}")
 assert counts[3, 3] == 4 and counts[3, 2] == 2 and counts[2, 2] == 1
 
 # %% [markdown]
-# The whole op on the textbook path (`tm.ops.conv_implementation("reference")` switches every
-# convolution of the package to it), checked by finite differences:
+# The whole op on the textbook path, checked by finite differences. One switch,
+# `tm.use_kernels("twins")` (or the environment variable `TINYMASKRCNN_KERNELS=twins`), runs
+# every convolution of the package on the textbook path, and every other kernel (pooling,
+# RoIAlign, NMS, mask pasting, the norms, AdamW) on its readable NumPy twin
+# (`tinymaskrcnn/functional/dispatch.py` holds the table); `"fast"`, the default, runs the fast
+# paths below:
 
 # %%
 xt = tm.Tensor(x.copy(), requires_grad=True)
 wt = tm.Tensor(w.copy(), requires_grad=True)
 bt = tm.Tensor(b.copy(), requires_grad=True)
-with tm.ops.conv_implementation("reference"):
+with tm.use_kernels("twins"):
     errors = gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [xt, wt, bt])
 print("textbook path, relative errors (x, w, b):", ["%.1e" % e for e in errors])
 assert max(errors) < 1e-8
@@ -231,13 +257,13 @@ for name, case in cases.items():
     xs = rng.standard_normal((case["n"], case["c"]) + case["size"])
     ws = rng.standard_normal((cout, case["c"], case["k"], case["k"]))
     results = {}
-    for path in ("fast", "reference"):
+    for path in ("fast", "twins"):
         xi, wi = tm.Tensor(xs.copy(), requires_grad=True), tm.Tensor(ws.copy(), requires_grad=True)
-        with tm.ops.conv_implementation(path):
+        with tm.use_kernels(path):
             out = F.conv2d(xi, wi, None, stride=case["stride"], padding=case["padding"])
             out.backward(np.random.default_rng(0).standard_normal(out.shape))
         results[path] = (out.data, xi.grad, wi.grad)
-    errs = [rel_error(a, r) for a, r in zip(results["fast"], results["reference"])]
+    errs = [rel_error(a, r) for a, r in zip(results["fast"], results["twins"])]
     if case["c"] < 128:   # the loops take seconds on the large case
         errs.append(rel_error(results["fast"][0], loop_conv2d(xs, ws, np.zeros(cout), case["stride"], case["padding"])))
     print(f"{name:38s} fast vs textbook: y {errs[0]:.0e}, dx {errs[1]:.0e}, dw {errs[2]:.0e}"
@@ -267,11 +293,11 @@ xb = rng.standard_normal((1, channels, side, side)).astype(np.float32)
 wb = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
 bb = np.zeros(channels, np.float32)
 with tm.no_grad(), single_threaded_blas():
-    with tm.ops.conv_implementation("fast"):
+    with tm.use_kernels("fast"):
         F.conv2d(tm.Tensor(xb), wb, bb, padding=1)                        # compile and warm up once
     timings = {"loops (one window at a time)": best_time(lambda: loop_conv2d(xb, wb, bb, padding=1), 2),
-               "textbook im2col + one product": best_time(lambda: conv_reference.conv2d_forward(xb, wb, bb, padding=(1, 1)), 5)}
-    with tm.ops.conv_implementation("fast"):
+               "textbook im2col + one product": best_time(lambda: conv_textbook.conv2d_forward(xb, wb, bb, padding=(1, 1)), 5)}
+    with tm.use_kernels("fast"):
         timings["fast path (kernels, tiles)"] = best_time(lambda: F.conv2d(tm.Tensor(xb), wb, bb, padding=1), 5)
 flops = 2 * channels * channels * 9 * side * side
 print(f"conv {channels}->{channels}, 3x3, on {side}x{side}: {flops / 1e6:.0f} million floating-point operations")
@@ -302,7 +328,7 @@ print(f"textbook im2col matrix for that conv: {9 * c * positions * 4 / 2**20:.0f
 # tests hold the two equal. im2col on phase images, both ways:
 
 # %%
-print(inspect.getsource(kernels.im2col_reference))
+print(inspect.getsource(kernels.im2col_twin))
 print(inspect.getsource(kernels.im2col.py_func))
 
 # %%
@@ -310,16 +336,16 @@ geometry = (3, 3, 2, 2, 1, 1, 1, 1)                                 # kh, kw, sh
 image = rng.standard_normal((4, 13, 12))
 ho, wo, hq, wq = kernels.phase_grid(13, 12, *geometry)
 q = kernels.phase_split(image, *geometry)
-assert np.array_equal(q, kernels.phase_split_reference(image, *geometry))
+assert np.array_equal(q, kernels.phase_split_twin(image, *geometry))
 taps = geometry[:4] + geometry[6:]                                  # kh, kw, sh, sw, dh, dw
 cols_numba = kernels.im2col(q, *taps, wq, 0, ho)
-assert np.array_equal(cols_numba, kernels.im2col_reference(q, *taps, wq, 0, ho))
+assert np.array_equal(cols_numba, kernels.im2col_twin(q, *taps, wq, 0, ho))
 back = rng.standard_normal(cols_numba.shape)
 assert np.array_equal(kernels.col2im(back, np.zeros_like(q), *taps, wq, 0, ho),
-                      kernels.col2im_reference(back, np.zeros_like(q), *taps, wq, 0, ho))
+                      kernels.col2im_twin(back, np.zeros_like(q), *taps, wq, 0, ho))
 # the wide grid's first wo columns of each output row are the textbook's im2col
 narrow = cols_numba.reshape(-1, ho, wq)[:, :, :wo].reshape(len(cols_numba), -1)
-assert np.array_equal(narrow, conv_reference.im2col(image[None], (3, 3), (2, 2), (1, 1), (1, 1))[0])
+assert np.array_equal(narrow, conv_textbook.im2col(image[None], (3, 3), (2, 2), (1, 1), (1, 1))[0])
 print(f"phase images {q.shape}, wide grid {ho}x{wq} for a {ho}x{wo} output: Numba = NumPy twin = textbook im2col")
 
 # %% [markdown]
@@ -389,7 +415,7 @@ def check_col2im(my_col2im):
     for (c, h, w), (kh, kw) in [((2, 5, 6), (3, 3)), ((1, 6, 4), (2, 2))]:
         for _ in range(3):
             x = r.standard_normal((1, c, h, w))
-            cols = conv_reference.im2col(x, (kh, kw), (1, 1), (0, 0), (1, 1))[0]   # the package's (its conv = torch)
+            cols = conv_textbook.im2col(x, (kh, kw), (1, 1), (0, 0), (1, 1))[0]   # the package's (its conv = torch)
             y = r.standard_normal(cols.shape)
             mine = np.asarray(my_col2im(y.copy(), c, h, w, kh, kw))
             assert mine.shape == (c, h, w), f"shape {mine.shape}, expected {(c, h, w)}"

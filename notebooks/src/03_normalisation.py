@@ -14,7 +14,7 @@
 # * route max pooling's gradient to the winners of overlapping windows.
 #
 # The code is the package's: `tinymaskrcnn/functional/norm.py`, `functional/activation.py`, `functional/pool.py`,
-# and the modules `BatchNorm2d`, `FrozenBatchNorm2d`, `InstanceNorm2d` in `tinymaskrcnn/nn.py`.
+# and the modules `BatchNorm2d`, `FrozenBatchNorm2d`, `InstanceNorm2d` in `tinymaskrcnn/nn/layers.py`.
 # Every result is checked against finite differences and, where torch is installed, against
 # torch.
 
@@ -28,6 +28,7 @@ import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import nn
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_foundation as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
 from tinymaskrcnn.core.gradcheck import gradcheck, numerical_gradient, rel_error
@@ -63,8 +64,8 @@ print(inspect.getsource(BatchNorm.forward))
 x = rng.standard_normal((4, 3, 5, 5)) * np.array([0.5, 2.0, 4.0])[:, None, None] + np.array([-3.0, 1.0, 5.0])[:, None, None]
 running_mean, running_var = np.zeros(3), np.ones(3)
 y = F.batch_norm(tm.Tensor(x), running_mean, running_var, np.ones(3), np.zeros(3), training=True, momentum=0.1)
-V.draw_channel_statistics({"input x": x, "batch norm (training)": y.data}, per_image=False,
-                          title="one dot per channel, statistics over the batch")
+figures.draw_channel_statistics({"input x": x, "batch norm (training)": y.data}, per_image=False,
+                                title="one dot per channel, statistics over the batch")
 plt.show()
 assert np.allclose(y.data.mean(axis=(0, 2, 3)), 0, atol=1e-12)
 var = x.var(axis=(0, 2, 3))
@@ -256,8 +257,8 @@ rgb = [V.as_rgb(img) for img in images[:6]]
 axes[0].imshow(np.concatenate([np.concatenate(rgb[:3], axis=1), np.concatenate(rgb[3:], axis=1)], axis=0))
 axes[0].set_axis_off()
 axes[0].set_title("six of the training images: each a batch of one", fontsize=9)
-V.draw_channel_statistics({"batch norm, training": trained, "batch norm, evaluation": evaluated,
-                           "instance norm": instance}, ax=axes[1], title="what the next layer sees")
+figures.draw_channel_statistics({"batch norm, training": trained, "batch norm, evaluation": evaluated,
+                                 "instance norm": instance}, ax=axes[1], title="what the next layer sees")
 plt.show()
 
 per_image_mean = evaluated.mean(axis=(2, 3))
@@ -322,7 +323,7 @@ xpool = tm.Tensor(plane[None, None].copy(), requires_grad=True)
 pooled = F.max_pool2d(xpool, kernel_size=3, stride=2)
 g = np.arange(1.0, 1.0 + pooled.data.size).reshape(pooled.shape)
 pooled.backward(g)
-V.draw_max_pool_routing(plane, g[0, 0], xpool.grad[0, 0], kernel_size=3, stride=2)
+figures.draw_max_pool_routing(plane, g[0, 0], xpool.grad[0, 0], kernel_size=3, stride=2)
 plt.show()
 assert xpool.grad[0, 0, 2, 2] == g[0, 0, 0, 0] + g[0, 0, 0, 1] + g[0, 0, 1, 0] + g[0, 0, 1, 1]
 assert np.count_nonzero(xpool.grad) <= g.size and np.isclose(xpool.grad.sum(), g.sum())

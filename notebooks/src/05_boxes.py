@@ -13,8 +13,9 @@
 #    a predicted correction back into a box;
 # 5. **non-maximum suppression** (NMS) removes the duplicates among the predicted boxes.
 #
-# They live in `tinymaskrcnn/boxes.py` and `tinymaskrcnn/ops/boxes.py` (NMS's kernel in
-# `kernels/nms.py`), and equal torchvision's `torchvision.ops` and
+# IoU and NMS are ops of the detector, in `tinymaskrcnn/ops/boxes.py` (NMS's kernel in
+# `kernels/nms.py`); the matcher and the sampler are in `tinymaskrcnn/models/matcher.py`, the box
+# coder in `tinymaskrcnn/models/box_coder.py`. They equal torchvision's `torchvision.ops` and
 # `torchvision.models.detection._utils`: every section ends by checking that.
 #
 # Boxes are rows $(x_1, y_1, x_2, y_2)$ in pixels with no "+1": a box from $x = 2$ to $x = 5$
@@ -28,6 +29,7 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.models.matcher import BalancedPositiveNegativeSampler, Matcher
 from tinymaskrcnn.models.box_coder import BoxCoder
 from tinymaskrcnn.ops.boxes import box_iou
@@ -79,10 +81,10 @@ inter = np.concatenate([np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:
 iou_ab = box_iou(a, b)[0, 0]
 inside = np.array([[15.0, 12.0, 15.0 + 60 / np.sqrt(2), 12.0 + 30 / np.sqrt(2)]])   # half the area, inside a
 fig, axes = plt.subplots(1, 2, figsize=(9, 2.6), layout="constrained")
-V.draw_box_groups(V.blank_image(50, 100), {"a": a, "b": b, "a ∩ b": inter}, filled=["a ∩ b"], ax=axes[0],
-                  title=f"shifted by a third: IoU = {iou_ab:.3f}")
-V.draw_box_groups(V.blank_image(50, 100), {"a": a, "c (inside a)": inside}, ax=axes[1],
-                  title=f"half the area, inside: IoU = {box_iou(a, inside)[0, 0]:.3f}")
+figures.draw_box_groups(figures.blank_image(50, 100), {"a": a, "b": b, "a ∩ b": inter}, filled=["a ∩ b"],
+                        ax=axes[0], title=f"shifted by a third: IoU = {iou_ab:.3f}")
+figures.draw_box_groups(figures.blank_image(50, 100), {"a": a, "c (inside a)": inside}, ax=axes[1],
+                        title=f"half the area, inside: IoU = {box_iou(a, inside)[0, 0]:.3f}")
 plt.show()
 plt.close(fig)
 assert iou_ab == 0.5 and abs(box_iou(a, inside)[0, 0] - 0.5) < 1e-12
@@ -97,8 +99,8 @@ candidates = np.concatenate([jitter(gt, 4, 0.15, rng), tm.ops.clip_boxes_to_imag
     np.sort(rng.uniform(0, 192, (8, 2, 2)), axis=1).transpose(0, 2, 1).reshape(8, 4), (128, 192))])
 iou = box_iou(gt, candidates)
 fig, ax = plt.subplots(figsize=(10, 2.8), layout="constrained")
-V.draw_matrix(iou, ax=ax, vmin=0, vmax=1, annotate=True, xlabel="candidate box", ylabel="object",
-              title="IoU of every (object, candidate) pair")
+figures.draw_matrix(iou, ax=ax, vmin=0, vmax=1, annotate=True, xlabel="candidate box", ylabel="object",
+                    title="IoU of every (object, candidate) pair")
 plt.show()
 plt.close(fig)
 assert iou.shape == (len(gt), len(candidates)) and ((iou >= 0) & (iou <= 1)).all()
@@ -317,7 +319,7 @@ if torch is not None:
 # still standing. Here is the readable twin of the Numba kernel (`kernels/nms.py`):
 
 # %%
-print(inspect.getsource(nms_kernels.nms_reference))
+print(inspect.getsource(nms_kernels.nms_twin))
 
 # %%
 noisy = tm.ops.clip_boxes_to_image(jitter(gt, 15, 0.1, rng), image.shape[1:])

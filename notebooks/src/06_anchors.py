@@ -17,6 +17,7 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.models.matcher import Matcher
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
@@ -78,12 +79,12 @@ levels = gen.grid_anchors(image_size, grid_sizes, dtype=np.float64)       # each
 print("grids:", grid_sizes, " strides:", gen.strides(image_size, grid_sizes))
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
 centre_cell = {f"P{l + 2}": a[a.shape[0] // 2, a.shape[1] // 2] for l, a in enumerate(levels)}
-V.draw_box_groups(image, centre_cell, ax=axes[0], title="the anchors of each level's centre cell")
+figures.draw_box_groups(image, centre_cell, ax=axes[0], title="the anchors of each level's centre cell")
 axes[0].set_xlim(-100, 292)
 axes[0].set_ylim(228, -100)   # the large anchors reach beyond the image
 centres = {f"P{l + 2}": ((a[:, :, 0, :2] + a[:, :, 0, 2:]) / 2).reshape(-1, 2) for l, a in enumerate(levels)}
-V.draw_box_groups(image, {}, points=centres, ax=axes[1], markersize=[1.5, 3, 4.5, 6, 7.5],
-                  title="anchor centres of each level (P2 densest)")
+figures.draw_box_groups(image, {}, points=centres, ax=axes[1], markersize=[1.5, 3, 4.5, 6, 7.5],
+                        title="anchor centres of each level (P2 densest)")
 plt.show()
 plt.close(fig)
 assert np.array_equal(levels[0][0, 0], gen.cell_anchors[0])               # cell (0, 0): no offset
@@ -123,8 +124,8 @@ num_per_level = [a.shape[0] * a.shape[1] * a.shape[2] for a in levels]
 level_of = np.repeat(np.arange(5), num_per_level)
 best = iou.argmax(axis=1)
 fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-V.draw_box_groups(image, {"object": gt, "its best anchor": anchors[best]}, ax=ax,
-                  title="each object and its best-fitting anchor")
+figures.draw_box_groups(image, {"object": gt, "its best anchor": anchors[best]}, ax=ax,
+                        title="each object and its best-fitting anchor")
 plt.show()
 plt.close(fig)
 for k, b in enumerate(best):

@@ -21,6 +21,7 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import scene
@@ -136,13 +137,13 @@ with tm.no_grad():
 print(sorted(inter))
 objectness = inter["objectness"][0]
 fig, axes = plt.subplots(2, 3, figsize=(10, 4.6), layout="constrained")
-V.draw_box_groups(image, {"objects": gt}, ax=axes[0, 0], title="the image")
+figures.draw_box_groups(image, {"objects": gt}, ax=axes[0, 0], title="the image")
 start = 0
 for level, (count, ax) in enumerate(zip(inter["num_anchors_per_level"], axes.flat[1:])):
     h, w = inter["features"][str(level) if level < 4 else "pool"].shape[-2:]
     probs = stable_sigmoid(objectness[start:start + count]).reshape(h, w, -1).max(axis=2)
-    V.draw_matrix(probs, ax=ax, vmin=0, vmax=1, colorbar=level == 4,
-                  title=f"P{level + 2}: {h}×{w} cells, max {probs.max():.2f}")
+    figures.draw_matrix(probs, ax=ax, vmin=0, vmax=1, colorbar=level == 4,
+                        title=f"P{level + 2}: {h}×{w} cells, max {probs.max():.2f}")
     start += count
 plt.show()
 plt.close(fig)

@@ -22,6 +22,7 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
@@ -48,7 +49,7 @@ torch = reference()
 
 # %%
 print(inspect.getsource(K.sample_coordinates))
-print(inspect.getsource(K.roi_align_forward_reference))
+print(inspect.getsource(K.roi_align_forward_twin))
 
 # %% [markdown]
 # ## A map you can compute by hand
@@ -76,8 +77,8 @@ aligned = tm.ops.roi_align(X[None, None], box, 2, sampling_ratio=2, aligned=True
 print("legacy:\n", legacy, "\naligned:\n", aligned)
 
 fig, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
-V.draw_roi_align(X, box[0, 1:], 2, sampling_ratio=2, aligned=False, ax=axes[0], values=True)
-V.draw_roi_align(X, box[0, 1:], 2, sampling_ratio=2, aligned=True, ax=axes[1], values=True)
+figures.draw_roi_align(X, box[0, 1:], 2, sampling_ratio=2, aligned=False, ax=axes[0], values=True)
+figures.draw_roi_align(X, box[0, 1:], 2, sampling_ratio=2, aligned=True, ax=axes[1], values=True)
 plt.show()
 plt.close(fig)
 
@@ -108,9 +109,9 @@ assert tm.ops.roi_align(X[None, None], tiny, 1, sampling_ratio=2).data.item() ==
 M = rng.integers(0, 10, (8, 8)).astype(np.float64)
 fbox = (1.4, 1.6, 6.3, 5.2)
 fig, axes = plt.subplots(1, 2, figsize=(9, 4), layout="constrained")
-V.draw_roi_pool(M, fbox, 2, ax=axes[0], values=True)
-V.draw_roi_align(M, fbox, 2, sampling_ratio=2, aligned=True, ax=axes[1], values=True,
-                 title="RoIAlign (aligned): the box where it is")
+figures.draw_roi_pool(M, fbox, 2, ax=axes[0], values=True)
+figures.draw_roi_align(M, fbox, 2, sampling_ratio=2, aligned=True, ax=axes[1], values=True,
+                       title="RoIAlign (aligned): the box where it is")
 plt.show()
 plt.close(fig)
 
@@ -135,7 +136,7 @@ M12 = rng.standard_normal((12, 12))
 wide = (1.3, 2.1, 10.2, 7.6)
 fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), layout="constrained")
 for ax, ratio in zip(axes, (-1, 0, 2)):
-    V.draw_roi_align(M12, wide, 2, sampling_ratio=ratio, ax=ax)
+    figures.draw_roi_align(M12, wide, 2, sampling_ratio=ratio, ax=ax)
 plt.show()
 plt.close(fig)
 
@@ -237,7 +238,7 @@ if torch is not None:
 # by finite differences, and the adjoint identity $\langle AX, Y\rangle = \langle X, A^\top Y\rangle$.
 
 # %%
-print(inspect.getsource(K.roi_align_backward_reference))
+print(inspect.getsource(K.roi_align_backward_twin))
 xt = tm.Tensor(x.copy(), requires_grad=True)
 err = gradcheck(lambda t: tm.ops.roi_align(t, rois, (3, 4), 0.5, 2, True), [xt])[0]
 Y = rng.standard_normal((12, C, 3, 4))
@@ -289,9 +290,9 @@ for t in kinks:
 for aligned_ in (False, True):
     args = (0.5, -1, aligned_)
     fast = K.roi_align_forward(x, rois, 3, 4, *args)
-    slow = K.roi_align_forward_reference(x, rois, 3, 4, *args)
+    slow = K.roi_align_forward_twin(x, rois, 3, 4, *args)
     gfast = K.roi_align_backward(Y, rois, N, H, W, *args)
-    gslow = K.roi_align_backward_reference(Y, rois, N, H, W, *args)
+    gslow = K.roi_align_backward_twin(Y, rois, N, H, W, *args)
     print(f"aligned={aligned_}: forward {rel_error(fast, slow):.1e}, backward {rel_error(gfast, gslow):.1e}")
     assert rel_error(fast, slow) < 1e-14 and rel_error(gfast, gslow) < 1e-14
 

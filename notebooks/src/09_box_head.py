@@ -23,6 +23,7 @@ import numpy as np
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import SHAPES, scene
@@ -102,7 +103,7 @@ except ValueError as e:
 
 # %%
 print(f"{len(rois)} sampled RoIs: " + ", ".join(f"{names[k]} {(labels == k).sum()}" for k in range(4)))
-V.draw_roi_refinement(image, rois, labels, class_names=names, title="sampled RoIs by label")
+figures.draw_roi_refinement(image, rois, labels, class_names=names, title="sampled RoIs by label")
 plt.show()
 plt.close("all")
 
@@ -211,8 +212,8 @@ iou_with_object = np.diag(box_iou(rois, targets[0]["boxes"][matched]))
 worst = [i for k in range(len(gt_boxes)) for i in np.flatnonzero(pos & (matched == k))[
     np.argsort(iou_with_object[pos & (matched == k)])[:2]]]                     # the 2 worst RoIs of each object
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained", width_ratios=(1.2, 1))
-V.draw_roi_refinement(image, rois[worst], labels[worst], refined[worst], class_names=names, ax=axes[0],
-                      title="each object's 2 worst RoIs → refined boxes (dashed)")
+figures.draw_roi_refinement(image, rois[worst], labels[worst], refined[worst], class_names=names, ax=axes[0],
+                            title="each object's 2 worst RoIs → refined boxes (dashed)")
 axes[1].semilogy(np.array(history))
 axes[1].legend(["loss_classifier", "loss_box_reg"], fontsize=8)
 axes[1].set_xlabel("step (predictor only)")
@@ -249,7 +250,7 @@ nms_boxes = np.array([[10, 10, 50, 50], [14, 12, 52, 54], [30, 28, 70, 66], [12,
 nms_scores = np.array([0.9, 0.8, 0.7, 0.85, 0.6, 0.5])
 nms_classes = np.array([0, 0, 0, 1, 1, 1])
 kept = tm.ops.batched_nms(nms_boxes, nms_scores, nms_classes, 0.5)
-V.draw_batched_nms(nms_boxes, nms_scores, nms_classes, kept)
+figures.draw_batched_nms(nms_boxes, nms_scores, nms_classes, kept)
 plt.show()
 plt.close("all")
 print("kept:", kept)

@@ -24,6 +24,7 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import SHAPES, scene
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
@@ -146,7 +147,7 @@ assert history[-1] < 0.5 * history[0]
 # empty image. The NumPy twin reads as that recipe:
 
 # %%
-print(inspect.getsource(PK.paste_masks_reference))
+print(inspect.getsource(PK.paste_masks_twin))
 pasted = tm.ops.paste_masks_in_image(probabilities, rois[one_each], (160, 192))
 print("pasted:", pasted.shape)
 
@@ -155,8 +156,8 @@ print("pasted:", pasted.shape)
 # prediction, and the prediction pasted back (tinted, its 0.5 contour drawn).
 
 # %%
-V.draw_mask_rows(image, rois[one_each], train_targets, probabilities[:, 0], pasted, labels=train_labels,
-                 class_names=names)
+figures.draw_mask_rows(image, rois[one_each], train_targets, probabilities[:, 0], pasted, labels=train_labels,
+                       class_names=names)
 plt.show()
 plt.close("all")
 
@@ -171,7 +172,7 @@ if torch is not None:
     assert np.allclose(ours, theirs, rtol=0, atol=1e-12)
 scale = np.float64(30 / 28)
 assert rel_error(PK.paste_masks(probs64[:, 0], boxes64, 160, 192, 1, scale),
-                 PK.paste_masks_reference(probs64[:, 0], boxes64, 160, 192, 1, scale)) < 1e-14
+                 PK.paste_masks_twin(probs64[:, 0], boxes64, 160, 192, 1, scale)) < 1e-14
 
 # %% [markdown]
 # ## The mask loss: torchvision's, its gradient, and where the gradient goes

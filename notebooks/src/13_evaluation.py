@@ -26,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import engine, visualize
+from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.engine import evaluation
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import QUICK, exercise, quick, rejects
@@ -304,7 +305,7 @@ counts = {k: sum(f["kind"] == k for f in failures) for k in ("found", "wrong cla
 print(counts)
 worst = [f for k in ("missed", "wrong class", "bad mask")
          for f in sorted((f for f in failures if f["kind"] == k), key=lambda f: f["score"])[:2]]
-visualize.draw_failure_gallery(worst, names)
+figures.draw_failure_gallery(worst, names)
 plt.show()
 assert counts["missed"] > 0 and counts["found"] > counts["missed"]
 

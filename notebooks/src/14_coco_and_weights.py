@@ -9,7 +9,7 @@
 #    that trains in minutes. Here we cut one from the shapes set's own annotation file and train on
 #    it; give `COCO_ANN` below the path of your COCO download to cut a real one.
 # 2. **torchvision's weights.** A `.pth` file is a zip of pickles and raw tensor bytes. We open one
-#    by hand, read it with the package's restricted unpickler (`tinymaskrcnn/weights/`), watch
+#    by hand, read it with the package's restricted unpickler (`tinymaskrcnn/weights/pth.py`), watch
 #    it refuse a malicious pickle, and load a torchvision Mask R-CNN's weights into ours.
 
 # %%
@@ -30,6 +30,7 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import engine, visualize
 from tinymaskrcnn.chapters import QUICK, exercise, quick, reference, rejects
 from tinymaskrcnn.data import coco as coco_data
+from tinymaskrcnn.data.subset import coco_subset
 from tinymaskrcnn.data.shapes import make_shapes_dataset
 
 plt.rcParams["figure.dpi"] = 72
@@ -47,7 +48,7 @@ COCO_IMAGES = os.environ.get("COCO_IMAGES")  # e.g. ".../val2017"
 # are. `coco_subset` picks the images at random (seeded) among those that show a chosen category:
 
 # %%
-print(inspect.getsource(coco_data.coco_subset))
+print(inspect.getsource(coco_subset))
 
 # %%
 shapes = make_shapes_dataset(work / "shapes", num_train=quick(24, 200), num_val=quick(8, 50), image_size=(128, 160),
@@ -60,8 +61,8 @@ else:
     print("no COCO_ANN given: cutting the shapes set's training file")
 
 full = json.loads(Path(source_ann).read_text())
-subset_ann = coco_data.coco_subset(source_ann, work / "subset_train.json", num_images=quick(12, 100),
-                                   categories=wanted, seed=0)
+subset_ann = coco_subset(source_ann, work / "subset_train.json", num_images=quick(12, 100), categories=wanted,
+                         seed=0)
 subset = json.loads(Path(subset_ann).read_text())
 
 
@@ -104,8 +105,8 @@ plt.show()
 # moving; `docs/benchmarks.md` shows what a full run on the shapes set reaches.
 
 # %%
-val_ann = coco_data.coco_subset(shapes["val"].ann_file, work / "subset_val.json", num_images=None,
-                                categories=["circle", "square"])
+val_ann = coco_subset(shapes["val"].ann_file, work / "subset_val.json", num_images=None,
+                      categories=["circle", "square"])
 config = engine.TrainConfig(train_ann=str(subset_ann), train_images=str(source_images),
                             val_ann=str(val_ann), val_images=shapes["val"].image_dir,
                             iterations=quick(6, 300), warmup_iters=quick(2, 50), batch_size=2, processes=1,
@@ -242,7 +243,7 @@ if torch is not None:
 # ### The real COCO weights
 #
 # torchvision's COCO-trained file is `maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth` (170 MB). On a
-# machine with internet access, `tm.weights.download("maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")`
+# machine with internet access, `tm.weights.download("maskrcnn_resnet50_fpn_coco")`
 # fetches it and checks its SHA-256 against the `bf2d0c1e` in its name; or copy it from
 # `~/.cache/torch/hub/checkpoints/` if torchvision has fetched it before. Point `COCO_WEIGHTS` at it
 # and this cell runs the real detector on a shapes image (it will find "clocks", "frisbees" and
@@ -278,8 +279,7 @@ def check_subset(my_subset):
     data = json.loads(Path(shapes["train"].ann_file).read_text())
     for names in (["circle"], ["square", "triangle"]):
         mine = my_subset(json.loads(json.dumps(data)), names)
-        truth = json.loads(Path(coco_data.coco_subset(shapes["train"].ann_file, work / "check.json", None,
-                                                      names)).read_text())
+        truth = json.loads(Path(coco_subset(shapes["train"].ann_file, work / "check.json", None, names)).read_text())
         for key in ("images", "annotations", "categories"):
             ids = sorted(e["id"] for e in mine[key])
             assert ids == sorted(e["id"] for e in truth[key]), f"{names}: your {key} differ ({len(ids)} kept)"

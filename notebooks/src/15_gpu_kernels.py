@@ -30,7 +30,6 @@ import os
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before numba is imported (see above); delete it on a GPU machine
 
 import contextlib
-import importlib
 import inspect
 
 import matplotlib.pyplot as plt
@@ -38,7 +37,8 @@ import numpy as np
 
 import tinymaskrcnn as tm
 from tinymaskrcnn.core import backend
-from tinymaskrcnn import visualize as V
+from tinymaskrcnn.functional import dispatch
+from tinymaskrcnn.chapters import figures_gpu as figures
 from tinymaskrcnn.chapters import exercise, quick, rejects
 from tinymaskrcnn.kernels import nms as cpu_nms, roi_align as cpu_roi
 
@@ -98,8 +98,8 @@ print(f"{bins} bins on a GPU: {-(-bins // K.THREADS)} blocks of {K.THREADS}; "
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-V.draw_thread_layout((2, 2, 3, 3), blocks=2, threads=8, ax=axes[0])
-V.draw_thread_layout((2, 2, 3, 3), blocks=1, threads=64, ax=axes[1])
+figures.draw_thread_layout((2, 2, 3, 3), blocks=2, threads=8, ax=axes[0])
+figures.draw_thread_layout((2, 2, 3, 3), blocks=1, threads=64, ax=axes[1])
 plt.show()
 plt.close(fig)
 
@@ -117,7 +117,7 @@ def who_computes(owner):
 owner = np.full(36, -1)
 who_computes[2, 8](owner)  # 2 blocks of 8 threads
 print(owner.reshape(4, 9))
-assert (owner == V.grid_stride_owner(36, 2, 8)[0]).all()
+assert (owner == figures.grid_stride_owner(36, 2, 8)[0]).all()
 
 # %% [markdown]
 # ## RoIAlign forward: one thread per bin
@@ -132,7 +132,7 @@ assert (owner == V.grid_stride_owner(36, 2, 8)[0]).all()
 
 # %%
 print(inspect.getsource(gpu_roi.roi_align_forward_kernel))
-print(inspect.getsource(cpu_roi.roi_align_forward_reference))
+print(inspect.getsource(cpu_roi.roi_align_forward_twin))
 
 # %% [markdown]
 # Three implementations, one process: the NumPy twin, the Numba CPU kernel (`@njit`, unaffected
@@ -149,7 +149,7 @@ rois64 = np.array([[0, 1.2, 0.5, 6.3, 5.1],    # [image, x1, y1, x2, y2]
 for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     x, rois = x64.astype(dtype), rois64.astype(dtype)
     args = (x, rois, 3, 3, dtype(0.5), -1, True)  # 3 × 3 bins, spatial_scale 1/2, adaptive grid, aligned
-    twin = cpu_roi.roi_align_forward_reference(*args)
+    twin = cpu_roi.roi_align_forward_twin(*args)
     simulated = gpu_roi.roi_align_forward(*args)
     numba_cpu = cpu_roi.roi_align_forward(*args)
     np.testing.assert_allclose(simulated, twin, rtol=rtol, atol=rtol)
@@ -174,7 +174,7 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 
 # %%
 print(inspect.getsource(gpu_roi.roi_align_backward_kernel))
-print(inspect.getsource(cpu_roi.roi_align_backward_reference))
+print(inspect.getsource(cpu_roi.roi_align_backward_twin))
 
 two_rois = np.array([[0, 0.8, 0.6, 4.2, 3.9], [0, 2.1, 1.4, 5.6, 4.8]])  # overlapping
 counts = np.zeros((6, 7), int)
@@ -183,10 +183,10 @@ for k in range(2):
         for j in range(2):
             g = np.zeros((2, 1, 2, 2))
             g[k, 0, i, j] = 1.0  # the gradient of one bin
-            counts += cpu_roi.roi_align_backward_reference(g, two_rois, 1, 6, 7, 1.0, 2, False)[0, 0] != 0
+            counts += cpu_roi.roi_align_backward_twin(g, two_rois, 1, 6, 7, 1.0, 2, False)[0, 0] != 0
 
 fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
-V.draw_atomic_adds(counts, two_rois[:, 1:], ax=ax)
+figures.draw_atomic_adds(counts, two_rois[:, 1:], ax=ax)
 plt.show()
 plt.close(fig)
 
@@ -200,7 +200,7 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
     rois = rois64.astype(dtype)
     g = rng.standard_normal((3, 3, 3, 3)).astype(dtype)
     args = (g, rois, 2, 7, 8, dtype(0.5), -1, True)  # the input's (N, H, W) = (2, 7, 8), then the same rule
-    twin = cpu_roi.roi_align_backward_reference(*args)
+    twin = cpu_roi.roi_align_backward_twin(*args)
     simulated = gpu_roi.roi_align_backward(*args)
     np.testing.assert_allclose(simulated, twin, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(cpu_roi.roi_align_backward(*args), twin, rtol=rtol, atol=rtol)
@@ -228,7 +228,7 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 # %%
 print(inspect.getsource(gpu_nms.nms_mask_kernel))
 print(inspect.getsource(gpu_nms.nms_gather_kernel))
-print(inspect.getsource(cpu_nms.nms_reference))  # the twin: one kept box against all boxes at a time
+print(inspect.getsource(cpu_nms.nms_twin))  # the twin: one kept box against all boxes at a time
 
 # %% [markdown]
 # ### A worked example
@@ -258,9 +258,9 @@ for i, word in enumerate(mask6[:, 0]):
 # removes E at position 5. Kept: F, A, C, D. The twin says the same:
 
 # %%
-print([names[i] for i in cpu_nms.nms_reference(boxes6, scores6, 0.5)])
+print([names[i] for i in cpu_nms.nms_twin(boxes6, scores6, 0.5)])
 print([names[i] for i in gpu_nms.nms(boxes6, scores6, 0.5)])
-assert list(gpu_nms.nms(boxes6, scores6, 0.5)) == list(cpu_nms.nms_reference(boxes6, scores6, 0.5)) == [5, 0, 2, 3]
+assert list(gpu_nms.nms(boxes6, scores6, 0.5)) == list(cpu_nms.nms_twin(boxes6, scores6, 0.5)) == [5, 0, 2, 3]
 
 # %% [markdown]
 # With more boxes the words span several blocks. Below, clustered boxes: the mask as a matrix
@@ -285,9 +285,9 @@ position = np.argsort(order)  # box index -> position in score order
 keep = gpu_nms.nms(boxes, scores, 0.5)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), layout="constrained")
-V.draw_nms_mask(mask6, keep=np.argsort(order6)[gpu_nms.nms(boxes6, scores6, 0.5)], ax=axes[0],
-                title="the six boxes: one block")
-V.draw_nms_mask(mask, keep=position[keep], ax=axes[1])
+figures.draw_nms_mask(mask6, keep=np.argsort(order6)[gpu_nms.nms(boxes6, scores6, 0.5)], ax=axes[0],
+                      title="the six boxes: one block")
+figures.draw_nms_mask(mask, keep=position[keep], ax=axes[1])
 plt.show()
 plt.close(fig)
 print(f"{n} boxes, {len(keep)} kept")
@@ -302,7 +302,7 @@ print(f"{n} boxes, {len(keep)} kept")
 # %%
 for dtype, threshold in [(np.float64, 0.5), (np.float32, 0.3)]:
     b, s = boxes.astype(dtype), scores.astype(dtype)
-    twin = cpu_nms.nms_reference(b, s, threshold)
+    twin = cpu_nms.nms_twin(b, s, threshold)
     np.testing.assert_array_equal(gpu_nms.nms(b, s, threshold), twin)
     np.testing.assert_array_equal(cpu_nms.nms(b, s, threshold), twin)
     print(f"{np.dtype(dtype).name}, threshold {threshold}: {len(twin)} of {n} kept, identical")
@@ -323,12 +323,18 @@ print(inspect.getsource(backend.get_array_module))
 print(inspect.getsource(tm.ops.box_iou))
 
 # %% [markdown]
-# What array code cannot express goes to a kernel, chosen by the array type: the Numba CPU kernel
-# for NumPy arrays, the CUDA kernel for CuPy arrays. The choice is one line in each op:
+# What array code cannot express goes to a kernel, chosen in one table,
+# `tinymaskrcnn/functional/dispatch.py`, which names for every kernel its Numba CPU version, its
+# CUDA version and its NumPy twin. Each op asks it the same way,
+# `kernel_for("roi_align_forward", input)(...)`, and gets the CUDA kernel for CuPy arrays, else
+# the setting's: the Numba kernels by default, their twins under `tm.use_kernels("twins")` (or
+# `TINYMASKRCNN_KERNELS=twins`). A family without a CUDA kernel (AdamW, frozen batch norm's
+# affine map, the textbook convolution around the CUDA im2col) runs its twin, array code, on CuPy.
 
 # %%
 print(inspect.getsource(backend.uses_cuda_kernels))
-print(inspect.getsource(importlib.import_module("tinymaskrcnn.ops.roi_align").kernels_for))
+print(inspect.getsource(dispatch.kernel_for))
+print(dispatch.KERNELS["roi_align_forward"])
 
 # %% [markdown]
 # CuPy can be installed on a machine without a GPU (it imports fine) and fails only at the first
@@ -500,7 +506,7 @@ def check_gather(gather):
         words = np.zeros((n, -(-n // 64)), np.uint64)
         gpu_nms.nms_mask_kernel[(words.shape[1], words.shape[1]), 64](np.ascontiguousarray(b[order]),
                                                                       np.float64(0.5), words)
-        expected = cpu_nms.nms_reference(b, s, 0.5)
+        expected = cpu_nms.nms_twin(b, s, 0.5)
         mine = order[np.asarray(gather(words), dtype=np.int64)]
         assert list(mine) == list(expected), \
             f"{n} boxes: you keep {len(mine)} boxes, greedy NMS keeps {len(expected)}" + \

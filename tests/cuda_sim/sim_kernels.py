@@ -36,9 +36,9 @@ def wide_columns(x, kernel, stride, padding, dilation):
     """The CPU twins' columns on the wide grid, per image: (N, C*kh*kw, Ho, Wq)."""
     out = []
     for image in x:
-        q = cpu_im2col.phase_split_reference(image, *kernel, *stride, *padding, *dilation)
+        q = cpu_im2col.phase_split_twin(image, *kernel, *stride, *padding, *dilation)
         ho, wo, hq, wq = cpu_im2col.phase_grid(*image.shape[1:], *kernel, *stride, *padding, *dilation)
-        cols = cpu_im2col.im2col_reference(q, *kernel, *stride, *dilation, wq, 0, ho)
+        cols = cpu_im2col.im2col_twin(q, *kernel, *stride, *dilation, wq, 0, ho)
         out.append(cols.reshape(cols.shape[0], ho, wq))
     return np.stack(out), (ho, wo, hq, wq)
 
@@ -65,8 +65,8 @@ def test_col2im_gather_equals_the_twins_scatter(rng, dtype, geometry):
         wide = np.zeros(image_cols.shape[:2] + (wq,), dtype)
         wide[..., :wo] = image_cols
         q = np.zeros((stride[0] * stride[1], 2, hq * wq), dtype)
-        cpu_im2col.col2im_reference(wide.reshape(len(wide), -1), q, *kernel, *stride, *dilation, wq, 0, ho)
-        expected.append(cpu_im2col.phase_merge_reference(q, *x_shape[2:], *kernel, *stride, *padding, *dilation))
+        cpu_im2col.col2im_twin(wide.reshape(len(wide), -1), q, *kernel, *stride, *dilation, wq, 0, ho)
+        expected.append(cpu_im2col.phase_merge_twin(q, *x_shape[2:], *kernel, *stride, *padding, *dilation))
     dx = gpu_im2col.col2im(cols.reshape(2, cols.shape[1], -1), x_shape, *geometry)
     np.testing.assert_allclose(dx, np.stack(expected), rtol=rtol(dtype), atol=rtol(dtype))
 
@@ -95,12 +95,12 @@ def test_roi_align_forward_and_backward_equal_the_twins(rng, dtype, case):
     args = (dtype(scale), ratio, aligned)
     out = gpu_roi.roi_align_forward(x, rois, ph, pw, *args)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, cpu_roi.roi_align_forward_reference(x, rois, ph, pw, *args),
+    np.testing.assert_allclose(out, cpu_roi.roi_align_forward_twin(x, rois, ph, pw, *args),
                                rtol=rtol(dtype), atol=rtol(dtype))
     g = rng.standard_normal(out.shape).astype(dtype)
     dx = gpu_roi.roi_align_backward(g, rois, 2, 7, 8, *args)
     assert dx.dtype == dtype
-    np.testing.assert_allclose(dx, cpu_roi.roi_align_backward_reference(g, rois, 2, 7, 8, *args),
+    np.testing.assert_allclose(dx, cpu_roi.roi_align_backward_twin(g, rois, 2, 7, 8, *args),
                                rtol=rtol(dtype), atol=rtol(dtype))
 
 
@@ -115,7 +115,7 @@ def test_nms_equals_the_twin(rng, dtype, n):
         boxes[1] = boxes[0]
         boxes[2] = [5, 5, 5, 5]  # empty: 0/0 with another empty box never suppresses
     for threshold in (0.3, 0.5):
-        expected = cpu_nms.nms_reference(boxes, scores, threshold)
+        expected = cpu_nms.nms_twin(boxes, scores, threshold)
         np.testing.assert_array_equal(gpu_nms.nms(boxes, scores, threshold), expected)
         np.testing.assert_array_equal(cpu_nms.nms(boxes, scores, threshold), expected)
 
@@ -128,7 +128,7 @@ def test_nms_threshold_compared_as_the_cpu_kernel(dtype):
     iou = dtype(30) / dtype(100)
     expected = [0] if np.float64(iou) > 0.3 else [0, 1]
     np.testing.assert_array_equal(gpu_nms.nms(boxes, scores, 0.3), expected)
-    np.testing.assert_array_equal(cpu_nms.nms_reference(boxes, scores, 0.3), expected)
+    np.testing.assert_array_equal(cpu_nms.nms_twin(boxes, scores, 0.3), expected)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -138,7 +138,7 @@ def test_paste_masks_equals_the_twin(rng, dtype):
     scale = dtype(7 / 5)
     out = gpu_paste.paste_masks(masks, boxes, 13, 14, 1, scale)
     assert out.dtype == dtype
-    np.testing.assert_allclose(out, cpu_paste.paste_masks_reference(masks, boxes, 13, 14, 1, scale),
+    np.testing.assert_allclose(out, cpu_paste.paste_masks_twin(masks, boxes, 13, 14, 1, scale),
                                rtol=rtol(dtype), atol=rtol(dtype))
 
 
@@ -162,7 +162,7 @@ def test_max_pool_forward_and_backward_equal_the_cpu_path(rng, dtype, case):
              + _first_inside(np.arange(ow) * stride[1] - padding[1], kernel[1], dilation[1], 7)[None, :])
     args = (*kernel, *stride, *padding, *dilation)
     best, winner = gpu_pool.max_pool2d_forward(x, *args, oh, ow, first.astype(np.int32))
-    ref_best, ref_winner = cpu_pool.max_pool2d_forward_reference(x, *args, oh, ow, first)
+    ref_best, ref_winner = cpu_pool.max_pool2d_forward_twin(x, *args, oh, ow, first)
     np.testing.assert_array_equal(best, ref_best)
     np.testing.assert_array_equal(winner, ref_winner)
     # the backward: scatter dL/dy to each window's winner (the CPU path's bincount, written out)

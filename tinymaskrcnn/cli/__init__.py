@@ -7,70 +7,36 @@
     tinymaskrcnn predict CHECKPOINT IMG... one PNG and one JSON of detections per image
     tinymaskrcnn coco-subset ANN OUT       a smaller COCO instances file (some images/categories)
 
-Each subcommand has ``--help``. The work itself lives in ``tinymaskrcnn.engine``; this file
-only turns flags into its calls and prints reports.
+Each subcommand has ``--help``. The work itself lives in ``tinymaskrcnn.engine`` and
+``tinymaskrcnn.data`` (the demo's in ``demo.py``); this file only turns flags into their calls
+and prints reports.
 """
 import argparse
+import gc
 import hashlib
 import json
 import os
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-
-def _gradient_report():
-    """Finite-difference checks (float64) of each layer a small conv net uses."""
-    import tinymaskrcnn as tm
-    import tinymaskrcnn.functional as F
-    from tinymaskrcnn.core.gradcheck import gradcheck
-
-    rng = np.random.default_rng(0)
-    T = lambda *shape, grad=True: tm.Tensor(rng.standard_normal(shape), requires_grad=grad)
-    labels = np.array([0, 2, 1])
-    probabilities, regression_targets = rng.uniform(size=(3, 4)), rng.standard_normal((3, 4))
-    checks = [
-        ("conv2d (stride 2, padding 1)", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [T(2, 3, 7, 6), T(4, 3, 3, 3), T(4)]),
-        ("conv_transpose2d (stride 2)", lambda x, w: F.conv_transpose2d(x, w, stride=2), [T(1, 3, 4, 5), T(3, 2, 2, 2)]),
-        ("batch_norm (training)", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [T(3, 4, 3, 3), T(4), T(4)]),
-        ("relu", lambda x: F.relu(x), [T(2, 3, 4)]),
-        ("max_pool2d (3x3, stride 2)", lambda x: F.max_pool2d(x, 3, 2, 1), [T(1, 2, 7, 7)]),
-        ("interpolate (bilinear x2)", lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), [T(1, 2, 3, 4)]),
-        ("linear", lambda x, w, b: F.linear(x, w, b), [T(3, 5), T(4, 5), T(4)]),
-        ("cross_entropy", lambda x: F.cross_entropy(x, labels), [T(3, 4)]),
-        ("binary_cross_entropy_with_logits", lambda x: F.binary_cross_entropy_with_logits(x, probabilities), [T(3, 4)]),
-        ("smooth_l1_loss (beta 1/9)", lambda x: F.smooth_l1_loss(x, regression_targets, beta=1 / 9), [T(3, 4)]),
-    ]
-    rows = []
-    for name, fn, inputs in checks:
-        rows.append((name, max(gradcheck(fn, inputs))))
-    return rows
+from .. import engine
+from ..core.backend import CUDAUnavailableError
+from ..core.random import manual_seed
+from ..data import CocoDetection, coco_subset, ensure_shapes_dataset, image_paths, load_image
+from ..data.shapes import SHAPES, classification_set
+from ..engine import MODELS, OPTIMIZER_DEFAULTS, TrainConfig
+from ..engine.data_parallel import WorkerDiedError
+from . import demo
 
 
-def small_conv_net(num_classes=3, width=16, image_size=32):
-    """conv-BN-ReLU-pool twice, then a linear classifier: the smallest network that uses
-    every layer of the foundation chapter."""
-    from tinymaskrcnn import nn
-
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2 * width * (image_size // 4) ** 2, num_classes),
-    )
-
-
-def demo(args):
-    import tinymaskrcnn as tm
-    import tinymaskrcnn.functional as F
-    from tinymaskrcnn import optim
-    from tinymaskrcnn.data.shapes import SHAPES, classification_set
-    from tqdm import tqdm
-
+def demo_command(args):
     print("tinymaskrcnn demo: hand-written gradients, then a small conv net on synthetic shapes\n")
     t0 = time.perf_counter()
-    rows = _gradient_report()
+    rows = demo.gradient_report()
     print(f"{'layer':36s} {'relative error vs finite differences':>36s}")
     for name, err in rows:
         print(f"{name:36s} {err:36.2e}")
@@ -80,40 +46,18 @@ def demo(args):
         print("error: a gradient disagrees with finite differences", file=sys.stderr)
         return 1
 
-    tm.manual_seed(args.seed)
+    manual_seed(args.seed)
     train_x, train_y = classification_set(args.train_images, 32, seed=args.seed)
     test_x, test_y = classification_set(args.test_images, 32, seed=args.seed + 1)
-    model = small_conv_net(num_classes=len(SHAPES))
+    model = demo.small_conv_net(num_classes=len(SHAPES))
     n_params = sum(p.size for p in model.parameters())
     print(f"training {n_params} parameters on {len(train_x)} images of {', '.join(SHAPES)} "
           f"({args.steps} steps, batch {args.batch_size}, float32)")
-    opt = optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
-    sched = optim.WarmupCosineLR(opt, total_iters=args.steps, warmup_iters=min(20, args.steps // 5))
-    rng = np.random.default_rng(args.seed)
-    order, pos = rng.permutation(len(train_x)), 0
     t0 = time.perf_counter()
-    losses = []
-    bar = tqdm(range(args.steps), desc="train", unit="step")
-    for _ in bar:
-        if pos + args.batch_size > len(order):
-            order, pos = rng.permutation(len(train_x)), 0
-        idx = order[pos:pos + args.batch_size]
-        pos += args.batch_size
-        loss = F.cross_entropy(model(tm.Tensor(train_x[idx])), train_y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{sched.get_last_lr()[0]:.3g}")
+    losses = demo.train_classifier(model, train_x, train_y, args.steps, args.batch_size, args.lr, seed=args.seed)
     train_time = time.perf_counter() - t0
-
-    model.eval()
-    with tm.no_grad():
-        accuracy = {}
-        for split, (x, y) in {"train": (train_x, train_y), "test": (test_x, test_y)}.items():
-            pred = np.concatenate([model(tm.Tensor(x[i:i + 256])).data.argmax(1) for i in range(0, len(x), 256)])
-            accuracy[split] = float((pred == y).mean())
+    accuracy = {split: demo.accuracy(model, x, y) for split, (x, y) in
+                {"train": (train_x, train_y), "test": (test_x, test_y)}.items()}
     print("\nreport")
     print(f"  loss: first 20 steps {np.mean(losses[:20]):.3f} -> last 20 steps {np.mean(losses[-20:]):.3f}")
     print(f"  accuracy: train {accuracy['train']:.1%}, held-out {accuracy['test']:.1%} (chance {1 / len(SHAPES):.1%})")
@@ -128,8 +72,6 @@ def _print_metrics(metrics):
 
 
 def _config_from_args(args):
-    from tinymaskrcnn.engine import TrainConfig
-
     fields = {f for f in TrainConfig.__dataclass_fields__}
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     kwargs = {}
@@ -162,8 +104,6 @@ def _resume_command(args, out_dir):
 
 
 def train_command(args):
-    from tinymaskrcnn import engine
-
     config = _config_from_args(args)
     config.out_dir = config.out_dir or engine.default_out_dir()  # named now, for the resume command
     t0 = time.perf_counter()
@@ -194,8 +134,6 @@ def _evaluation_folder(checkpoint, ann_file):
 
 def _val_split(args, saved_config):
     """(ann_file, image_dir) to evaluate on: the flags, else the val split the run trained with."""
-    from tinymaskrcnn import engine
-
     if args.val_ann or args.val_images:
         if not (args.val_ann and args.val_images):
             raise ValueError("give --val-ann and --val-images together")
@@ -203,17 +141,14 @@ def _val_split(args, saved_config):
     if args.data:
         splits = engine.coco_layout(args.data)
     else:
-        known = engine.TrainConfig.__dataclass_fields__
-        splits = engine.resolve_data(engine.TrainConfig(**{k: v for k, v in saved_config.items() if k in known}))
+        known = TrainConfig.__dataclass_fields__
+        splits = engine.resolve_data(TrainConfig(**{k: v for k, v in saved_config.items() if k in known}))
     if "val" not in splits:
         raise ValueError("no val split to evaluate on: pass --val-ann and --val-images (or --data DIR)")
     return splits["val"]
 
 
 def evaluate_command(args):
-    from tinymaskrcnn import engine
-    from tinymaskrcnn.data import CocoDetection
-
     model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
     ann_file, image_dir = _val_split(args, state["config"])
     dataset = CocoDetection(ann_file, image_dir)
@@ -229,12 +164,6 @@ def evaluate_command(args):
 
 
 def predict_command(args):
-    import gc
-    from pathlib import Path
-
-    from tinymaskrcnn import engine
-    from tinymaskrcnn.data import image_paths, load_image
-
     paths = image_paths(args.images)  # folders expanded; a missing file fails before any work
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
@@ -265,8 +194,6 @@ def predict_command(args):
 
 
 def shapes_command(args):
-    from tinymaskrcnn.data import ensure_shapes_dataset
-
     paths = ensure_shapes_dataset(args.root, num_train=args.num_train, num_val=args.num_val,
                                   image_size=(tuple(args.height), tuple(args.width)), seed=args.seed, progress=True)
     for split, (ann_file, image_dir) in paths.items():
@@ -275,8 +202,6 @@ def shapes_command(args):
 
 
 def coco_subset_command(args):
-    from tinymaskrcnn.data import coco_subset
-
     categories = None
     if args.categories:
         categories = [int(c) if c.isdigit() else c for c in args.categories.split(",")]
@@ -296,8 +221,6 @@ def _add_device_flag(p):
 
 
 def build_parser():
-    from tinymaskrcnn.engine import MODELS, OPTIMIZER_DEFAULTS, TrainConfig
-
     d = TrainConfig()
 
     def per_optimizer(name):
@@ -311,7 +234,7 @@ def build_parser():
     p.add_argument("--train-images", type=int, default=1024)
     p.add_argument("--test-images", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=demo)
+    p.set_defaults(func=demo_command)
 
     p = sub.add_parser("shapes", help="write the synthetic shapes data set in COCO format")
     p.add_argument("--root", default=d.shapes_root, help=f"where to write it (default {d.shapes_root})")
@@ -398,9 +321,6 @@ _MEMORY_ADVICE = {
 
 
 def main(argv=None):
-    from tinymaskrcnn.core.backend import CUDAUnavailableError
-    from tinymaskrcnn.engine.data_parallel import WorkerDiedError
-
     args = build_parser().parse_args(argv)
 
     def fail(message, error, code=2):

@@ -20,6 +20,15 @@ Writing an op means subclassing ``Function``::
 ``backward`` returns one entry per positional argument of ``forward`` (``None`` for arguments
 that are not tensors or need no gradient; ``self.needs_input_grad[i]`` says which do, so work
 for unneeded gradients can be skipped).
+
+The file in reading order:
+
+1. the idea: ``Tensor`` (its ``backward`` is the reverse walk), ``Function`` (``apply`` runs
+   an op and records it), ``topological_order`` (the order of the walk) and ``no_grad``;
+2. memory: ``Node``, what the tape holds instead of tensors, so that it keeps no activation
+   alive by itself and lets go of each Function's saved arrays once backward has used them;
+3. the elementary ops behind the Tensor's operators (``Add`` … ``Stack``), the helpers they
+   share (``as_array``, ``unbroadcast``), and torch's ``cat``, ``stack`` and ``tensor``.
 """
 import weakref
 
@@ -30,71 +39,7 @@ from .backend import get_array_module, get_default_dtype, is_cupy
 _grad_enabled = True
 
 
-class no_grad:
-    """Context manager (and decorator) under which no operation is recorded on the tape."""
-
-    def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
-
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
-        return False
-
-    def __call__(self, fn):
-        def wrapper(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
-        return wrapper
-
-
-def is_grad_enabled():
-    return _grad_enabled
-
-
-class Function:
-    """One differentiable operation. Subclasses define ``forward`` and ``backward`` on arrays."""
-
-    def forward(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def backward(self, grad_output):
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *args, **kwargs):
-        """Run ``forward`` on the arrays inside ``args`` and, if needed, record it on the tape."""
-        fn = cls()
-        fn.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        arrays = tuple(as_array(a) for a in args)
-        out = fn.forward(*arrays, **kwargs)
-        if isinstance(out, (np.generic, float, int)):
-            out = np.asarray(out)  # reductions hand back NumPy scalars: keep everything an array
-        result = Tensor(out)
-        if _grad_enabled and any(fn.needs_input_grad):
-            # the tape keeps the inputs' nodes, not the inputs: their arrays can be freed as
-            # soon as no Function saved them for its backward
-            fn.inputs = tuple(a._node if isinstance(a, Tensor) else None for a in args)
-            result._node = Node(fn, result.shape, weakref.ref(result))
-        return result
-
-
-class Node:
-    """A tensor as the tape sees it: the Function that made it (None for a leaf), its shape,
-    and how to reach the tensor to hand it a gradient (the leaf itself; a weak reference for
-    an intermediate, which only needs it if ``retain_grad()`` was called)."""
-
-    __slots__ = ("fn", "shape", "tensor", "freed")
-
-    def __init__(self, fn, shape, tensor):
-        self.fn, self.shape, self.tensor, self.freed = fn, shape, tensor, False
-
-    def owner(self):
-        """The tensor this node stands for, or None when it has been garbage-collected."""
-        return self.tensor() if isinstance(self.tensor, weakref.ref) else self.tensor
+# ----- 1. the idea: Tensor, Function, the reverse walk, no_grad ----------------------------------
 
 
 class Tensor:
@@ -118,7 +63,7 @@ class Tensor:
             data = arr
         self.data = data
         self.grad = None
-        self._node = None  # set for tensors that require a gradient: see Node
+        self._node = None  # the tensor's place on the tape, for tensors that require a gradient
         self._retain_grad = False
         self.requires_grad = requires_grad
 
@@ -131,7 +76,7 @@ class Tensor:
         if flag and self._node is None:
             if self.data.dtype.kind != "f":
                 raise TypeError(f"only floating tensors can require gradients, got dtype {self.data.dtype}")
-            self._node = Node(None, self.data.shape, self)  # a leaf
+            self._node = Node(None, self)  # a leaf
         elif not flag:
             self._node = None
 
@@ -140,43 +85,7 @@ class Tensor:
         """The Function that made this tensor (None for leaves and constants)."""
         return self._node.fn if self._node is not None else None
 
-    # ----- introspection -------------------------------------------------------------------
-    shape = property(lambda self: self.data.shape)
-    dtype = property(lambda self: self.data.dtype)
-    ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
-    is_leaf = property(lambda self: self._fn is None and not (self._node is not None and self._node.freed))
-
-    def __len__(self):
-        return len(self.data)
-
-    def __repr__(self):
-        fn = f", fn={type(self._fn).__name__}" if self._fn is not None else ""
-        rg = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({self.data!r}{rg}{fn})"
-
-    def item(self):
-        return self.data.item()
-
-    def numpy(self):
-        return self.data
-
-    def detach(self):
-        """The same data, cut off from the tape."""
-        return Tensor(self.data)
-
-    def retain_grad(self):
-        """Keep ``.grad`` on this non-leaf tensor after backward (for inspecting intermediates)."""
-        self._retain_grad = True
-        return self
-
-    def zero_grad(self):
-        self.grad = None
-
-    def astype(self, dtype):
-        return Cast.apply(self, dtype=dtype)
-
-    # ----- backward ------------------------------------------------------------------------
+    # ----- backward: the reverse walk ------------------------------------------------------
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf that requires a gradient.
 
@@ -223,7 +132,43 @@ class Tensor:
                 k = id(inp)
                 grads[k] = ig if k not in grads else grads[k] + ig
             if not retain_graph:
-                node.fn, node.freed = None, True  # drops the Function and the arrays it saved
+                node.release()
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor after backward (for inspecting intermediates)."""
+        self._retain_grad = True
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    def detach(self):
+        """The same data, cut off from the tape."""
+        return Tensor(self.data)
+
+    # ----- introspection -------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._fn is None and not (self._node is not None and self._node.freed))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        fn = f", fn={type(self._fn).__name__}" if self._fn is not None else ""
+        rg = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.data!r}{rg}{fn})"
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self):
+        return self.data
+
+    def astype(self, dtype):
+        return Cast.apply(self, dtype=dtype)
 
     # ----- arithmetic (broadcasting; backward sums over broadcast axes) --------------------
     def __add__(self, other):
@@ -332,14 +277,32 @@ class Tensor:
         return GetItem.apply(self, index=as_array(index))
 
 
-def as_array(x):
-    """The array inside a Tensor (inside each item of a tuple, as in an index), or ``x`` itself:
-    how every op and module turns what it was given into arrays."""
-    if isinstance(x, Tensor):
-        return x.data
-    if isinstance(x, tuple):
-        return tuple(as_array(i) for i in x)
-    return x
+
+class Function:
+    """One differentiable operation. Subclasses define ``forward`` and ``backward`` on arrays."""
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        """Run ``forward`` on the arrays inside ``args`` and, if needed, record it on the tape."""
+        fn = cls()
+        fn.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        arrays = tuple(as_array(a) for a in args)
+        out = fn.forward(*arrays, **kwargs)
+        if isinstance(out, (np.generic, float, int)):
+            out = np.asarray(out)  # reductions hand back NumPy scalars: keep everything an array
+        result = Tensor(out)
+        if _grad_enabled and any(fn.needs_input_grad):
+            # the tape links nodes, not tensors (see Node): the inputs' arrays stay alive only
+            # if this Function saved them for its backward
+            fn.inputs = tuple(a._node if isinstance(a, Tensor) else None for a in args)
+            result._node = Node(fn, result)
+        return result
 
 
 def topological_order(root):
@@ -364,6 +327,71 @@ def topological_order(root):
     return order
 
 
+class no_grad:
+    """Context manager (and decorator) under which no operation is recorded on the tape."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+# ----- 2. memory: the tape holds Nodes, not tensors ----------------------------------------------
+
+
+class Node:
+    """A tensor as the tape sees it: the Function that made it (None for a leaf), its shape,
+    and how to reach the tensor to hand it a gradient.
+
+    A Function's ``inputs`` are Nodes, which hold no array, so the tape alone keeps no
+    activation alive: an intermediate's array is freed once the forward pass drops it, unless
+    a Function saved it for its backward. For the same reason an intermediate's Node reaches
+    its tensor through a weak reference (needed only when ``retain_grad()`` was called), while
+    a leaf's Node holds the leaf, which must receive ``.grad``. ``release`` lets go of the
+    arrays a Function saved as soon as backward has run it.
+    """
+
+    __slots__ = ("fn", "shape", "tensor", "freed")
+
+    def __init__(self, fn, tensor):
+        self.fn, self.shape, self.freed = fn, tensor.shape, False
+        self.tensor = tensor if fn is None else weakref.ref(tensor)
+
+    def owner(self):
+        """The tensor this node stands for, or None when it has been garbage-collected."""
+        return self.tensor() if isinstance(self.tensor, weakref.ref) else self.tensor
+
+    def release(self):
+        """Drop the Function, and with it the arrays it saved; the node stays on the tape as
+        freed, so a second backward through it fails clearly."""
+        self.fn, self.freed = None, True
+
+
+# ----- 3. the elementary ops and their helpers ---------------------------------------------------
+
+
+def as_array(x):
+    """The array inside a Tensor (inside each item of a tuple, as in an index), or ``x`` itself:
+    how every op and module turns what it was given into arrays."""
+    if isinstance(x, Tensor):
+        return x.data
+    if isinstance(x, tuple):
+        return tuple(as_array(i) for i in x)
+    return x
+
+
 def unbroadcast(grad, shape):
     """Sum ``grad`` down to ``shape``: the backward of NumPy broadcasting.
 
@@ -385,7 +413,7 @@ def _shape(x):
     return getattr(x, "shape", ())
 
 
-# ----- elementwise arithmetic ------------------------------------------------------------------
+# ----- elementwise arithmetic --------------------------------------------------------------------
 
 
 class Add(Function):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .coco import mask_to_rle
+from .annotations import mask_to_rle
 
 SHAPES = ("circle", "square", "triangle")
 CATEGORIES = tuple({"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES))

@@ -26,7 +26,7 @@ it resolves to), ``checkpoint`` (saving, restoring and loading a run's state; st
 files), ``inference`` (evaluation and prediction pictures) and ``loop`` (``train``).
 """
 from ..models.registry import MODELS, build_model
-from .checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, RUN_FILES, load_model, remove_stale_temporaries, restore, save_checkpoint, truncate_metrics
-from .config import OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes, resolve_data, uses_shapes, with_optimizer_defaults
+from .checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, load_model, remove_stale_temporaries
+from .config import OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes, resolve_data, with_optimizer_defaults
 from .inference import evaluate, predict_images
 from .loop import NonFiniteLossError, append_jsonl, build_optimizer, build_scheduler, train

@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from ..core import random as tm_random
+from ..functional.dispatch import ENVIRONMENT_VARIABLE, get_kernels
 from .step import forward_backward, trainable_parameters
 
 # each process runs on one core: two processes are the two cores' work
@@ -167,7 +168,8 @@ class DataParallel:
             self._stderr = tempfile.TemporaryFile()
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, _PACKAGE_PARENT, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env={**os.environ, **_SINGLE_THREADED}, stderr=self._stderr)
+                pass_fds=(theirs.fileno(),), env={**os.environ, **_SINGLE_THREADED, ENVIRONMENT_VARIABLE: get_kernels()},
+                stderr=self._stderr)
             theirs.close()
             self._numba_threads = numba.get_num_threads()
             numba.set_num_threads(1)

@@ -3,7 +3,9 @@ from pathlib import Path
 
 from ..core.autograd import no_grad
 from ..core.backend import to_numpy
+from ..core.files import write_json_atomic
 from ..data import DataLoader
+from ..data.annotations import mask_to_rle
 
 
 def evaluate(model, dataset, out_dir=None, batch_size=1, progress=True, verbose=True):
@@ -33,9 +35,29 @@ def evaluate(model, dataset, out_dir=None, batch_size=1, progress=True, verbose=
     return evaluator.summarize(out_dir=out_dir, verbose=verbose)
 
 
+def prediction_record(prediction, image_size, class_names, score_threshold=0.5, mask_threshold=0.5):
+    """What ``predict`` writes for one image as JSON: the detections scoring at least
+    ``score_threshold``, as ``boxes`` (xyxy pixels), ``labels``, ``names``
+    (``class_names[label]``), ``scores`` and ``masks``, each the compressed COCO RLE of the mask
+    binarised at ``mask_threshold`` (``pycocotools.mask.decode`` reads it back), with
+    ``image_size`` [H, W] and both thresholds. The picture shows the same detections."""
+    from ..visualize import class_name, select_detections
+
+    height, width = (int(n) for n in image_size)
+    boxes, labels, scores, masks = select_detections(prediction["boxes"], prediction.get("labels"),
+                                                     prediction.get("scores"), prediction.get("masks"),
+                                                     (height, width), score_threshold, mask_threshold)
+    return {"image_size": [height, width], "score_threshold": score_threshold, "mask_threshold": mask_threshold,
+            "boxes": boxes.tolist(),
+            "labels": [] if labels is None else [int(v) for v in labels],
+            "names": [] if labels is None else [class_name(int(v), class_names) for v in labels],
+            "scores": [] if scores is None else scores.tolist(),
+            "masks": [] if masks is None else [mask_to_rle(m) for m in masks]}
+
+
 def predict_images(model, images, class_names, out_dir, names, score_threshold=0.5):
-    """Run ``model`` on each (3, H, W) image and write ``<name>.png`` and ``<name>.json`` into
-    ``out_dir`` (``save_prediction``); returns the list of written paths."""
+    """Run ``model`` on each (3, H, W) image and write ``<name>.png`` (``save_prediction``) and
+    ``<name>.json`` (``prediction_record``) into ``out_dir``; returns the list of written paths."""
     from ..visualize import save_prediction
 
     out_dir = Path(out_dir)
@@ -47,8 +69,10 @@ def predict_images(model, images, class_names, out_dir, names, score_threshold=0
         with no_grad():
             for image, name in zip(images, names):
                 prediction = {k: to_numpy(v) for k, v in model([image])[0].items()}
-                written += save_prediction(image, prediction, class_names, out_dir / f"{name}.png",
-                                           out_dir / f"{name}.json", score_threshold=score_threshold)
+                record = prediction_record(prediction, image.shape[-2:], class_names, score_threshold)
+                written += [save_prediction(image, prediction, class_names, out_dir / f"{name}.png",
+                                            score_threshold=score_threshold),
+                            write_json_atomic(record, out_dir / f"{name}.json")]
     finally:
         model.train(was_training)
     return written

@@ -49,71 +49,21 @@ How it runs
 The ops below hold the math and the checks, and call three products: y = W im2col(x) + b,
 dL/dx = col2im(W^T dY) and dL/dW = dY im2col(x)^T. Two modules compute them with the same
 signatures: functional/conv_schedule.py, fast (tiles of output rows shared among worker threads,
-Winograd's algorithm for 3x3 stride-1 convs), and ops/conv_textbook.py, the textbook (pad,
-im2col with sliding windows, one matrix product). ``conv_implementation`` chooses between
-them on the CPU; CUDA arrays always take the textbook products, with the Numba-CUDA im2col and
-col2im kernels and cuBLAS's batched matmul. The backward computes only what
-``needs_input_grad`` asks for: the first conv of a network (or a frozen one) no dL/dx, a frozen
-conv no dL/dW.
+Winograd's algorithm for 3x3 stride-1 convs), and functional/conv_textbook.py, the textbook
+(pad, im2col with sliding windows, one matrix product). The kernel table
+(functional/dispatch.py) chooses between them: the fast products by default, the textbook ones
+under ``tm.use_kernels("twins")``, and on CUDA arrays the textbook products with the
+Numba-CUDA im2col and col2im kernels and cuBLAS's batched matmul. The backward computes only
+what ``needs_input_grad`` asks for: the first conv of a network (or a frozen one) no dL/dx, a
+frozen conv no dL/dW.
 """
-import os
-from contextlib import contextmanager
 from numbers import Integral
 
 from ..core.autograd import Function
-from ..core.backend import get_array_module, uses_cuda_kernels
-from . import conv_schedule, conv_textbook
+from ..core.backend import get_array_module
+from ..kernels.im2col import conv_output_hw
 from .arguments import pair
-
-
-# ----- which path the ops run on ------------------------------------------------------------
-
-
-IMPLEMENTATIONS = {"fast": conv_schedule, "reference": conv_textbook}
-_implementation = os.environ.get("TINYMASKRCNN_CONV", "fast")
-
-
-def set_conv_implementation(name):
-    """Run every conv2d and conv_transpose2d of the package on ``name``: "fast" (the default:
-    tiles, threads, Winograd) or "reference" (ops/conv_textbook.py: pad, im2col, one matrix
-    product). Returns the previous name. The environment variable TINYMASKRCNN_CONV sets the
-    starting value (and reaches subprocesses, such as data-parallel workers)."""
-    global _implementation
-    if name not in IMPLEMENTATIONS:
-        raise ValueError(f"conv implementation must be one of {sorted(IMPLEMENTATIONS)}, got {name!r}")
-    previous, _implementation = _implementation, name
-    return previous
-
-
-@contextmanager
-def conv_implementation(name):
-    """``with tm.ops.conv_implementation("reference"): model(images)``: the convs inside the
-    block (forward, and the backward of what was recorded there) run on ``name``."""
-    previous = set_conv_implementation(name)
-    try:
-        yield
-    finally:
-        set_conv_implementation(previous)
-
-
-def _current_path():
-    if _implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"TINYMASKRCNN_CONV must be one of {sorted(IMPLEMENTATIONS)}, got {_implementation!r}")
-    return IMPLEMENTATIONS[_implementation]
-
-
-def _path_for(x):
-    """The chosen path on the CPU; on the GPU (CUDA arrays) the textbook products with the CUDA
-    im2col/col2im kernels (Winograd and the tiles are CPU schedules)."""
-    return conv_textbook if uses_cuda_kernels(x) else _current_path()
-
-
-# ----- the ops ------------------------------------------------------------------------------
-
-
-def _output_hw(in_hw, kernel_hw, stride, padding, dilation):
-    """(Ho, Wo) of a conv2d of an (H, W) image."""
-    return tuple(conv_textbook.output_size(*args) for args in zip(in_hw, kernel_hw, stride, padding, dilation))
+from .dispatch import kernel_for
 
 
 def _bias_grad(g):
@@ -129,15 +79,16 @@ class Conv2d(Function):
     def forward(self, x, weight, bias, stride, padding, dilation, groups):
         xp = get_array_module(x)
         x, weight = xp.ascontiguousarray(x), xp.ascontiguousarray(weight)
-        self.path = _path_for(x)  # the backward runs on the path the forward ran on
         self.x, self.weight, self.args = x, weight, (stride, padding, dilation, groups)
-        return self.path.conv2d_forward(x, weight, bias, *self.args)
+        # the backward's products are chosen now: it runs on the kernels the forward ran on
+        self.input_grad, self.weight_grad = kernel_for("conv2d_input_grad", x), kernel_for("conv2d_weight_grad", x)
+        return kernel_for("conv2d_forward", x)(x, weight, bias, *self.args)
 
     def backward(self, g):
         g = get_array_module(g).ascontiguousarray(g)
         need_x, need_w, need_b = self.needs_input_grad
-        dx = self.path.conv2d_input_grad(g, self.weight, self.x.shape, *self.args) if need_x else None
-        dw = self.path.conv2d_weight_grad(g, self.x, self.weight.shape[2:], *self.args) if need_w else None
+        dx = self.input_grad(g, self.weight, self.x.shape, *self.args) if need_x else None
+        dw = self.weight_grad(g, self.x, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
@@ -154,13 +105,13 @@ class ConvTranspose2d(Function):
         # The conv this op transposes maps out_hw to hc x wc. That is h x w unless an
         # output_padding >= stride (allowed when < dilation) added positions that no input
         # reaches: give them zero inputs, so the two maps are each other's adjoint exactly.
-        hc, wc = _output_hw(out_hw, weight.shape[2:], stride, padding, dilation)
+        hc, wc = conv_output_hw(out_hw, weight.shape[2:], stride, padding, dilation)
         if (hc, wc) != (h, w):
             x = xp.pad(x, ((0, 0), (0, 0), (0, hc - h), (0, wc - w)))
-        self.path = _path_for(x)
         self.x, self.weight, self.args, self.in_hw = x, weight, (stride, padding, dilation, groups), (h, w)
+        self.conv2d, self.weight_grad = kernel_for("conv2d_forward", x), kernel_for("conv2d_weight_grad", x)
         out_shape = (x.shape[0], weight.shape[1] * groups) + tuple(out_hw)
-        y = self.path.conv2d_input_grad(x, weight, out_shape, *self.args)
+        y = kernel_for("conv2d_input_grad", x)(x, weight, out_shape, *self.args)
         if bias is not None:
             y += bias.reshape(1, -1, 1, 1)
         return y
@@ -172,10 +123,10 @@ class ConvTranspose2d(Function):
         dx = None
         if need_x:
             h, w = self.in_hw
-            dx = self.path.conv2d_forward(g, self.weight, None, *self.args)
+            dx = self.conv2d(g, self.weight, None, *self.args)
             if dx.shape[2:] != (h, w):
                 dx = xp.ascontiguousarray(dx[:, :, :h, :w])
-        dw = self.path.conv2d_weight_grad(self.x, g, self.weight.shape[2:], *self.args) if need_w else None
+        dw = self.weight_grad(self.x, g, self.weight.shape[2:], *self.args) if need_w else None
         db = _bias_grad(g) if need_b else None
         return dx, dw, db
 
@@ -229,7 +180,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise ValueError(f"{op}: groups={groups} must divide the {cout} output channels of weight "
                          f"{tuple(weight.shape)}")
     _check_bias(op, bias, cout)
-    ho, wo = _output_hw((h, w), (kh, kw), stride, padding, dilation)
+    ho, wo = conv_output_hw((h, w), (kh, kw), stride, padding, dilation)
     if ho < 1 or wo < 1:
         raise ValueError(f"{op}: input of shape {tuple(input.shape)} is smaller than the dilated kernel "
                          f"{tuple(weight.shape[2:])} (dilation {dilation}) plus padding {padding}")

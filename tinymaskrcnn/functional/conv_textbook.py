@@ -10,8 +10,9 @@ Then, with W = w.reshape(Cout, K) and K = C*kh*kw,
 col2im is im2col's adjoint: it adds every column entry back onto the pixel it was copied from.
 conv_transpose2d is conv2d's adjoint in x, so its forward is conv2d's input gradient and its
 input gradient is conv2d's forward. With groups G, channels split into G independent slices and
-every product is taken per group (a batched matmul). ``tm.ops.conv_implementation("reference")``
-runs the whole package on this file; tests hold it equal to the fast path and to torch.
+every product is taken per group (a batched matmul). ``tm.use_kernels("twins")`` (or
+TINYMASKRCNN_KERNELS=twins) runs the whole package on this file and the kernels' NumPy twins
+(functional/dispatch.py); tests hold it equal to the fast path and to torch.
 
 On the GPU (CuPy arrays) this file is the path: the same products, with im2col and col2im the
 Numba-CUDA kernels of kernels/cuda/im2col.py (same layout; col2im a gather, one thread per
@@ -20,12 +21,8 @@ pixel) and the products cuBLAS's batched matmul.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..core.backend import uses_cuda_kernels
-
-
-def output_size(size, kernel, stride, padding, dilation):
-    """Output length along one axis: floor((n + 2p - d(k - 1) - 1) / s) + 1."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+from ..kernels.im2col import conv_output_hw
+from .dispatch import kernel_for
 
 
 def im2col(x, kernel_hw, stride, padding, dilation):
@@ -43,7 +40,7 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
     """im2col's adjoint: (N, C*kh*kw, Ho*Wo) -> (N, C, H, W), each entry added onto the pixel
     that im2col copied it from (overlapping windows sum), what fell in the padding dropped."""
     (n, c, h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = x_shape, kernel_hw, stride, padding, dilation
-    ho, wo = output_size(h, kh, sh, ph, dh), output_size(w, kw, sw, pw, dw)
+    ho, wo = conv_output_hw((h, w), kernel_hw, stride, padding, dilation)
     taps = cols.reshape(n, c, kh, kw, ho, wo)
     x = np.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
     for ki in range(kh):  # tap (ki, kj) saw the padded pixels (ki*dh + oh*sh, kj*dw + ow*sw)
@@ -52,14 +49,6 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
             columns = slice(kj * dw, kj * dw + sw * (wo - 1) + 1, sw)
             x[:, :, rows, columns] += taps[:, :, ki, kj]
     return x[:, :, ph:ph + h, pw:pw + w]
-
-
-def _kernels(a):
-    """(im2col, col2im) for arrays like ``a``: the CUDA kernels for CUDA arrays, else the above."""
-    if uses_cuda_kernels(a):
-        from ..kernels.cuda import im2col as cuda
-        return cuda.im2col, cuda.col2im
-    return im2col, col2im
 
 
 def _per_group(a, groups):
@@ -71,8 +60,9 @@ def _per_group(a, groups):
 def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """y = W im2col(x) + b: x (N, C, H, W), weight (Cout, C/G, kh, kw) -> (N, Cout, Ho, Wo)."""
     n, cout = x.shape[0], weight.shape[0]
-    ho, wo = (output_size(*args) for args in zip(x.shape[2:], weight.shape[2:], stride, padding, dilation))
-    cols = _per_group(_kernels(x)[0](x, weight.shape[2:], stride, padding, dilation), groups)
+    ho, wo = conv_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    # the above on NumPy arrays, the CUDA kernel of the same layout on CUDA arrays
+    cols = _per_group(kernel_for("im2col", x)(x, weight.shape[2:], stride, padding, dilation), groups)
     y = (weight.reshape(groups, cout // groups, -1) @ cols).reshape(n, cout, ho, wo)  # per group: W X^
     return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
@@ -83,13 +73,13 @@ def conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups=1):
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # (G, K/G, Cout/G)
     cols = w_t @ _per_group(g, groups)  # (N, G, K/G, L)
     cols = cols.reshape(n, groups * cols.shape[2], cols.shape[3])
-    return _kernels(g)[1](cols, x_shape, weight.shape[2:], stride, padding, dilation)
+    return kernel_for("col2im", g)(cols, x_shape, weight.shape[2:], stride, padding, dilation)
 
 
 def conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups=1):
     """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw)."""
     cout = g.shape[1]
-    cols = _per_group(_kernels(x)[0](x, kernel_hw, stride, padding, dilation), groups)
+    cols = _per_group(kernel_for("im2col", x)(x, kernel_hw, stride, padding, dilation), groups)
     dw = (_per_group(g, groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(cout, x.shape[1] // groups, *kernel_hw)
 

@@ -8,7 +8,8 @@ forward   y[n, c, i, j] = max over the window of x, where the window of output (
           minus one if ceil_mode put the last window's start past the input and left padding.
 backward  y is one of the x in its window, so dL/dx = dL/dy at the position that won, 0
           elsewhere; windows overlap when s < k, so one x can win several windows and its
-          gradient is the sum (a scatter-add).
+          gradient is the sum (a scatter-add: kernels/pool.py, a Numba kernel and its NumPy
+          twin, one ``bincount``).
 
 Which position wins matters for the gradient when values tie. torch scans a window row by row
 and takes a value when it is greater than the best so far or NaN, starting from the first
@@ -22,9 +23,9 @@ torch indexes outside the image for it.)
 import numpy as np
 
 from ..core.autograd import Function
-from ..core.backend import get_array_module, uses_cuda_kernels
-from ..kernels.pool import max_pool2d_forward
+from ..core.backend import get_array_module
 from .arguments import pair
+from .dispatch import kernel_for
 
 
 def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
@@ -53,33 +54,18 @@ class MaxPool2d(Function):
         xp = get_array_module(x)
         (kh, kw), (dh, dw), (oh, ow) = kernel, dilation, out_size
         h, w = x.shape[2:]
-        self.top, self.left = xp.arange(oh) * stride[0] - padding[0], xp.arange(ow) * stride[1] - padding[1]
+        top, left = xp.arange(oh) * stride[0] - padding[0], xp.arange(ow) * stride[1] - padding[1]
         # the scan of each window starts at its first in-image tap a * kw + b
-        first = _first_inside(self.top, kh, dh, h)[:, None] * kw + _first_inside(self.left, kw, dw, w)[None, :]
-        self.cuda = uses_cuda_kernels(x)
-        if self.cuda:
-            from ..kernels.cuda.pool import max_pool2d_forward as scan
-        else:
-            scan = max_pool2d_forward
-        best, self.winner = scan(xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size,
-                                 first.astype(np.int32))
-        self.in_shape, self.kernel_w, self.dilation = x.shape, kw, dilation
-        self.geometry = (*kernel, *stride, *padding, *dilation)
+        first = _first_inside(top, kh, dh, h)[:, None] * kw + _first_inside(left, kw, dw, w)[None, :]
+        best, self.winner = kernel_for("max_pool2d_forward", x)(
+            xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size, first.astype(np.int32))
+        self.in_shape, self.geometry = x.shape, (*kernel, *stride, *padding, *dilation)
+        self.scatter = kernel_for("max_pool2d_backward", x)  # chosen with the forward's kernel
         return best
 
     def backward(self, g):
-        xp = get_array_module(g)
-        if self.cuda:  # a gather, one thread per input pixel (kernels/cuda/pool.py)
-            from ..kernels.cuda.pool import max_pool2d_backward
-            return (max_pool2d_backward(xp.ascontiguousarray(g), self.winner, self.in_shape, *self.geometry),)
-        n, c, h, w = self.in_shape
-        a, b = xp.divmod(self.winner, self.kernel_w)
-        rows = self.top[:, None] + a * self.dilation[0]
-        cols = self.left[None, :] + b * self.dilation[1]
-        # one flat index per output into the whole input, then a scatter-add of dL/dy there
-        flat = (xp.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
-        dx = xp.bincount(flat.ravel(), weights=g.ravel(), minlength=n * c * h * w)
-        return (dx.astype(g.dtype, copy=False).reshape(self.in_shape),)
+        g = get_array_module(g).ascontiguousarray(g)
+        return (self.scatter(g, self.winner, self.in_shape, *self.geometry),)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):

@@ -162,9 +162,7 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
 
     Any MaskRCNN keyword in ``kwargs`` overrides these.
     """
-    from .. import nn as nn_
-
-    norms = {"batch": nn_.BatchNorm2d, "instance": lambda channels: nn_.InstanceNorm2d(channels, affine=True)}
+    norms = {"batch": nn.BatchNorm2d, "instance": lambda channels: nn.InstanceNorm2d(channels, affine=True)}
     if norm_layer is None and norm not in norms:
         raise ValueError(f"norm={norm!r}: choose one of {tuple(norms)} (or pass norm_layer)")
     body = resnet18(norm_layer=norm_layer or norms[norm])
@@ -178,7 +176,7 @@ def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=
             ((0.5, 1.0, 2.0),) * len(anchor_sizes)),
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100, box_batch_size_per_image=128,
-        box_head=(FastRCNNConvFCHead((fpn_channels, 7, 7), box_head_convs, (representation_size,), nn_.BatchNorm2d)
+        box_head=(FastRCNNConvFCHead((fpn_channels, 7, 7), box_head_convs, (representation_size,), nn.BatchNorm2d)
                   if box_head_convs else TwoMLPHead(fpn_channels * 7 * 7, representation_size)),
         mask_head=MaskRCNNHeads(fpn_channels, (mask_channels,) * 4, 1),
     )

@@ -17,9 +17,8 @@ from .. import nn
 from ..core.backend import get_array_module
 from .matcher import BalancedPositiveNegativeSampler, Matcher
 from .box_coder import BoxCoder
-from ..ops.boxes import box_iou, clip_boxes_to_image, remove_small_boxes
+from ..ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from ..functional.activation import stable_sigmoid
-from ..ops.boxes import batched_nms
 from ..ops.roi_align import roi_align
 
 
@@ -255,55 +254,102 @@ class RoIHeads(nn.Module):
         return results
 
     def forward(self, features, proposals, image_sizes, targets=None, intermediates=None, stats=None):
-        """Detections per image (inference) or the box and mask losses (training)."""
+        """Detections per image (inference) or the box and mask losses (training).
+
+        Two branches, as in torchvision: the box branch classifies and refines RoIs, then the
+        mask branch segments the RoIs the box branch hands on (the sampled positives in
+        training, the kept detections in inference). Dicts given as ``intermediates`` and
+        ``stats`` receive what a notebook may inspect (see ``_Notes``).
+        """
+        notes = _Notes(intermediates, stats)
         if self.training:
             if targets is None:
                 raise ValueError("the RoI heads need targets in training mode: call model.eval() for inference")
             sample = self.select_training_samples(proposals, targets)
-            proposals, labels = sample["proposals"], sample["labels"]
-            if intermediates is not None:
-                intermediates.update(sampled_rois=proposals, roi_labels=labels,
-                                     roi_regression_targets=sample["regression_targets"],
-                                     roi_matched_idxs=sample["matched_idxs"])
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_sizes))
-        class_logits, box_regression = self.box_predictor(box_features)
-
-        losses, results = {}, []
-        if self.training:
-            losses["loss_classifier"], losses["loss_box_reg"] = fastrcnn_loss(
-                class_logits, box_regression, labels, sample["regression_targets"])
-            if stats is not None:
-                _box_stats(stats, class_logits.data, labels)
-        else:
-            results = self.postprocess_detections(class_logits.data, box_regression.data, proposals, image_sizes)
-            if intermediates is not None:
-                intermediates.update(class_logits=class_logits.data, box_regression=box_regression.data)
-
+            notes.keep(sampled_rois=sample["proposals"], roi_labels=sample["labels"],
+                       roi_regression_targets=sample["regression_targets"], roi_matched_idxs=sample["matched_idxs"])
+            losses = self._box_losses(features, image_sizes, sample, notes)
+            if self.has_mask():
+                losses["loss_mask"] = self._mask_loss(features, image_sizes, sample, targets, notes)
+            return [], losses
+        detections = self._detect_boxes(features, proposals, image_sizes, notes)
         if self.has_mask():
-            xp = get_array_module(class_logits.data)
-            if self.training:
-                positives = [xp.nonzero(l > 0)[0] for l in labels]
-                if self.mask_sampler is not None:  # negatives marked -1 (ignored): it draws positives only
-                    drawn, _ = self.mask_sampler([xp.where(l > 0, l, -1) for l in labels])
-                    positives = [xp.nonzero(d)[0] for d in drawn]
-                mask_boxes = [p[i] for p, i in zip(proposals, positives)]
-                pos_matched = [m[i] for m, i in zip(sample["matched_idxs"], positives)]
-            else:
-                mask_boxes = [r["boxes"] for r in results]
-            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_boxes, image_sizes)))
-            if self.training:
-                mask_labels, projected = mask_targets(mask_boxes, [t["masks"] for t in targets],
-                                                     [t["labels"] for t in targets], pos_matched, mask_logits.shape[-1])
-                losses["loss_mask"] = maskrcnn_loss(mask_logits, mask_labels, projected)
-                if stats is not None:
-                    _mask_stats(stats, mask_logits.data, mask_labels, projected)
-                if intermediates is not None:
-                    intermediates.update(mask_targets=projected, mask_labels=mask_labels)
-            else:
-                for r, probs in zip(results, maskrcnn_inference(mask_logits.data, [r["labels"] for r in results])):
-                    r["masks"] = probs
-        return results, losses
+            self._detect_masks(features, image_sizes, detections)
+        return detections, {}
 
+    # ----- the box branch: pool 7×7, box head, predictor ------------------------------------------
+
+    def _box_logits(self, features, boxes, image_sizes):
+        """Class logits (K, num_classes) and per-class deltas (K, 4·num_classes) of K boxes."""
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, boxes, image_sizes)))
+
+    def _box_losses(self, features, image_sizes, sample, notes):
+        """Training: the classification and box-regression losses of the sampled RoIs."""
+        class_logits, box_regression = self._box_logits(features, sample["proposals"], image_sizes)
+        notes.measure(_box_stats, class_logits.data, sample["labels"])
+        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, sample["labels"],
+                                                      sample["regression_targets"])
+        return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+
+    def _detect_boxes(self, features, proposals, image_sizes, notes):
+        """Inference: every proposal scored and refined; per image, the detections kept."""
+        class_logits, box_regression = self._box_logits(features, proposals, image_sizes)
+        notes.keep(class_logits=class_logits.data, box_regression=box_regression.data)
+        return self.postprocess_detections(class_logits.data, box_regression.data, proposals, image_sizes)
+
+    # ----- the mask branch: pool 14×14, mask head, predictor --------------------------------------
+
+    def _mask_logits(self, features, boxes, image_sizes):
+        """Mask logits (K, num_classes, 28, 28) of K boxes."""
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_sizes)))
+
+    def _mask_loss(self, features, image_sizes, sample, targets, notes):
+        """Training: BCE between the positive RoIs' mask logits (their GT class channel) and
+        their GT masks projected on the RoIs."""
+        positives = self._mask_positives(sample["labels"])
+        boxes = [p[i] for p, i in zip(sample["proposals"], positives)]
+        matched = [m[i] for m, i in zip(sample["matched_idxs"], positives)]
+        mask_logits = self._mask_logits(features, boxes, image_sizes)
+        labels, projected = mask_targets(boxes, [t["masks"] for t in targets], [t["labels"] for t in targets],
+                                         matched, mask_logits.shape[-1])
+        notes.measure(_mask_stats, mask_logits.data, labels, projected)
+        notes.keep(mask_targets=projected, mask_labels=labels)
+        return maskrcnn_loss(mask_logits, labels, projected)
+
+    def _mask_positives(self, labels):
+        """Per image, the indices of the sampled RoIs that train the mask head: every positive,
+        or a random draw of at most ``mask_batch_size_per_image`` of them."""
+        xp = get_array_module(labels[0])
+        if self.mask_sampler is None:
+            return [xp.nonzero(l > 0)[0] for l in labels]
+        # negatives marked -1 (ignored), so the sampler draws among the positives only
+        drawn, _ = self.mask_sampler([xp.where(l > 0, l, -1) for l in labels])
+        return [xp.nonzero(d)[0] for d in drawn]
+
+    def _detect_masks(self, features, image_sizes, detections):
+        """Inference: each detection's mask probabilities (the channel of its label), added to
+        its dict as ``masks``."""
+        mask_logits = self._mask_logits(features, [d["boxes"] for d in detections], image_sizes)
+        probabilities = maskrcnn_inference(mask_logits.data, [d["labels"] for d in detections])
+        for d, probs in zip(detections, probabilities):
+            d["masks"] = probs
+
+
+class _Notes:
+    """What the heads hand back besides their outputs, on request: ``keep`` stores arrays in
+    ``intermediates``, ``measure`` writes a statistic into ``stats``; each does nothing when its
+    dict was not given, so a plain call computes no statistic."""
+
+    def __init__(self, intermediates, stats):
+        self.intermediates, self.stats = intermediates, stats
+
+    def keep(self, **arrays):
+        if self.intermediates is not None:
+            self.intermediates.update(arrays)
+
+    def measure(self, statistic, *args):
+        if self.stats is not None:
+            statistic(self.stats, *args)
 
 def _box_stats(stats, class_logits, labels):
     """Classification accuracy of the sampled RoIs: foreground, background, and how many

@@ -1,7 +1,6 @@
 """The detector's ops under torchvision.ops names: box geometry and NMS, RoIAlign, the
 multi-level pooler, mask pasting. (The layers' ops, under torch.nn.functional names, are in
 ``tinymaskrcnn.functional``.)"""
-from ..functional.conv import conv_implementation, set_conv_implementation
 from .boxes import batched_nms, box_area, box_iou, clip_boxes_to_image, nms, remove_small_boxes
 from .paste_masks import paste_masks_in_image
 from .poolers import MultiScaleRoIAlign

@@ -12,8 +12,8 @@ the functions take arrays (or Tensors, whose data is used), NumPy or CuPy, and r
 import numpy as np
 
 from ..core.autograd import Tensor
-from ..core.backend import get_array_module, is_cupy, to_numpy, uses_cuda_kernels
-from ..kernels.nms import nms as _nms_kernel
+from ..core.backend import get_array_module, is_cupy, to_numpy
+from ..functional.dispatch import kernel_for
 
 __all__ = ["box_area", "box_iou", "clip_boxes_to_image", "remove_small_boxes", "nms", "batched_nms"]
 
@@ -134,10 +134,7 @@ def nms(boxes, scores, iou_threshold):
     if bool(xp.isnan(scores).any()):
         raise ValueError(f"scores contain {int(xp.isnan(scores).sum())} NaN values: NMS cannot rank them "
                          "(a NaN score usually means the model diverged)")
-    if uses_cuda_kernels(boxes):
-        from ..kernels.cuda.nms import nms as cuda_nms
-        return cuda_nms(boxes, scores, float(iou_threshold))
-    return _nms_kernel(np.ascontiguousarray(boxes), np.ascontiguousarray(scores), float(iou_threshold))
+    return kernel_for("nms", boxes)(xp.ascontiguousarray(boxes), xp.ascontiguousarray(scores), float(iou_threshold))
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):

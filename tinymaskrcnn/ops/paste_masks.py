@@ -7,8 +7,8 @@ resize, clipped paste) and torchvision's rounding are explained in
 import numpy as np
 
 from ..core.autograd import as_array
-from ..core.backend import get_array_module, uses_cuda_kernels
-from ..kernels.paste_masks import paste_masks
+from ..core.backend import get_array_module
+from ..functional.dispatch import kernel_for
 
 
 def paste_masks_in_image(masks, boxes, img_shape, padding=1):
@@ -40,9 +40,6 @@ def paste_masks_in_image(masks, boxes, img_shape, padding=1):
     # the growth factor in the boxes' dtype: torchvision multiplies a float32 box by float32(s)
     scale = boxes.dtype.type(float(m + 2 * padding) / m)
     im_h, im_w = int(img_shape[0]), int(img_shape[1])
-    if uses_cuda_kernels(masks, boxes):
-        from ..kernels.cuda.paste_masks import paste_masks as kernel
-    else:
-        kernel = paste_masks
-    out = kernel(xp.ascontiguousarray(masks[:, 0]), xp.ascontiguousarray(boxes), im_h, im_w, int(padding), scale)
+    out = kernel_for("paste_masks", masks, boxes)(xp.ascontiguousarray(masks[:, 0]), xp.ascontiguousarray(boxes),
+                                                  im_h, im_w, int(padding), scale)
     return out[:, None]

@@ -32,17 +32,10 @@ smooth, through floor); like torchvision, no gradient is given to the boxes.
 import numpy as np
 
 from ..core.autograd import Function, as_array
-from ..core.backend import get_array_module, uses_cuda_kernels
-from ..kernels import roi_align as cpu_kernels
+from ..core.backend import get_array_module
 from ..functional.arguments import pair
-
-
-def kernels_for(x):
-    """The kernel module for ``x``: Numba-CUDA for CuPy arrays (or the simulator switch), else Numba CPU."""
-    if uses_cuda_kernels(x):
-        from ..kernels.cuda import roi_align as cuda_kernels
-        return cuda_kernels
-    return cpu_kernels
+from ..functional.dispatch import kernel_for
+from ..kernels.roi_align import sample_coordinates  # the sampling rule, for the figures
 
 
 def _as_rois(boxes, dtype, xp):
@@ -69,14 +62,15 @@ class RoIAlign(Function):
     def forward(self, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
         # the scale in the input's dtype keeps float32 box arithmetic in float32, as torchvision
         self.params = (input.dtype.type(spatial_scale), int(sampling_ratio), bool(aligned))
-        self.rois, self.input_shape, self.kernels = rois, input.shape, kernels_for(input)
+        self.rois, self.input_shape = rois, input.shape
+        self.scatter = kernel_for("roi_align_backward", input)  # chosen with the forward's kernel
         input = get_array_module(input).ascontiguousarray(input)
-        return self.kernels.roi_align_forward(input, rois, *output_size, *self.params)
+        return kernel_for("roi_align_forward", input)(input, rois, *output_size, *self.params)
 
     def backward(self, grad_output):
         N, _, H, W = self.input_shape
         grad_output = get_array_module(grad_output).ascontiguousarray(grad_output)
-        grad = self.kernels.roi_align_backward(grad_output, self.rois, N, H, W, *self.params)
+        grad = self.scatter(grad_output, self.rois, N, H, W, *self.params)
         return grad, None
 
 

@@ -1,6 +1,7 @@
 """The textbook convolution (functional/conv_textbook.py): its functions on their own against torch,
-im2col and col2im adjoint to each other, the switch, and fast = textbook in float64 to
-rounding on every conv case of test_conv.py (Winograd's algorithm included)."""
+im2col and col2im adjoint to each other, and fast = textbook (``tm.use_kernels("twins")``) in
+float64 to rounding on every conv case of test_conv.py (Winograd's algorithm included). The
+switch itself, and the whole model on both, are tested in test_twins.py."""
 import numpy as np
 import pytest
 from test_conv import CONV2D, CONV_TRANSPOSE2D, WINOGRAD_CASES
@@ -8,8 +9,7 @@ from test_conv import CONV2D, CONV_TRANSPOSE2D, WINOGRAD_CASES
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn.core.gradcheck import rel_error
-from tinymaskrcnn.functional import conv, conv_textbook as ref, conv_schedule
-from tinymaskrcnn.functional.conv import conv_implementation, set_conv_implementation
+from tinymaskrcnn.functional import conv_textbook as textbook, conv_schedule
 
 ROUNDING = 1e-12  # float64: the two paths sum the same products in different orders
 
@@ -29,13 +29,13 @@ def test_conv2d_forward_and_backward_match_torch(torch, rng, case):
     x, w, b = rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])
     stride, padding, dilation = _pairs(kwargs, "stride", "padding", "dilation")
     groups = kwargs.get("groups", 1)
-    y = ref.conv2d_forward(x, w, b, stride, padding, dilation, groups)
+    y = textbook.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = torch.nn.functional.conv2d(tx, tw, tb, **kwargs)
     assert rel_error(y, ty.detach().numpy()) < 1e-12
     g = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(g))
-    for ours, theirs in zip(ref.conv2d_backward(g, x, w, stride, padding, dilation, groups), (tx, tw, tb)):
+    for ours, theirs in zip(textbook.conv2d_backward(g, x, w, stride, padding, dilation, groups), (tx, tw, tb)):
         assert rel_error(ours, theirs.grad.numpy()) < 1e-12
 
 
@@ -49,11 +49,12 @@ def test_conv_transpose2d_forward_and_backward_match_torch(torch, rng, case):
     stride, padding, dilation = _pairs(kwargs, "stride", "padding", "dilation")
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, **kwargs)
-    y = ref.conv_transpose2d_forward(x, w, b, tuple(ty.shape[2:]), stride, padding, dilation, groups)
+    y = textbook.conv_transpose2d_forward(x, w, b, tuple(ty.shape[2:]), stride, padding, dilation, groups)
     assert rel_error(y, ty.detach().numpy()) < 1e-12
     g = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(g))
-    for ours, theirs in zip(ref.conv_transpose2d_backward(g, x, w, stride, padding, dilation, groups), (tx, tw, tb)):
+    grads = textbook.conv_transpose2d_backward(g, x, w, stride, padding, dilation, groups)
+    for ours, theirs in zip(grads, (tx, tw, tb)):
         assert rel_error(ours, theirs.grad.numpy()) < 1e-12
 
 
@@ -63,9 +64,9 @@ def test_col2im_is_the_adjoint_of_im2col(rng, case):
     _, shape_x, shape_w, kwargs = case
     args = (shape_w[2:], *_pairs(kwargs, "stride", "padding", "dilation"))
     x = rng.standard_normal(shape_x)
-    cols = ref.im2col(x, *args)
+    cols = textbook.im2col(x, *args)
     c = rng.standard_normal(cols.shape)
-    assert np.isclose(np.vdot(cols, c), np.vdot(x, ref.col2im(c, shape_x, *args)), rtol=1e-12)
+    assert np.isclose(np.vdot(cols, c), np.vdot(x, textbook.col2im(c, shape_x, *args)), rtol=1e-12)
 
 
 def _run(name, arrays, kwargs):
@@ -78,9 +79,9 @@ def _run(name, arrays, kwargs):
 
 def _assert_paths_agree(name, arrays, kwargs):
     fast = _run(name, arrays, kwargs)
-    with conv_implementation("reference"):
-        textbook = _run(name, arrays, kwargs)
-    for what, a, b in zip(("output", "dx", "dw", "db"), fast, textbook):
+    with tm.use_kernels("twins"):
+        twins = _run(name, arrays, kwargs)
+    for what, a, b in zip(("output", "dx", "dw", "db"), fast, twins):
         assert rel_error(a, b) < ROUNDING, f"{name} {kwargs}: {what} differs by {rel_error(a, b):.3g}"
 
 
@@ -108,38 +109,3 @@ def test_fast_winograd_equals_textbook_in_float64(rng, monkeypatch):
         _assert_paths_agree("conv_transpose2d", transposed, kwargs)
     assert calls, "Winograd's algorithm was not used"
 
-
-def test_the_switch_restores_and_checks_its_value():
-    with conv_implementation("reference"):
-        assert conv._implementation == "reference"
-        with pytest.raises(ValueError, match=r"conv implementation must be one of \['fast', 'reference'\], got 'slow'"):
-            set_conv_implementation("slow")
-    assert conv._implementation == "fast"
-    assert tm.ops.conv_implementation is conv_implementation
-
-
-def test_the_whole_mask_rcnn_runs_on_the_textbook_path(rng):
-    """A training step of a small Mask R-CNN (every conv and the mask head's transposed conv)
-    gives the same losses and gradients on both paths, to rounding in float64."""
-    images = [rng.uniform(0, 1, (3, 60, 80)), rng.uniform(0, 1, (3, 72, 64))]
-    masks = np.zeros((1, 60, 80), np.uint8)
-    masks[0, 10:40, 20:60] = 1
-    targets = [{"boxes": np.array([[20.0, 10, 60, 40]]), "labels": np.array([2]), "masks": masks},
-               {"boxes": np.zeros((0, 4)), "labels": np.zeros(0, np.int64), "masks": np.zeros((0, 72, 64), np.uint8)}]
-
-    def step(path):
-        tm.manual_seed(0)  # the same model and the same samples on both paths
-        model = tm.models.maskrcnn_resnet18_fpn(num_classes=3, min_size=64, max_size=96)
-        model.to(dtype=np.float64)
-        model.train()
-        with conv_implementation(path):
-            losses = model(images, targets)
-            sum(losses.values()).backward()
-        return ({k: v.item() for k, v in losses.items()},
-                {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
-
-    (fast_losses, fast_grads), (losses, grads) = step("fast"), step("reference")
-    assert fast_losses == pytest.approx(losses, rel=ROUNDING) and all(v > 0 for v in losses.values())
-    assert fast_grads.keys() == grads.keys() and "roi_heads.mask_predictor.conv5_mask.weight" in grads
-    for name in grads:
-        assert rel_error(fast_grads[name], grads[name]) < 1e-10, name
