@@ -1,13 +1,20 @@
-"""The GPU device check (issue 16): versions, the GPU tests, float64 parity GPU = CPU path, speed
-against torch/torchvision on the same GPU. Writes one JSON file, rewritten after every section,
-so a run cut short still leaves what it measured.
+"""The GPU device check: versions, the GPU tests, float64 parity GPU = CPU path, speed against
+torch/torchvision on the same GPU. Run it through benchmarks/device_check.sh OUT_DIR, which runs it
+from a copy of the checkout with the kernels laid inside the package (nothing installed).
 
-    python benchmarks/device_check.py --out device_check.json        # on a GPU machine
-    python benchmarks/device_check.py --cpu --out dry.json           # dry run: CPU, tiny sizes
+    python benchmarks/device_check.py --out-dir OUT            # on a GPU machine
+    python benchmarks/device_check.py --out-dir OUT --quick    # the tests and parity only
+    python benchmarks/device_check.py --out-dir OUT --cpu      # dry run: CPU, tiny sizes
+
+OUT receives device_check.json, rewritten after every section so that a run cut short keeps what
+it measured, tests.log (the tests' whole output) and summary.txt, the short summary also printed
+last: tests passed/failed/skipped, the parity error, each speed ratio. The exit status is 0 when
+every section ran, the tests passed and the parity holds.
 
 TF32 is off on both sides (torch.backends.*.allow_tf32 = False; CUPY_TF32=0), so both multiply
 in full float32. ``--cpu`` runs every section's code on the CPU path with small sizes, to test
-this script where there is no GPU; its figures are not GPU figures.
+this script where there is no GPU; its figures are not GPU figures. Nothing here needs
+pycocotools or nbclient, which the GPU machine lacks.
 """
 import argparse
 import json
@@ -47,15 +54,16 @@ def versions():
     return out
 
 
-def gpu_tests(cpu):
+def gpu_tests(cpu, out_dir):
     """The test suite's GPU and CUDA-kernel tests, with the GPU (and references) required."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), REQUIRE_REFERENCE="1")
     if not cpu:
         env["REQUIRE_GPU"] = "1"
     files = ["tests/test_gpu.py", "tests/test_cuda_kernels.py"]
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files], cwd=ROOT,
+                       env=env, capture_output=True, text=True)
+    (out_dir / "tests.log").write_text(r.stdout + r.stderr)
     return {"files": files, "returncode": r.returncode, "seconds": round(time.perf_counter() - t0, 1),
             "summary": (r.stdout.strip().splitlines() or [""])[-1], "tail": r.stdout[-3000:] + r.stderr[-1000:]}
 
@@ -220,21 +228,51 @@ def speed(cpu, pth, repeats):
     return res
 
 
+def summary(result):
+    """The lines a person reads first: the tests' count, the parity, each speed ratio."""
+    lines = [f"device check ({result['mode']}), {result['versions'].get('device', '?')}"]
+    for name in ("tests", "parity", "speed"):
+        part = result.get(name)
+        if part is None:
+            lines.append(f"{name}: skipped")
+        elif "error" in part:
+            lines.append(f"{name}: ERROR {part['error'].strip().splitlines()[-1]}")
+        elif name == "tests":
+            lines.append(f"tests: {part['summary']} ({part['seconds']} s)")
+        elif name == "parity":
+            lines.append(f"parity float64 GPU = CPU: max relative error {part['max_rel_error']:.2e} "
+                         f"({'pass' if part['pass'] else 'FAIL'}, bound 1e-10)")
+        else:
+            for key, value in part.items():
+                if isinstance(value, dict) and "ratio" in value:
+                    lines.append(f"speed {key}: ours {value['ours_s']:.4f} s, torch {value['torch_s']:.4f} s, "
+                                 f"ratio {value['ratio']:.2f}")
+    seconds = result.get("section_seconds", {})
+    lines.append("seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
+    return "\n".join(lines)
+
+
+def passed(result):
+    """Every section that ran ran without error, the tests passed and the parity holds."""
+    ran = [result[k] for k in ("tests", "parity", "speed") if k in result]
+    if any("error" in part for part in ran):
+        return False
+    return result.get("tests", {}).get("returncode", 0) == 0 and result.get("parity", {}).get("pass", True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="device_check.json")
+    parser.add_argument("--out-dir", required=True, type=Path, help="folder for every result file")
     parser.add_argument("--cpu", action="store_true", help="dry run on the CPU path with small sizes")
+    parser.add_argument("--quick", action="store_true", help="the tests and parity only (about 2 minutes)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: tests,parity,speed")
     args = parser.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / "device_check.json"
     result = {"mode": "cpu dry run (no GPU figures)" if args.cpu else "gpu",
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = Path(args.out)
 
     def section(name, fn, *a):
-        if name in skip:
-            return
         t0 = time.perf_counter()
         try:
             result[name] = fn(*a)
@@ -245,15 +283,19 @@ def main():
         print(f"{name}: done in {result['section_seconds'][name]} s", flush=True)
 
     section("versions", versions)
-    if not args.cpu and "cupy" not in skip:
+    if not args.cpu:
         from tinymaskrcnn.core.backend import check_cuda
         check_cuda()  # one clear error before anything else when there is no GPU
     from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
     pth = save_state_dict(torchvision_maskrcnn(), tempfile.mkdtemp())
-    section("tests", gpu_tests, args.cpu)
+    section("tests", gpu_tests, args.cpu, args.out_dir)
     section("parity", parity, args.cpu, pth, (96, 128) if args.cpu else (320, 416))
-    section("speed", speed, args.cpu, pth, 1 if args.cpu else args.repeats)
-    print(json.dumps({k: v for k, v in result.items() if k != "tests"}, indent=2, default=float))
+    if not args.quick:
+        section("speed", speed, args.cpu, pth, 1 if args.cpu else args.repeats)
+    text = summary(result)
+    (args.out_dir / "summary.txt").write_text(text + "\n")
+    print(text)
+    sys.exit(0 if passed(result) else 1)
 
 
 if __name__ == "__main__":
