@@ -19,6 +19,7 @@ setup(
         "tinymaskrcnn.core",
         "tinymaskrcnn.functional",
         "tinymaskrcnn.nn",
+        "tinymaskrcnn.optim",
         # detector
         "tinymaskrcnn.ops",
         "tinymaskrcnn.models",

@@ -112,7 +112,7 @@ def _save_reference_weights(directory):
     import torch
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
+    from tinymaskrcnn.chapters.reference_models import calibrate_frozen_batchnorm, save_state_dict
 
     torch.manual_seed(0)
     model = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3)

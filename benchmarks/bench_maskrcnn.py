@@ -88,7 +88,7 @@ def _measure(framework, task, pth, repeats):
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        from tinymaskrcnn.chapters.reference import torchvision_maskrcnn
+        from tinymaskrcnn.chapters.reference_models import torchvision_maskrcnn
 
         model = torchvision_maskrcnn(box_score_thresh=0.0)
         model.load_state_dict(torch.load(pth))
@@ -96,8 +96,7 @@ def _measure(framework, task, pth, repeats):
     else:
         import tinymaskrcnn as tm
 
-        model = tm.models.maskrcnn_resnet50_fpn(box_score_thresh=0.0)
-        tm.weights.load_torchvision(model, pth)
+        model = tm.models.maskrcnn_resnet50_fpn(weights=pth, box_score_thresh=0.0)
         grad_off, to_in = tm.no_grad, lambda a: a
 
     h, w = {"infer": (800, 1066), "train800": (800, 1066), "train512": (512, 512)}[task]
@@ -149,7 +148,7 @@ def main():
         _measure(*args._run, args.repeats)
         return
 
-    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
 
     pth = save_state_dict(torchvision_maskrcnn(), tempfile.gettempdir())
     try:

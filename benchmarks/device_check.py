@@ -69,9 +69,7 @@ def gpu_tests(cpu, out_dir):
 
 
 def _model(tm, pth, dtype, **kw):
-    model = tm.models.maskrcnn_resnet50_fpn(**kw)
-    tm.weights.load_torchvision(model, pth)
-    return model.to(dtype=dtype)
+    return tm.models.maskrcnn_resnet50_fpn(weights=pth, **kw).to(dtype=dtype)
 
 
 def _rel(a, b):
@@ -147,7 +145,7 @@ def speed(cpu, pth, repeats):
     import tinymaskrcnn.functional as F
     from tinymaskrcnn.core.backend import to_device
     from tinymaskrcnn.ops.poolers import MultiScaleRoIAlign
-    from tinymaskrcnn.chapters.reference import torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference_models import torchvision_maskrcnn
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -286,7 +284,7 @@ def main():
     if not args.cpu:
         from tinymaskrcnn.core.backend import check_cuda
         check_cuda()  # one clear error before anything else when there is no GPU
-    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
     pth = save_state_dict(torchvision_maskrcnn(), tempfile.mkdtemp())
     section("tests", gpu_tests, args.cpu, args.out_dir)
     section("parity", parity, args.cpu, pth, (96, 128) if args.cpu else (320, 416))

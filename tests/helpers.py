@@ -108,3 +108,16 @@ def tight_box(mask):
     """[x1, y1, x2, y2] of the smallest box holding every nonzero pixel of ``mask`` (H, W)."""
     ys, xs = np.nonzero(mask)
     return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+# The peak resident memory (MB) of the process that runs it, for the scripts the memory tests run
+# in a fresh interpreter: /proc/self/status's VmHWM. Not ru_maxrss, which on Linux survives execve:
+# a child started by a pytest process that once held 7 GB reports 7 GB, and a before/after
+# difference of it reads 0 whatever the child does.
+PEAK_RSS_MB = """
+def peak_rss_mb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+"""

@@ -22,7 +22,7 @@ from tinymaskrcnn.models.backbone import resnet_fpn_backbone
 from tinymaskrcnn.models.fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from tinymaskrcnn.models.resnet import resnet18, resnet50
 from tinymaskrcnn.functional import conv_schedule
-from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
+from tinymaskrcnn.chapters.reference_models import calibrate_frozen_batchnorm, save_state_dict
 from tinymaskrcnn.weights import load_torchvision
 
 OUT_TOL = {np.float64: 1e-10, np.float32: 1e-4}

@@ -16,6 +16,7 @@ from pycocotools import mask as mask_utils
 from tinymaskrcnn import cli, engine, weights
 from tinymaskrcnn.data import CocoDetection, check_datasets, load_image, make_shapes_dataset
 from tinymaskrcnn.data.annotations import compressed_rle_runs
+from helpers import PEAK_RSS_MB
 from test_cli import TINY_FLAGS
 from test_engine import TINY_MODEL, make_tiny_shapes
 
@@ -327,15 +328,15 @@ def test_predict_names_a_truncated_image_in_one_line(checkpoint, tmp_path, capsy
     assert err.count("\n") == 1 and f"{tmp_path / 'cut.jpg'}: cannot read the image" in err
 
 
-PEAK_RSS = """
-import resource, sys
+PEAK_RSS = PEAK_RSS_MB + """
+import sys
 from tinymaskrcnn import cli
 rc = cli.main(["predict", *sys.argv[1:]])
-print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(rc, peak_rss_mb())
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in kilobytes: Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM of /proc/self/status is Linux's")
 def test_predict_memory_does_not_grow_with_the_number_of_images(tmp_path):
     """Peak memory of ``predict`` on 2 and on 6 large images: each decoded image is 23 MB, so
     holding them all would add 92 MB; streamed, the peaks are the same."""
@@ -351,9 +352,9 @@ def test_predict_memory_does_not_grow_with_the_number_of_images(tmp_path):
     def peak_mb(images):
         out = subprocess.run([sys.executable, "-c", PEAK_RSS, checkpoint, *images, "--out-dir", str(tmp_path / "out")],
                              capture_output=True, text=True, check=True)
-        rc, kilobytes = out.stdout.split("\n")[-2].split()
+        rc, megabytes = out.stdout.split("\n")[-2].split()
         assert rc == "0", out.stderr
-        return int(kilobytes) / 1024
+        return float(megabytes)
 
     few, many = peak_mb(paths[:2]), peak_mb(paths)
     assert many - few < 1.5 * image_mb, (f"peak memory {few:.0f} MB for 2 images, {many:.0f} MB for 6: it grows "

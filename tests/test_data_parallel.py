@@ -78,6 +78,58 @@ def test_gradient_is_the_mean_of_the_halves(rng):
             assert rel_error(g, (a + q.grad) / 2) < 1e-5
 
 
+# the worker's step leaves no gradient in the first and third trainable parameters
+_DROPPING_WORKER = """
+import sys
+sys.path[0] = sys.argv[1]
+from tinymaskrcnn.engine import data_parallel
+step = data_parallel.forward_backward
+
+def dropping(model, *args):
+    out = step(model, *args)
+    params = data_parallel.trainable_parameters(model)
+    params[0].grad = params[2].grad = None
+    return out
+
+data_parallel.forward_backward = dropping
+data_parallel._worker_main()
+"""
+
+
+def test_a_gradient_only_one_process_has_is_averaged_with_zero(rng, monkeypatch):
+    """As DDP averages: a parameter that one half gives no gradient counts as zero there (half the
+    other's), one that neither gives keeps none (the optimizer skips it, as in one process). The
+    worker drops parameters 0 and 2, this process 1 and 2."""
+    images, targets = _batch(rng)
+    model, reference = _model(), _model()
+    step = data_parallel.forward_backward
+
+    def dropping(model, *args):
+        out = step(model, *args)
+        params = data_parallel.trainable_parameters(model)
+        params[1].grad = params[2].grad = None
+        return out
+
+    monkeypatch.setattr(data_parallel, "_BOOTSTRAP", _DROPPING_WORKER)
+    monkeypatch.setattr(data_parallel, "forward_backward", dropping)
+    with DataParallel(model, BUILD) as parallel:
+        for _ in range(2):  # twice: the second step must not see the first step's gradients of dropped parameters
+            tm_random.manual_seed(3)
+            parallel.step(images, targets)
+    got = [p.grad for p in data_parallel.trainable_parameters(model)]
+
+    tm_random.manual_seed(3)
+    worker_seed = int(tm_random.get_rng().integers(2 ** 63))
+    forward_backward(reference, images[:1], targets[:1])
+    mine = [p.grad.copy() for p in data_parallel.trainable_parameters(reference)]
+    forward_backward(reference, images[1:], targets[1:], seed=worker_seed)
+    theirs = [p.grad for p in data_parallel.trainable_parameters(reference)]
+    assert rel_error(got[0], mine[0] / 2) < 1e-6 and rel_error(got[1], theirs[1] / 2) < 1e-6
+    assert got[2] is None and np.abs(mine[0]).max() > 0 and np.abs(theirs[1]).max() > 0
+    for g, a, b in zip(got[3:], mine[3:], theirs[3:]):
+        assert rel_error(g, (a + b) / 2) < 1e-5
+
+
 def test_worker_failure_is_reported_and_the_worker_stopped(rng):
     images, targets = _batch(rng)
     targets[1]["labels"] = np.array([1, 9])  # class 9 of a 4-class model: fails in the worker's half

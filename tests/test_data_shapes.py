@@ -98,30 +98,81 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(tmp_path):
     assert (tmp_path / "a" / png).read_bytes() == (tmp_path / "b" / png).read_bytes()
 
 
-def test_ensure_reuses_regenerates_and_refuses_foreign_folders(tmp_path, monkeypatch):
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ensure_keeps_one_folder_per_set_and_never_regenerates(tmp_path, monkeypatch):
+    """The cache a training run uses: a set of other settings (another seed) gets a folder of its
+    own, so a run reading one set never sees it redrawn under it; a set once made is reused."""
     kw = dict(SMALL, num_train=2, num_val=1)
-    root = tmp_path / "set"
+    root = tmp_path / "cache"
     paths = ensure_shapes_dataset(root, **kw)
-    stamp = json.loads((root / shapes.STAMP).read_text())
-    assert stamp["num_train"] == 2
+    (folder,) = root.iterdir()
+    assert folder.name.startswith("train2-val1-seed0-") and json.loads((folder / shapes.STAMP).read_text())["num_train"] == 2
+    first = _files(folder)
 
     def refuse(*args):
-        raise AssertionError("regenerated although the stamp matched")
+        raise AssertionError("regenerated although the set is there")
 
     with monkeypatch.context() as m:
         m.setattr(shapes, "_write_split", refuse)
         assert ensure_shapes_dataset(root, **kw) == paths
-    ensure_shapes_dataset(root, **dict(kw, num_train=3))
-    assert len(json.loads(open(paths["train"].ann_file).read())["images"]) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # nothing temporary left behind
+    other = ensure_shapes_dataset(root, **dict(kw, seed=1))
+    assert len(json.loads(open(other["train"].ann_file).read())["images"]) == 2
+    assert other["train"].ann_file != paths["train"].ann_file and _files(folder) == first  # the first set untouched
+    assert len(list(root.iterdir())) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no temporaries
+
+    # looking a set up (evaluating a run's checkpoint) creates nothing
+    assert shapes.find_shapes_dataset(root, **kw) == paths
+    with pytest.raises(FileNotFoundError, match=r"no shapes set with num_train 2, num_val 1, .*seed 2 in "):
+        shapes.find_shapes_dataset(root, **dict(kw, seed=2))
+    with pytest.raises(FileNotFoundError):
+        shapes.find_shapes_dataset(tmp_path / "elsewhere" / "deep", **kw)
+    assert len(list(root.iterdir())) == 2 and not (tmp_path / "elsewhere").exists()
+    with pytest.raises(TypeError, match="num_trian"):
+        ensure_shapes_dataset(root, num_trian=3)
+
+
+def test_a_root_holding_other_things_is_refused_and_nothing_is_deleted(tmp_path):
+    """A run folder placed in the shapes root, a root holding a set of other settings itself, a
+    set folder holding a file of its own: each is refused by name, and every file stays."""
+    kw = dict(SMALL, num_train=2, num_val=1)
+    cache = tmp_path / "cache"
+    ensure_shapes_dataset(cache, **kw)
+    (cache / "run1").mkdir()
+    (cache / "run1" / "checkpoint.npz").write_bytes(b"weights")
+    before = _files(cache)
+    with pytest.raises(FileExistsError, match=r"cache holds things other than shapes sets \(run1\)"):
+        ensure_shapes_dataset(cache, **dict(kw, seed=3))
+    assert _files(cache) == before
+
+    own = tmp_path / "own"
+    make_shapes_dataset(own, **kw)  # a set made at the root itself, as an earlier version did
+    assert ensure_shapes_dataset(own, **kw) == shapes.shapes_paths(own)  # the same settings: used where it is
+    with pytest.raises(FileExistsError, match=r"own holds a shapes set of other settings itself"):
+        ensure_shapes_dataset(own, **dict(kw, seed=1))
+
+    (own / "images" / "train" / "notes.txt").write_text("mine")
+    (own / "images" / "train" / "000099.png").write_bytes(b"not one of the set's two images")
+    kept = _files(own)
+    with pytest.raises(FileExistsError, match=r"own holds files that are not its shapes set's "
+                                              r"\(images/train/000099.png, images/train/notes.txt\)"):
+        make_shapes_dataset(own, **dict(kw, seed=1))
+    assert _files(own) == kept and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "own"]
+    (own / "images" / "train" / "notes.txt").unlink()
+    (own / "images" / "train" / "000099.png").unlink()
+    make_shapes_dataset(own, **dict(kw, seed=1))  # only the set's own files: replaced
+    assert json.loads((own / shapes.STAMP).read_text())["seed"] == 1
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a shapes data set"):
+    with pytest.raises(FileExistsError, match="mine exists and is not a shapes data set .*notes.txt"):
+        make_shapes_dataset(foreign, **kw)
+    with pytest.raises(FileExistsError, match=r"mine holds things other than shapes sets \(notes.txt\)"):
         ensure_shapes_dataset(foreign, **kw)
-    with pytest.raises(TypeError, match="num_trian"):
-        ensure_shapes_dataset(root, num_trian=3)
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

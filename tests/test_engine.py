@@ -164,10 +164,11 @@ def test_load_model_names_the_file_for_another_architecture(shapes_root, tmp_pat
     weights.save(cut, {k: v for k, v in state.items() if k != "model_name"})
     with pytest.raises(ValueError, match=r"cut\.npz is a training checkpoint without model_name"):
         engine.load_model(cut)
-    # resuming with another architecture names the checkpoint too
-    with pytest.raises(ValueError, match=r"checkpoint\.npz was saved from another architecture"):
-        engine.train(dataclasses.replace(tiny_config(shapes_root, tmp_path / "run", iterations=2, resume=True),
-                                         model_kwargs={**TINY_MODEL, "mask_channels": 8}))
+    # resuming with another architecture names the checkpoint and the setting that differs
+    with pytest.raises(ValueError, match=r"checkpoint\.npz: a resumed run continues as it was recorded, but these "
+                                         r"settings differ: model_kwargs\.mask_channels 8 \(recorded: 16\)\. "):
+        engine.train(dataclasses.replace(tiny_config(shapes_root, tmp_path / "run", iterations=2, checkpoint_period=0,
+                                                     resume=True), model_kwargs={**TINY_MODEL, "mask_channels": 8}))
 
 
 def test_bad_config_is_named(tmp_path):
@@ -237,7 +238,8 @@ def test_a_start_removes_what_a_killed_write_left(shapes_root, tmp_path):
     engine.train(tiny_config(shapes_root, run, iterations=2, checkpoint_period=0, processes=1, resume=True))
     assert not any(path.exists() for path in left) and unrelated.exists()
     (run / ".checkpoint.npz.ba9876543210.tmp").write_bytes(b"\0" * 1000)
-    engine.train(tiny_config(shapes_root, run, iterations=1, warmup_iters=0, checkpoint_period=0, processes=1))  # fresh
+    engine.train(tiny_config(shapes_root, run, iterations=1, warmup_iters=0, checkpoint_period=0, processes=1,
+                             overwrite=True))  # fresh
     assert sorted(p.name for p in run.glob(".*")) == [".notes.tmp"]
 
 

@@ -84,3 +84,43 @@ def test_max_pool_on_cupy_equals_numpy(cp, rng):
         grads.append((to_numpy(y.data), to_numpy(xt.grad)))
     np.testing.assert_array_equal(grads[0][0], grads[1][0])
     np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12)
+
+
+def test_cupy_arrays_and_torch_cuda_tensors_arrive_without_a_host_copy(cp):
+    """The model's boundary (issue 26): a CuPy array is taken as it is, and a torch CUDA tensor
+    by DLPack, as a CuPy array over the same device memory."""
+    from tinymaskrcnn.core.backend import array_from
+    from tinymaskrcnn.models.mask_rcnn import model_inputs
+
+    x = cp.arange(12, dtype=cp.float32).reshape(3, 2, 2)
+    (same,), _ = model_inputs([x])
+    assert same is x
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("torch not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    t = torch.arange(12, dtype=torch.float32, device="cuda").reshape(3, 2, 2)
+    a = array_from(t)
+    assert isinstance(a, cp.ndarray) and a.data.ptr == t.data_ptr()
+    np.testing.assert_array_equal(to_numpy(a), t.cpu().numpy())
+
+
+def test_model_to_a_torch_cuda_device_takes_torch_cuda_tensors(cp):
+    import tinymaskrcnn as tm
+
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("torch not installed")
+    model = tm.models.maskrcnn_resnet18_fpn(num_classes=3, fpn_channels=16, representation_size=32,
+                                           mask_channels=8, min_size=64, max_size=96).eval()
+    image = np.random.default_rng(0).uniform(0, 1, (3, 60, 80)).astype(np.float32)
+    with tm.no_grad():
+        expected = model([image])[0]
+        model.to(torch.device("cuda", 0))
+        assert isinstance(model.backbone.fpn.layer_blocks[0][0].weight.data, cp.ndarray)
+        got = model([torch.from_numpy(image).cuda() if torch.cuda.is_available() else image])[0]
+    assert isinstance(got["scores"], cp.ndarray)
+    np.testing.assert_allclose(to_numpy(got["scores"]), expected["scores"], atol=1e-4)

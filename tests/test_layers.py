@@ -2,9 +2,9 @@
 point down or sideways, never up. Deferred imports (inside a function) count as well: they hide
 a dependency from the interpreter, not from a reader.
 
-    application   data, weights | visualize | engine | cli, chapters
+    application   data | visualize | engine | cli, chapters
     detector      ops (torchvision.ops) | models
-    foundation    core | functional | nn, optim
+    foundation    core | functional | nn, optim | weights (torch.load's and torch.hub's place)
     floor         kernels (Numba CPU and CUDA): arrays and dtypes in, nothing of the package
 
 The package's face, ``tinymaskrcnn/__init__.py``, stands above all of them and names every layer,
@@ -23,9 +23,11 @@ RANKS = (
     ("foundation: arrays and the tape", ("tinymaskrcnn.core",)),
     ("foundation: ops", ("tinymaskrcnn.functional",)),
     ("foundation: layers and optimisers", ("tinymaskrcnn.nn", "tinymaskrcnn.optim")),
+    # weights files sit where torch keeps torch.load and torch.hub: the builders load by name
+    ("foundation: weights files", ("tinymaskrcnn.weights",)),
     ("detector: ops", ("tinymaskrcnn.ops",)),
     ("detector: models", ("tinymaskrcnn.models",)),
-    ("application: data and weights files", ("tinymaskrcnn.data", "tinymaskrcnn.weights")),
+    ("application: data", ("tinymaskrcnn.data",)),
     ("application: drawing", ("tinymaskrcnn.visualize",)),
     ("application: training, evaluation and prediction", ("tinymaskrcnn.engine",)),
     ("application: the command line and the chapters", ("tinymaskrcnn.cli", "tinymaskrcnn.chapters")),

@@ -11,7 +11,7 @@ import pytest
 
 import tinymaskrcnn as tm
 from tinymaskrcnn.core.gradcheck import rel_error
-from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
+from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
 
 NUM_CLASSES = 5
 SMALL = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
@@ -38,8 +38,7 @@ def _targets(rng):
 def _build_pair(torch, tmp_path, **kw):
     """torchvision's Mask R-CNN (calibrated random weights) and ours loaded from its .pth."""
     theirs = torchvision_maskrcnn(num_classes=NUM_CLASSES, calibration_size=(160, 224), **SMALL, **kw).double()
-    ours = tm.models.maskrcnn_resnet50_fpn(num_classes=NUM_CLASSES, **SMALL, **kw)
-    tm.weights.load_torchvision(ours, save_state_dict(theirs, tmp_path))
+    ours = tm.models.maskrcnn_resnet50_fpn(weights=save_state_dict(theirs, tmp_path), **SMALL, **kw)
     ours.to(dtype=np.float64)
     return theirs, ours
 

@@ -120,15 +120,6 @@ def test_smooth_l1_matches_torch(torch, rng, dtype, reduction, beta, shape):
         [rng.standard_normal(shape), rng.standard_normal(shape)], dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("beta", [0.5, 0.0])
-def test_smooth_l1_at_the_threshold_and_at_zero_follows_torch(torch, dtype, beta):
-    t = np.array([0.0, 1.0, 2.0, -1.0, 3.0])
-    x = t + np.array([0.5, -0.5, 0.0, 0.25, 2.0])  # exactly +-beta, zero, inside, outside
-    assert_matches_torch(lambda x, t: F.smooth_l1_loss(x, t, reduction="none", beta=beta),
-                         lambda x, t: torch.nn.functional.smooth_l1_loss(x, t, reduction="none", beta=beta), [x, t], dtype)
-
-
 # Against our own forward: a wrong formula passes here; test_smooth_l1_matches_torch catches it.
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
@@ -137,13 +128,6 @@ def test_smooth_l1_gradcheck(rng, reduction, beta):
     x[np.abs(np.abs(x - t) - beta) < 1e-3] += 0.01  # keep the kinks out of the stencil
     inputs = [tm.Tensor(x, requires_grad=True), tm.Tensor(t, requires_grad=True)]
     assert max(gradcheck(lambda x, t: F.smooth_l1_loss(x, t, reduction=reduction, beta=beta), inputs)) < 1e-8
-
-
-def test_mean_of_nothing_is_nan_like_torch(torch):
-    empty = np.zeros((0, 4))
-    assert np.isnan(F.smooth_l1_loss(empty, empty).item())
-    assert np.isnan(F.binary_cross_entropy_with_logits(empty, empty).item())
-    assert np.isnan(torch.nn.functional.smooth_l1_loss(torch.zeros(0, 4), torch.zeros(0, 4)).item())
 
 
 # ----- bad input ----------------------------------------------------------------------------

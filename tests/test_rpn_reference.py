@@ -6,6 +6,8 @@ neither taking the pre-NMS top-n over all levels at once (instead of per level) 
 training and testing counts changes what it sees. Here: post-NMS top-n = pre-NMS top-n (as
 torchvision's default 1000/1000 at test time), so the per-level candidates decide which
 proposals survive, and training and testing counts that differ, so each mode must use its own.
+The proposals' scores are compared too, with a head whose objectness leaves fewer proposals
+above zero logit than are kept, so that a score on another scale than torchvision's shows.
 """
 from collections import OrderedDict
 
@@ -35,9 +37,9 @@ def _targets():
             {"boxes": np.array([[30.0, 20, 100, 100]])}]
 
 
-def _pair(torch, pre, post):
-    """torchvision's RPN with a random head of weights large enough for spread-out scores, and
-    ours with the same weights."""
+def _pair(torch, pre, post, objectness_shift=0.0):
+    """torchvision's RPN with a random head of weights large enough for spread-out scores (its
+    objectness logits lowered by ``objectness_shift``), and ours with the same weights."""
     from torchvision.models.detection import rpn as tv_rpn
     from torchvision.models.detection.anchor_utils import AnchorGenerator as TvAnchorGenerator
 
@@ -46,6 +48,7 @@ def _pair(torch, pre, post):
     with torch.no_grad():
         for p in head.parameters():
             p.normal_(0, 0.3)
+        head.cls_logits.bias -= objectness_shift
     anchors = TvAnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5)
     kw = dict(fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=10 ** 7, positive_fraction=0.5,
               pre_nms_top_n=pre, post_nms_top_n=post, nms_thresh=0.7)
@@ -79,3 +82,43 @@ def test_proposals_match_torchvision(torch, counts, mode):
         assert len(e) == post, "the case must fill the post-NMS count, or a wrong count could hide"
         assert g.shape == tuple(e.shape)
         np.testing.assert_allclose(g, e.numpy(), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["training", "testing"])
+def test_proposal_scores_match_torchvision(torch, mode):
+    """The scores kept with the proposals are objectness probabilities, torchvision's
+    sigmoid(logit), in the order of the proposals. The head's objectness is lowered until fewer
+    proposals have a logit above zero than the post-NMS count: a score on another scale (the
+    logit itself, say) then either changes the scores or, compared with score_thresh 0, drops
+    the proposals of negative logit and so changes which are kept."""
+    from torchvision.models.detection.image_list import ImageList as TvImageList
+
+    counts = COUNTS["pre_differs_from_post"]
+    theirs, ours = _pair(torch, *counts, objectness_shift=2.5)
+    theirs.train(mode == "training")
+    ours.train(mode == "training")
+    kept, filter_proposals = {}, theirs.filter_proposals
+
+    def keep_scores(*args, **kwargs):
+        kept["boxes"], kept["scores"] = filter_proposals(*args, **kwargs)
+        return kept["boxes"], kept["scores"]
+
+    theirs.filter_proposals = keep_scores
+    features = _features(np.random.default_rng(1))
+    padded = np.zeros((2, 3, 128, 160))
+    targets = _targets() if mode == "training" else None
+    with torch.no_grad():
+        theirs(TvImageList(torch.tensor(padded), IMAGE_SIZES),
+               OrderedDict((k, torch.tensor(v)) for k, v in features.items()),
+               None if targets is None else [{"boxes": torch.tensor(t["boxes"])} for t in targets])
+    intermediates = {}
+    with tm.no_grad():
+        ours(ImageList(padded, IMAGE_SIZES), OrderedDict((k, tm.Tensor(v)) for k, v in features.items()), targets,
+             intermediates=intermediates)
+    post = counts[1][mode]
+    for boxes, scores, expected_boxes, expected in zip(intermediates["proposals"], intermediates["proposal_scores"],
+                                                       kept["boxes"], kept["scores"]):
+        expected = expected.numpy()
+        assert len(expected) == post and 0 < (expected > 0.5).sum() < post, "the case must keep proposals of both signs"
+        np.testing.assert_allclose(boxes, expected_boxes.numpy(), rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(scores, expected, rtol=1e-12, atol=1e-15)

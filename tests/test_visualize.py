@@ -18,6 +18,8 @@ from scipy import ndimage
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.data import CocoDetection, make_shapes_dataset
 from tinymaskrcnn.engine.inference import predict_images
+from tinymaskrcnn.models.transform import GeneralizedRCNNTransform
+from tinymaskrcnn.ops import paste_masks_in_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 
@@ -203,7 +205,9 @@ def test_plot_losses_from_jsonl(tmp_path):
 
 
 class FixedModel:
-    """A stand-in detector: every image gets the same prediction; it records its train/eval mode."""
+    """A stand-in detector: every image gets the same prediction, its masks the (N, 1, M, M)
+    probabilities the model gives with paste_masks=False; it records its train/eval mode."""
+    transform = GeneralizedRCNNTransform(min_size=64, max_size=96)
 
     def __init__(self, prediction):
         self.prediction, self.training = prediction, True
@@ -214,9 +218,14 @@ class FixedModel:
     def train(self, mode=True):
         self.training = mode
 
-    def __call__(self, images):
-        assert not self.training
+    def __call__(self, images, paste_masks=True):
+        assert not self.training and not paste_masks  # masks are pasted one at a time, by PastedMasks
         return [self.prediction]
+
+
+def unpasted(prediction, rng):
+    """``prediction`` with (N, 1, 28, 28) mask probabilities, as the model gives them unpasted."""
+    return {**prediction, "masks": rng.uniform(0, 1, (len(prediction["boxes"]), 1, 28, 28)).astype(np.float32)}
 
 
 def test_save_prediction_writes_a_png_enlarged_for_small_images(sample, tmp_path):
@@ -234,9 +243,9 @@ def test_save_prediction_writes_a_png_enlarged_for_small_images(sample, tmp_path
         V.save_prediction(image, [prediction], names, tmp_path / "c.png")
 
 
-def test_predict_images_writes_the_picture_and_json_that_decodes(sample, tmp_path):
+def test_predict_images_writes_the_picture_and_json_that_decodes(sample, tmp_path, rng):
     image, target, names = sample
-    prediction = prediction_from(target)
+    prediction = unpasted(prediction_from(target), rng)
     height, width = image.shape[1:]
     model = FixedModel(prediction)
     written = predict_images(model, [image], names, tmp_path / "out", ["a"], score_threshold=0.5)
@@ -252,7 +261,8 @@ def test_predict_images_writes_the_picture_and_json_that_decodes(sample, tmp_pat
     assert record["names"] == [names[label] for label in prediction["labels"][shown]]
     np.testing.assert_allclose(record["scores"], prediction["scores"][shown])
     assert len(record["masks"]) == shown.sum()
-    for rle, probabilities in zip(record["masks"], prediction["masks"][shown]):
+    pasted = paste_masks_in_image(prediction["masks"], prediction["boxes"], (height, width))
+    for rle, probabilities in zip(record["masks"], pasted[shown]):
         np.testing.assert_array_equal(mask_utils.decode(rle), probabilities[0] > 0.5)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "a.png"]  # no temporary files left
 

@@ -27,6 +27,7 @@ from matplotlib.patches import Rectangle
 
 from .core.backend import to_numpy
 from .core.files import atomic_write
+from .ops.paste_masks import PastedMasks
 
 # matplotlib's tab10 colours, as RGB in [0, 1]: distinct and readable on photographs
 PALETTE = np.array([[0.122, 0.467, 0.706], [1.000, 0.498, 0.055], [0.173, 0.627, 0.173],
@@ -64,11 +65,13 @@ def as_boxes(boxes):
     return boxes
 
 
-def select_detections(boxes, labels, scores, masks, size, score_threshold, mask_threshold):
-    """Checked NumPy boxes, labels, scores and boolean masks of the detections scoring at least
-    ``score_threshold`` (all of them when ``scores`` is None), masks binarised at
-    ``mask_threshold``. The pictures and ``predict``'s JSON (``engine.inference.prediction_record``)
-    keep the same detections through it."""
+def select_detections(boxes, labels, scores, masks, size, score_threshold):
+    """Checked NumPy boxes, labels and scores of the detections scoring at least
+    ``score_threshold`` (all of them when ``scores`` is None), and their masks: a NumPy array of
+    (N, 1, H, W) or (N, H, W) probabilities, or ``ops.PastedMasks`` (still unpasted), ``size``
+    being (H, W). ``binary_masks`` then gives them one at a time. The pictures and
+    ``predict``'s JSON (``engine.inference.prediction_record``) keep the same detections
+    through it."""
     boxes = as_boxes(boxes)
     n = len(boxes)
     labels = None if labels is None else to_numpy(labels).reshape(-1)
@@ -77,14 +80,22 @@ def select_detections(boxes, labels, scores, masks, size, score_threshold, mask_
         if values is not None and len(values) != n:
             raise ValueError(f"{name} has {len(values)} entries but there are {n} boxes")
     if masks is not None:
-        masks = to_numpy(masks)
-        if masks.shape not in ((n, 1) + size, (n,) + size):
-            raise ValueError(f"masks have shape {masks.shape}: expected ({n}, 1, {size[0]}, {size[1]}) or "
+        masks = masks if isinstance(masks, PastedMasks) else to_numpy(masks)
+        if tuple(masks.shape) not in ((n, 1) + size, (n,) + size):
+            raise ValueError(f"masks have shape {tuple(masks.shape)}: expected ({n}, 1, {size[0]}, {size[1]}) or "
                              f"({n}, {size[0]}, {size[1]}), one full-image mask per box")
-        masks = masks.reshape((n,) + size) > mask_threshold
     keep = np.ones(n, dtype=bool) if scores is None else scores >= score_threshold
     pick = lambda a: None if a is None else a[keep]
     return boxes[keep], pick(labels), pick(scores), pick(masks)
+
+
+def binary_masks(masks, mask_threshold):
+    """Each of ``masks`` (as ``select_detections`` gives them) as an (H, W) boolean mask,
+    binarised at ``mask_threshold``, one at a time: PastedMasks pastes each only now, so a
+    picture or a JSON record never holds every full-size mask at once."""
+    for mask in masks:
+        mask = to_numpy(mask)
+        yield mask.reshape(mask.shape[-2:]) > mask_threshold
 
 
 def class_name(label, class_names):
@@ -168,19 +179,20 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
     """
     rgb = as_rgb(image)
     height, width = rgb.shape[:2]
-    boxes, labels, scores, masks = select_detections(boxes, labels, scores, masks, (height, width),
-                                                     score_threshold, mask_threshold)
+    boxes, labels, scores, masks = select_detections(boxes, labels, scores, masks, (height, width), score_threshold)
     ax = new_axes(ax, height, width)
     colours = PALETTE[np.arange(len(boxes)) % len(PALETTE)]
+    outlines = [None] * len(boxes)
     if masks is not None:
-        for mask, colour in zip(masks, colours):
+        for k, (mask, colour) in enumerate(zip(binary_masks(masks, mask_threshold), colours)):
             rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colour  # rgb is our own copy
+            outlines[k] = _outline_window(mask)
     show_image(ax, rgb)
     centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
     for k, ((x1, y1, x2, y2), colour) in enumerate(zip(boxes, colours)):
-        if masks is not None and masks[k].any() and not masks[k].all():
-            ax.contour(centres_x, centres_y, masks[k].astype(np.float32), levels=[0.5], colors=[colour],
-                       linewidths=1.0)
+        if outlines[k] is not None:
+            rows, cols, window = outlines[k]
+            ax.contour(centres_x[cols], centres_y[rows], window, levels=[0.5], colors=[colour], linewidths=1.0)
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
         caption = _caption(None if labels is None else labels[k], None if scores is None else scores[k],
                            class_names)
@@ -192,6 +204,20 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
     if title is not None:
         ax.set_title(title, fontsize=fontsize + 2)
     return ax
+
+
+def _outline_window(mask):
+    """(rows, cols, float32 window) of the part of a boolean mask its outline runs through: its
+    bounding box grown by a pixel (clipped to the image), outside which the mask is all zero,
+    so the 0.5 contour of the window is the whole mask's. None when there is no outline (an
+    empty or a full mask). A contour over the whole image would cost the image's size per
+    detection: hundreds of MB each on a photo."""
+    if not mask.any() or mask.all():
+        return None
+    (rows,), (cols,) = np.nonzero(mask.any(axis=1)), np.nonzero(mask.any(axis=0))
+    rows = slice(max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0]))
+    cols = slice(max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[1]))
+    return rows, cols, mask[rows, cols].astype(np.float32)
 
 
 def draw_ground_truth_and_prediction(image, target, prediction, class_names=None, score_threshold=0.5, ax=None,
@@ -223,26 +249,73 @@ def draw_ground_truth_and_prediction(image, target, prediction, class_names=None
     return ax
 
 
+MAX_PICTURE_SIDE = 2048  # pixels along the long side of a picture save_prediction draws
+
+
 def save_prediction(image, prediction, class_names, out_png, score_threshold=0.5, mask_threshold=0.5, scale=None):
     """Write one image's detections as a PNG atomically: the image at ``scale`` times its size,
     drawn by ``draw_detections``; returns its path (``engine.predict_images`` writes the same
     detections as JSON beside it).
 
     ``scale`` None enlarges small images by a whole factor until the short side reaches 400
-    pixels (so captions stay legible), and leaves larger ones at their own size.
+    pixels (so captions stay legible), leaves larger ones at their own size, and draws any
+    whose long side would pass MAX_PICTURE_SIDE pixels at that length: a 12-megapixel photo or
+    a strip 100,000 pixels long costs the memory of a bounded picture, not of its own size.
+    Drawn smaller (a scale below 1), the image is averaged down to the picture's pixels and
+    the masks taken at that size (``ops.PastedMasks`` are pasted there directly).
     """
     if not isinstance(prediction, dict) or "boxes" not in prediction:
         raise ValueError("prediction must be a dict with boxes, labels, scores (and masks), as the model returns")
-    height, width = as_rgb(image).shape[:2]
+    height, width = _image_size(image)
     if scale is None:
-        scale = max(1, int(np.ceil(400 / min(height, width))))
+        scale = min(max(1, int(np.ceil(400 / min(height, width)))), MAX_PICTURE_SIDE / max(height, width))
+    boxes, masks = prediction["boxes"], prediction.get("masks")
+    if scale < 1:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        ratio = np.array([size[1] / width, size[0] / height] * 2)
+        image, boxes, masks = _shrunk(image, size), as_boxes(boxes) * ratio, _masks_at(masks, (height, width), size)
+        (height, width), scale = size, 1
     fig, ax = image_figure(height, width, scale)
     # captions about a thirtieth of the picture's short side tall (in points), within readable bounds
     fontsize = float(np.clip(min(height, width) * scale / 30 * 72 / fig.dpi, 6, 12))
-    draw_detections(image, prediction["boxes"], prediction.get("labels"), prediction.get("scores"),
-                    prediction.get("masks"), class_names, score_threshold, ax=ax, mask_threshold=mask_threshold,
-                    fontsize=fontsize)
+    draw_detections(image, boxes, prediction.get("labels"), prediction.get("scores"), masks, class_names,
+                    score_threshold, ax=ax, mask_threshold=mask_threshold, fontsize=fontsize)
     return save_figure(fig, out_png)
+
+
+def _image_size(image):
+    """(H, W) of an image in either form ``as_rgb`` takes, without converting it."""
+    image = to_numpy(image)
+    if image.ndim == 3 and image.dtype == np.uint8 and image.shape[2] == 3:
+        return image.shape[:2]
+    if image.ndim == 3 and image.dtype.kind == "f" and image.shape[0] == 3:
+        return image.shape[1:]
+    return as_rgb(image).shape[:2]  # raises its error naming the forms it takes
+
+
+def _shrunk(image, size):
+    """``image`` (either form) resized down to ``size`` (H, W), each picture pixel the mean of
+    the image pixels it covers (Pillow's box filter), one channel at a time for a float image."""
+    from PIL import Image
+
+    image = to_numpy(image)
+    target = (size[1], size[0])
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize(target, Image.Resampling.BOX))
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))
+                                .resize(target, Image.Resampling.BOX)) for channel in image])
+
+
+def _masks_at(masks, size, new_size):
+    """Masks of an image of ``size`` for its picture of ``new_size``: PastedMasks pasted at that
+    size, full-size masks sampled at the picture pixels' centres (nearest); None stays None."""
+    if masks is None or isinstance(masks, PastedMasks):
+        return masks if masks is None else masks.at_size(*new_size)
+    masks = to_numpy(masks)
+    if tuple(masks.shape[-2:]) != tuple(size):
+        return masks  # draw_detections names the mismatch
+    rows, cols = ((np.arange(n) + 0.5) * old / n for n, old in zip(new_size, size))
+    return masks.reshape((len(masks),) + tuple(size))[:, rows.astype(np.intp)[:, None], cols.astype(np.intp)]
 
 
 # ---------------------------------------------------------------------------------------------

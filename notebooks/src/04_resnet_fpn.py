@@ -84,7 +84,7 @@ assert errors[0] < 1e-8
 # The backbone below has random weights. So that its maps have a sensible scale, its batch norms
 # are *calibrated*: one forward pass in training mode with `momentum = 1` copies each layer's
 # batch statistics into its running statistics, and evaluation then normalises with them (the
-# same trick as `tinymaskrcnn.chapters.reference.calibrate_frozen_batchnorm` uses for torchvision's side).
+# same trick as `tinymaskrcnn.chapters.reference_models.calibrate_frozen_batchnorm` uses for torchvision's side).
 
 # %%
 height, width = 128, 192
@@ -201,7 +201,7 @@ if torch is not None:
 
 # %%
 if torch is not None:
-    from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
+    from tinymaskrcnn.chapters.reference_models import calibrate_frozen_batchnorm, save_state_dict
 
     calibrate_frozen_batchnorm(theirs, torch.tensor(batch), seed=0)   # the statistics of the two shapes images
     theirs = theirs.double().eval()

@@ -251,7 +251,7 @@ if torch is not None:
 # ## 6. The proposals equal torchvision's
 #
 # torchvision's Mask R-CNN with a ResNet-18 FPN and random weights, every frozen BatchNorm
-# calibrated to the statistics of its input (`tinymaskrcnn.chapters.reference.calibrate_frozen_batchnorm`,
+# calibrated to the statistics of its input (`tinymaskrcnn.chapters.reference_models.calibrate_frozen_batchnorm`,
 # so that activations stay of order one and the comparison means something), is saved with
 # `torch.save` and loaded into ours by name, without torch. In float64 the RPN's proposals
 # agree to rounding; so do the two training losses when both sample every anchor (no
@@ -264,7 +264,7 @@ if torch is not None:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone as tv_resnet_fpn_backbone
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from tinymaskrcnn.chapters.reference import calibrate_frozen_batchnorm, save_state_dict
+    from tinymaskrcnn.chapters.reference_models import calibrate_frozen_batchnorm, save_state_dict
 
     sizes, ratios = ((16,), (32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 5
     settings = dict(num_classes=4, min_size=128, max_size=192, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,

@@ -125,20 +125,19 @@ assert detections["masks"].shape[-2:] == image.shape[-2:]     # pasted at the or
 # ## End to end, equal to torchvision
 #
 # The strongest check of the whole chapter series: torchvision's `maskrcnn_resnet50_fpn`, with
-# random weights calibrated so activations stay of order one (`tinymaskrcnn.chapters.reference`), saved
+# random weights calibrated so activations stay of order one (`tinymaskrcnn.chapters.reference_models`), saved
 # and loaded into ours without torch; both run the same image in float64; every box, score, label
 # and mask agrees to rounding.
 
 # %%
 torch = reference()
 if torch is not None:
-    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
 
     small = dict(min_size=160, max_size=224, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
                  box_detections_per_img=12)
     theirs = torchvision_maskrcnn(num_classes=5, calibration_size=(160, 224), **small).double().eval()
-    ours = tm.models.maskrcnn_resnet50_fpn(num_classes=5, **small)
-    tm.weights.load_torchvision(ours, save_state_dict(theirs, work))
+    ours = tm.models.maskrcnn_resnet50_fpn(weights=save_state_dict(theirs, work), **small)  # read without torch
     ours.to(dtype=np.float64).eval()
     x = image.astype(np.float64)
     with torch.no_grad():

@@ -212,18 +212,19 @@ assert not marker.exists(), "the payload ran"
 #
 # Our parameter names are torchvision's state_dict keys, so loading is by name, with nothing to
 # map. We build torchvision's `maskrcnn_resnet50_fpn` with random weights (calibrated so every
-# activation stays of order one — see `tinymaskrcnn.chapters.reference`), save it as torchvision's
+# activation stays of order one — see `tinymaskrcnn.chapters.reference_models`), save it as torchvision's
 # published files are saved, load the file into ours without torch, and compare the backbone's
 # features in float64.
 
 # %%
 if torch is not None:
-    from tinymaskrcnn.chapters.reference import save_state_dict, torchvision_maskrcnn
+    from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
 
     theirs = torchvision_maskrcnn(num_classes=91, calibration_size=(128, 160)).eval()
     path = save_state_dict(theirs, directory=work)          # float32, as the published files
     theirs.double()
-    ours = tm.models.maskrcnn_resnet50_fpn(num_classes=91)
+    # the architecture alone (no ImageNet backbone file), with the detection's frozen batch norm
+    ours = tm.models.maskrcnn_resnet50_fpn(weights_backbone=None, norm_layer=tm.nn.FrozenBatchNorm2d)
     result = tm.weights.load_torchvision(ours, path)
     ours.to(dtype=np.float64).eval()
     print(f"{Path(path).stat().st_size / 1e6:.0f} MB file; missing {len(result.missing)}, unexpected "
@@ -253,8 +254,7 @@ if torch is not None:
 weights_file = os.environ.get("COCO_WEIGHTS", str(Path.home() / ".cache/torch/hub/checkpoints/"
                                                  "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"))
 if Path(weights_file).is_file() and not QUICK:
-    coco_model = tm.models.maskrcnn_resnet50_fpn(num_classes=91)
-    tm.weights.load_torchvision(coco_model, weights_file)
+    coco_model = tm.models.maskrcnn_resnet50_fpn(weights=weights_file)  # weights="DEFAULT" finds it in torch's cache
     coco_model.eval()
     with tm.no_grad():
         out = coco_model([image])[0]

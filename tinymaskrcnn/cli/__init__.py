@@ -17,7 +17,10 @@ import hashlib
 import json
 import os
 import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +37,13 @@ from . import demo
 
 
 def demo_command(args):
+    for flag in ("steps", "batch_size", "train_images", "test_images"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive integer")
+    if not (np.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr {args.lr}: expected a finite positive learning rate")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: expected 0 or more")
     print("tinymaskrcnn demo: hand-written gradients, then a small conv net on synthetic shapes\n")
     t0 = time.perf_counter()
     rows = demo.gradient_report()
@@ -71,22 +81,28 @@ def _print_metrics(metrics):
         print(f"  {name:4s} AP {values['AP']:.3f}   AP50 {values['AP50']:.3f}   AP75 {values['AP75']:.3f}")
 
 
-def _config_from_args(args):
+def _config_from_args(args, recorded=None):
+    """The TrainConfig the train flags ask for: each flag given, over ``recorded`` (the resumed
+    run's configuration) when resuming, else over the defaults."""
     fields = {f for f in TrainConfig.__dataclass_fields__}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    kwargs = {}
+    values = {k: v for k, v in (recorded or {}).items() if k in fields}
+    # --model-kwargs is JSON text: read below, over the recorded keywords
+    values.update({k: v for k, v in vars(args).items() if k in fields - {"model_kwargs"} and v is not None})
+    kwargs = dict(values.get("model_kwargs") or {})
     if args.model_kwargs:
         try:
-            kwargs = json.loads(args.model_kwargs)
+            given = json.loads(args.model_kwargs)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--model-kwargs {args.model_kwargs!r} is not JSON ({e}); "
+            raise ValueError(f"--model-kwargs {args.model_kwargs!r:.80} is not JSON ({e}); "
                              "write e.g. '{\"fpn_channels\": 64}'") from None
-        if not isinstance(kwargs, dict):
-            raise ValueError(f"--model-kwargs must be a JSON object of keyword arguments, got {args.model_kwargs!r}")
+        except RecursionError:
+            raise ValueError("--model-kwargs nests lists or objects too deeply to read") from None
+        if not isinstance(given, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object of keyword arguments, got {args.model_kwargs!r:.80}")
+        kwargs.update(given)
     kwargs.update({k: getattr(args, k) for k in ("min_size", "max_size") if getattr(args, k) is not None})
-    if kwargs:
-        # JSON has no tuples; the model builders take tuples (e.g. anchor_sizes)
-        values["model_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    # JSON has no tuples; the model builders take tuples (e.g. anchor_sizes)
+    values["model_kwargs"] = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     values["progress"] = not args.no_progress
     return TrainConfig(**values)
 
@@ -96,7 +112,7 @@ def _resume_command(args, out_dir):
     dest is its name), then --out-dir and --resume."""
     words = ["tinymaskrcnn", "train"]
     for name, value in vars(args).items():
-        if name in ("command", "func", "out_dir", "resume") or value is None or value is False:
+        if name in ("command", "func", "out_dir", "resume", "overwrite") or value is None or value is False:
             continue
         flag = "--" + name.replace("_", "-")
         words += [flag] if value is True else [flag, str(value)]
@@ -104,7 +120,15 @@ def _resume_command(args, out_dir):
 
 
 def train_command(args):
-    config = _config_from_args(args)
+    if args.resume and not args.out_dir:
+        raise ValueError("--resume continues the run in a folder: name it with --out-dir (a run folder holding "
+                         "checkpoint.npz)")
+    if args.resume:  # the run's own settings are the base, and a flag given must agree with them
+        recorded = engine.recorded_config(args.out_dir)
+        config = _config_from_args(args, recorded)
+        engine.check_resumable(Path(args.out_dir) / engine.CHECKPOINT, recorded, config)
+    else:
+        config = _config_from_args(args)
     config.out_dir = config.out_dir or engine.default_out_dir()  # named now, for the resume command
     t0 = time.perf_counter()
     result = engine.train(config, resume_command=_resume_command(args, config.out_dir))
@@ -133,7 +157,9 @@ def _evaluation_folder(checkpoint, ann_file):
 
 
 def _val_split(args, saved_config):
-    """(ann_file, image_dir) to evaluate on: the flags, else the val split the run trained with."""
+    """(ann_file, image_dir) to evaluate on: the flags, else the val split the run trained with
+    (its shapes set looked up, never generated: evaluating creates nothing where a run's
+    configuration points)."""
     if args.val_ann or args.val_images:
         if not (args.val_ann and args.val_images):
             raise ValueError("give --val-ann and --val-images together")
@@ -141,29 +167,64 @@ def _val_split(args, saved_config):
     if args.data:
         splits = engine.coco_layout(args.data)
     else:
+        if not isinstance(saved_config, dict):
+            raise ValueError(f"{args.checkpoint} records no configuration to find the run's val split in: pass --data, "
+                             "or --val-ann with --val-images")
         known = TrainConfig.__dataclass_fields__
-        splits = engine.resolve_data(TrainConfig(**{k: v for k, v in saved_config.items() if k in known}))
+        config = TrainConfig(**{k: v for k, v in saved_config.items() if k in known})
+        try:
+            splits = engine.resolve_data(config, create=False)
+        except TypeError as e:  # a value of another type than training records (an edited file)
+            raise ValueError(f"{args.checkpoint}: its recorded configuration does not name a val split ({e}): pass "
+                             "--data, or --val-ann with --val-images") from None
+        except FileNotFoundError as e:
+            (height, width) = (list(map(str, side)) for side in config.shapes_size)
+            command = shlex.join(["tinymaskrcnn", "shapes", "--root", str(config.shapes_root), "--num-train",
+                                  str(config.shapes_train), "--num-val", str(config.shapes_val), "--height", *height,
+                                  "--width", *width, "--seed", str(config.seed)])
+            raise FileNotFoundError(f"the run's val split is not there: {e}; make it again with: {command}, "
+                                    "or evaluate on other data (--data, or --val-ann with --val-images)") from None
     if "val" not in splits:
         raise ValueError("no val split to evaluate on: pass --val-ann and --val-images (or --data DIR)")
     return splits["val"]
 
 
+def _check_writable(folder):
+    """Fail now, not after the evaluation, when ``folder`` (or the folders it would be made in)
+    cannot be written: a file is made and removed in its nearest existing ancestor."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot write the evaluation into {folder} ({e.strerror or e}): choose a writable --out-dir") \
+            from None
+
+
 def evaluate_command(args):
     model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
-    ann_file, image_dir = _val_split(args, state["config"])
-    dataset = CocoDetection(ann_file, image_dir)
-    if dataset.num_classes != state["num_classes"]:
-        raise ValueError(f"{args.checkpoint} predicts {state['num_classes'] - 1} classes but the val set has "
-                         f"{dataset.num_classes - 1}: evaluate on data with the categories it was trained on")
+    ann_file, image_dir = _val_split(args, state.get("config"))
     out_dir = args.out_dir or _evaluation_folder(args.checkpoint, ann_file)
-    metrics = engine.evaluate(model, dataset, out_dir, progress=not args.no_progress, verbose=False)
+    _check_writable(out_dir)
+    dataset = CocoDetection(ann_file, image_dir)
+    label_map = engine.category_mapping(state["class_names"], state.get("category_ids"), dataset, args.checkpoint)
+    metrics = engine.evaluate(model, dataset, out_dir, progress=not args.no_progress, verbose=False,
+                              label_map=label_map)
     print(f"evaluation of {args.checkpoint} on {len(dataset)} images")
+    if label_map is not None:
+        print("  " + engine.describe_mapping(label_map, state["class_names"], state.get("category_ids"), dataset))
     _print_metrics(metrics)
     print(f"  written: {os.path.join(out_dir, 'metrics.json')}, {os.path.join(out_dir, 'results.json')}")
     return 0
 
 
 def predict_command(args):
+    if not 0 <= args.score_threshold <= 1:  # NaN too
+        raise ValueError(f"--score-threshold {args.score_threshold}: expected a number from 0 to 1 (scores are "
+                         "probabilities)")
     paths = image_paths(args.images)  # folders expanded; a missing file fails before any work
     names = [p.stem for p in paths]
     if len(set(names)) != len(names):
@@ -176,21 +237,27 @@ def predict_command(args):
         raise ValueError(f"the outputs in {out_dir} would overwrite the input images {sorted(map(str, overwritten))}: "
                          "choose another --out-dir")
     model, state = engine.load_model(args.checkpoint, device=args.device or "cpu")
-
-    def one_at_a_time():
-        """Each image decoded when the previous one is written and dropped: memory does not grow
-        with the number of images."""
-        for path in paths:
-            # the previous picture's matplotlib Figure (and the image copies it drew) sits in
-            # reference cycles, which Python frees only when its cycle collector runs
-            gc.collect()
-            yield load_image(path, upright=True)  # a phone's portrait photo as the user sees it
-
-    written = engine.predict_images(model, one_at_a_time(), state["class_names"], out_dir, names,
-                                    score_threshold=args.score_threshold)
-    for path in written:
-        print(path)
-    return 0
+    skipped = []
+    for path, name in zip(paths, names):
+        # the previous picture's matplotlib Figure (and the image copies it drew) sits in
+        # reference cycles, which Python frees only when its cycle collector runs: memory does
+        # not grow with the number of images
+        gc.collect()
+        try:
+            image = load_image(path, upright=True)  # a phone's portrait photo as the user sees it
+            engine.check_resizable(model, *image.shape[-2:], str(path))
+            written = engine.predict_images(model, [image], state["class_names"], out_dir, [name],
+                                            score_threshold=args.score_threshold)
+        except (OSError, ValueError) as e:  # this image's (unreadable, too thin; the message names it)
+            skipped.append(path)
+            print(f"tinymaskrcnn predict: error: {e}", file=sys.stderr)
+            continue
+        for written_path in written:
+            print(written_path)
+    if skipped and len(paths) > 1:
+        print(f"tinymaskrcnn predict: {len(skipped)} of {len(paths)} images skipped (the errors above); the others' "
+              f"outputs are in {out_dir}", file=sys.stderr)
+    return 2 if skipped else 0
 
 
 def shapes_command(args):
@@ -237,7 +304,8 @@ def build_parser():
     p.set_defaults(func=demo_command)
 
     p = sub.add_parser("shapes", help="write the synthetic shapes data set in COCO format")
-    p.add_argument("--root", default=d.shapes_root, help=f"where to write it (default {d.shapes_root})")
+    p.add_argument("--root", default=d.shapes_root, help="the folder of shapes sets: each set of settings in a "
+                   f"subfolder of its own, as train finds it with --shapes-root (default {d.shapes_root})")
     p.add_argument("--num-train", type=int, default=d.shapes_train)
     p.add_argument("--num-val", type=int, default=d.shapes_val)
     p.add_argument("--height", type=int, nargs=2, default=d.shapes_size[0], metavar=("MIN", "MAX"))
@@ -271,13 +339,17 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, help=f"(default: {per_optimizer('weight_decay')})")
     p.add_argument("--warmup-iters", type=int, help="linear warmup length (default 50, or a quarter of a shorter run)")
     p.add_argument("--schedule", choices=("cosine", "step"), help=f"lr schedule after warmup (default {d.schedule})")
-    p.add_argument("--clip-grad-norm", type=float, help=f"max gradient norm, 0 for none (default {d.clip_grad_norm})")
+    p.add_argument("--clip-grad-norm", type=float, help=f"max gradient norm, 0 for no clipping (default "
+                   f"{d.clip_grad_norm})")
     p.add_argument("--eval-period", type=int, help="evaluate every N iterations (default: only at the end)")
     p.add_argument("--checkpoint-period", type=int, help=f"checkpoint every N iterations (default {d.checkpoint_period})")
     p.add_argument("--num-predictions", type=int, help=f"val images drawn at the end (default {d.num_predictions})")
     p.add_argument("--seed", type=int, help=f"(default {d.seed})")
-    p.add_argument("--out-dir", help="run folder (default runs/<timestamp>)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out-dir exactly")
+    p.add_argument("--out-dir", help="run folder (default runs/<timestamp>-<process id>)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out-dir exactly, with "
+                   "its recorded settings (flags that would change them are refused)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="--out-dir holds a run: delete its files and "
+                   "start afresh (without this, or --resume, a folder holding a run is refused)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_device_flag(p)
     p.set_defaults(func=train_command)
@@ -320,6 +392,16 @@ _MEMORY_ADVICE = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, a job scheduler or a container's stop sends), raised where the
+    program is, as Ctrl-C's KeyboardInterrupt is: atomic writes clean up and a stopped training
+    names the checkpoint it can resume from."""
+
+
+def _terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
 
@@ -331,6 +413,9 @@ def main(argv=None):
             print(f"  {note}", file=sys.stderr)
         return code
 
+    # only the main thread may set a handler; the previous one is put back (None, one set outside Python: the default)
+    handles = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if handles else None
     try:
         return args.func(args)
     # errors a user can cause; a TypeError or the like is a bug in tinymaskrcnn and keeps its traceback
@@ -340,6 +425,10 @@ def main(argv=None):
         what = str(e) or "an allocation did not fit"  # NumPy's says what: its size, shape and dtype
         return fail(f"error: out of memory: {what}; "
                     f"{_MEMORY_ADVICE.get(args.command, 'close other programs or use smaller inputs')}", e)
+    except Terminated as e:
+        return fail("terminated (SIGTERM)", e, code=128 + signal.SIGTERM)
     except KeyboardInterrupt as e:
         return fail("interrupted", e, code=130)
-
+    finally:
+        if handles:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -30,6 +30,7 @@ The file in reading order:
 3. the elementary ops behind the Tensor's operators (``Add`` … ``Stack``), the helpers they
    share (``as_array``, ``unbroadcast``), and torch's ``cat``, ``stack`` and ``tensor``.
 """
+import numbers
 import weakref
 
 import numpy as np
@@ -235,6 +236,12 @@ class Tensor:
         return Abs.apply(self)
 
     def clamp(self, min=None, max=None):
+        for name, bound in (("min", min), ("max", max)):
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)):
+                raise TypeError(f"clamp: {name} must be a number or None, got {type(bound).__name__} "
+                                f"(bounds that are tensors or arrays are not supported)")
+        if min is None and max is None:
+            raise ValueError("clamp: give min, max or both")
         return Clamp.apply(self, min=min, max=max)
 
     # ----- reductions and shape ------------------------------------------------------------
@@ -499,26 +506,32 @@ class Log(Function):
 
 
 class Abs(Function):
-    """z = |x|.   dL/dx = dL/dz * sign(x) (0 at x = 0, as torch)."""
+    """z = |x|.   dL/dx = dL/dz * sign(x), with torch's conventions: 0 at the kink x = 0, and 0
+    at NaN (where NumPy's sign would give NaN)."""
 
     def forward(self, x):
         self.x = x
         return abs(x)
 
     def backward(self, g):
-        return (g * get_array_module(self.x).sign(self.x),)
+        return (g * (self.x > 0) - g * (self.x < 0),)
 
 
 class Clamp(Function):
-    """z = min(max(x, lo), hi).   dL/dx = dL/dz where lo <= x <= hi, else 0 (torch's convention)."""
+    """z = min(max(x, lo), hi) for number bounds.   dL/dx = dL/dz where lo < x < hi, else 0.
+
+    On a bound itself the gradient is 0: torch's convention for number bounds (torch 2.x), as if
+    the flat part began there. NaN stays NaN with gradient 0; lo > hi gives hi everywhere, with
+    gradient 0.
+    """
 
     def forward(self, x, min=None, max=None):
         xp = get_array_module(x)
         self.mask = xp.ones(x.shape, dtype=bool)
         if min is not None:
-            self.mask &= x >= min
+            self.mask &= x > min
         if max is not None:
-            self.mask &= x <= max
+            self.mask &= x < max
         return xp.clip(x, min, max)
 
     def backward(self, g):
@@ -645,13 +658,39 @@ class Stack(Function):
                      for i, needed in enumerate(self.needs_input_grad))
 
 
+def _check_joinable(op, tensors, dim=None):
+    """At least one tensor; the same number of axes, and the same shape except along ``dim``
+    (every axis for stack, ``dim=None``). One line naming the first tensor that differs."""
+    if len(tensors) == 0:
+        raise ValueError(f"{op}: tensors is empty: give at least one tensor")
+    shapes = [tuple(_shape(t)) for t in tensors]
+    first = shapes[0]
+    if dim is not None and not first:
+        raise ValueError(f"{op}: tensors[0] is 0-d: there is no axis to join along")
+    for i, shape in enumerate(shapes[1:], 1):
+        if len(shape) != len(first):
+            raise ValueError(f"{op}: tensors[{i}] has shape {shape} and tensors[0] has shape {first}: "
+                             f"all need the same number of axes")
+        if dim is None and shape != first:
+            raise ValueError(f"{op}: tensors[{i}] has shape {shape} and tensors[0] has shape {first}: "
+                             f"stacked tensors need one shape")
+        if dim is not None and any(a != b for k, (a, b) in enumerate(zip(shape, first)) if k != dim % len(first)):
+            raise ValueError(f"{op}: tensors[{i}] has shape {shape} and tensors[0] has shape {first}: "
+                             f"they may differ only along dim {dim}")
+
+
 def cat(tensors, dim=0):
-    """torch.cat: join tensors along an existing axis."""
+    """torch.cat: join tensors along an existing axis.
+
+    Unlike torch, a 1-D empty tensor among tensors of more axes is refused, not skipped.
+    """
+    _check_joinable("cat", tensors, dim)
     return Concatenate.apply(*tensors, axis=dim)
 
 
 def stack(tensors, dim=0):
-    """torch.stack: join tensors along a new axis."""
+    """torch.stack: join tensors of one shape along a new axis."""
+    _check_joinable("stack", tensors)
     return Stack.apply(*tensors, axis=dim)
 
 

@@ -79,14 +79,81 @@ def device_of(x):
     return "cuda" if is_cupy(getattr(x, "data", x)) else "cpu"
 
 
+def is_torch(x):
+    """True for torch's own objects (tensors, tv_tensors, devices, dtypes), told by the module
+    of their type so that torch is never imported here: it stays an optional extra."""
+    return type(x).__module__.partition(".")[0] in ("torch", "torchvision")
+
+
+def as_device(device):
+    """'cpu' or 'cuda' for a device named as torch names it: 'cpu', 'cuda', 'cuda:0', or a
+    ``torch.device`` (read by its ``type`` and ``index``).
+
+    The package runs on one GPU, CuPy's current device: 'cuda:N' is accepted when N is that
+    device, and anything else is a ValueError that says how to select another one.
+    """
+    if is_torch(device) and type(device).__name__ == "device":
+        kind, index = device.type, device.index
+    elif isinstance(device, str):
+        kind, _, index = device.partition(":")
+        index = int(index) if index.isdigit() else (None if index == "" else index)
+    else:
+        raise TypeError(f"a device is 'cpu', 'cuda', 'cuda:N' or a torch.device, got {type(device).__name__} "
+                        f"{device!r}")
+    if kind not in ("cpu", "cuda") or isinstance(index, str):
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
+    if kind == "cuda" and index is not None:
+        check_cuda()
+        current = _cupy.cuda.Device().id
+        if index != current:
+            raise ValueError(f"device {device!r}: arrays here live on CuPy's current GPU, cuda:{current}; select "
+                             f"GPU {index} first with cupy.cuda.Device({index}).use()")
+    return kind
+
+
+# DLPack's device codes (dlpack.h, DLDeviceType): host memory, and the kinds CuPy can read
+_DLPACK_CPU, _DLPACK_CUDA = 1, (2, 3, 13)  # kDLCPU; kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+def array_from(x):
+    """``x`` as a NumPy or CuPy array without copying where the memory allows, or None when
+    ``x`` holds no array. What another library's arrays become at the model's boundary:
+
+    * NumPy and CuPy arrays: themselves;
+    * torch tensors and torchvision's tv_tensors (a subclass): detached, then a CPU tensor's
+      NumPy view (shared memory) or, on the GPU, a CuPy array by DLPack (no host copy). torch is
+      not imported: the tensor's own methods do the work;
+    * anything with ``__dlpack__`` (JAX, TensorFlow, CuPy-like arrays): by DLPack, on the host
+      into NumPy, on a GPU into CuPy;
+    * anything with ``__array__`` (PIL images, pandas, xarray ...): ``np.asarray``.
+    """
+    if isinstance(x, np.ndarray) or is_cupy(x):
+        return x
+    if is_torch(x) and hasattr(x, "detach"):
+        x = x.detach()  # DLPack and .numpy() refuse a tensor that records gradients
+        if x.device.type == "cpu":
+            return x.numpy()
+    if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
+        kind = int(x.__dlpack_device__()[0])
+        if kind == _DLPACK_CPU:
+            return np.from_dlpack(x)
+        if kind in _DLPACK_CUDA:
+            check_cuda()
+            return _cupy.from_dlpack(x)
+        raise TypeError(f"a {type(x).__name__} on DLPack device type {kind}: only host memory (NumPy) and CUDA "
+                        "memory (CuPy) are read; move it to the CPU or a CUDA GPU first")
+    if hasattr(x, "__array__"):
+        return np.asarray(x)
+    return None
+
+
 def to_device(x, device):
-    """Move an array to 'cpu' (NumPy) or 'cuda' (CuPy)."""
+    """Move an array to 'cpu' (NumPy) or 'cuda' (CuPy); ``device`` as ``as_device`` reads it."""
+    device = as_device(device)
     if device == "cpu":
         return to_numpy(x)
-    if device == "cuda":
-        check_cuda()
-        return _cupy.asarray(x)
-    raise ValueError(f"unknown device {device!r}: use 'cpu' or 'cuda'")
+    check_cuda()
+    return _cupy.asarray(x)
 
 
 class CUDAUnavailableError(RuntimeError):

@@ -30,9 +30,10 @@ REQUIRED_KEYS = {
 def load_instances(ann_file):
     """Read and check a COCO instances file; returns the parsed dict.
 
-    Every error names the file and what is wrong: a missing file, text that is not JSON, a
-    missing top-level key or entry field, an image size that is not two positive integers, an
-    annotation pointing at an unknown image or category, a repeated id. Annotations that
+    Every error names the file and what is wrong: a missing file, text that is not JSON (or
+    nested too deeply to read), a missing top-level key or entry field, an id that is not an
+    integer, an image size that is not two positive integers, an annotation pointing at an
+    unknown image or category, a repeated id. Annotations that
     pycocotools cannot use (a polygon of fewer than three points, an RLE that does not fit its
     image, ...) are left out with a warning naming each; ``iscrowd`` and ``area``, which
     COCOeval reads, are filled in where missing.
@@ -44,6 +45,9 @@ def load_instances(ann_file):
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); expected a COCO instances file") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests lists or objects too deeply to read (thousands of levels): it is not a COCO "
+                         "instances file") from None
     missing = [k for k in REQUIRED_KEYS["file"] if not isinstance(data, dict) or k not in data]
     if missing:
         raise ValueError(f"{path} is not a COCO instances file: missing {missing} (a COCO instances file is "
@@ -59,6 +63,9 @@ def load_instances(ann_file):
             raise ValueError(f"{path}: image {image['id']} has file_name {image['file_name']!r}: expected the "
                              "image file's name (a path relative to the image folder)")
     for ann in data["annotations"]:
+        for key in ("image_id", "category_id"):
+            if not _is_id(ann[key]):
+                raise ValueError(f"{path}: annotation {ann['id']} has {key} {ann[key]!r:.60}: COCO ids are integers")
         if ann["image_id"] not in image_ids:
             raise ValueError(f"{path}: annotation {ann['id']} refers to image_id {ann['image_id']}, "
                              "which is not in 'images'")
@@ -80,10 +87,16 @@ def _checked_ids(path, kind, entries):
         if lacking:
             raise ValueError(f"{path}: {kind} number {n} lacks {lacking} (a COCO {kind} has "
                              f"{list(REQUIRED_KEYS[kind])})")
+        if not _is_id(entry["id"]):
+            raise ValueError(f"{path}: {kind} number {n} has id {entry['id']!r:.60}: COCO ids are integers")
         if entry["id"] in ids:
             raise ValueError(f"{path}: {kind} id {entry['id']} appears more than once")
         ids.add(entry["id"])
     return ids
+
+
+def _is_id(value):
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def pycocotools_index(data):
@@ -145,13 +158,18 @@ class CocoDetection:
     def __len__(self):
         return len(self.ids)
 
-    def __getitem__(self, index):
+    def image(self, index):
+        """The (3, H, W) image of item ``index`` alone (its size checked against the annotation
+        file), without its target: what inference reads, with no full-size mask built per object."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)} images")
+        info = self.coco.imgs[self.ids[index]]
+        return load_image(self.image_dir / info["file_name"], info["height"], info["width"])
+
+    def __getitem__(self, index):
+        image = self.image(index)
         image_id = self.ids[index]
-        info = self.coco.imgs[image_id]
-        height, width = info["height"], info["width"]
-        image = load_image(self.image_dir / info["file_name"], height, width)
+        height, width = self.coco.imgs[image_id]["height"], self.coco.imgs[image_id]["width"]
         anns = self._targets[image_id]
         boxes = np.array([_xywh_to_clamped_xyxy(a["bbox"], height, width) for a in anns], dtype=np.float32)
         masks = np.zeros((len(anns), height, width), dtype=np.uint8)
@@ -220,22 +238,22 @@ class CocoDetection:
         """The model's output for one image as COCO result dicts (for ``COCO.loadRes``).
 
         ``prediction``: ``boxes`` (N, 4) xyxy, ``labels`` (N,), ``scores`` (N,) and optionally
-        ``masks`` (N, 1, H, W) or (N, H, W) probabilities, binarised at ``mask_threshold``
-        and written as compressed RLE.
+        ``masks`` (N, 1, H, W) or (N, H, W) probabilities (or anything that gives mask k as
+        ``masks[k]``, as ``ops.PastedMasks`` does), binarised at ``mask_threshold`` one at a
+        time and written as compressed RLE.
         """
         boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
         category_ids = self.label_to_category_id(np.asarray(prediction["labels"]).reshape(-1))
         scores = np.asarray(prediction["scores"], dtype=np.float64).reshape(-1)
         masks = prediction.get("masks")
-        if masks is not None:
-            masks = np.asarray(masks)
-            masks = masks.reshape(masks.shape[0], *masks.shape[-2:]) > mask_threshold
         results = []
         for k, (x1, y1, x2, y2) in enumerate(boxes):
             result = {"image_id": int(image_id), "category_id": int(category_ids[k]),
                       "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[k])}
             if masks is not None:
-                result["segmentation"] = mask_to_rle(masks[k])
+                # one mask at a time: a lazily pasted stack (ops.PastedMasks) pastes only this one
+                mask = np.asarray(masks[k])
+                result["segmentation"] = mask_to_rle(mask.reshape(mask.shape[-2:]) > mask_threshold)
             results.append(result)
         return results
 

@@ -69,12 +69,26 @@ def _unit_rgb(im, path):
             rgb = rgba[..., :3] * alpha + (1 - alpha)  # over white
         else:
             try:
-                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / np.float32(255)
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
             except ValueError as e:  # a mode Pillow cannot turn into RGB (e.g. LAB)
                 raise ValueError(f"{path}: images of mode {im.mode} cannot be shown as RGB ({e}); "
                                  "save it as an RGB or greyscale image") from None
+            return _unit_rgb_in_bands(rgb)
         return np.ascontiguousarray(rgb.transpose(2, 0, 1))
     return np.ascontiguousarray(np.broadcast_to(grey, (3, *grey.shape)))
+
+
+def _unit_rgb_in_bands(rgb, rows=256):
+    """An RGB Pillow image as (3, H, W) float32 in [0, 1], written into the result a band of
+    ``rows`` rows at a time: the whole image at once would hold two more 8-bit copies of it
+    (Pillow's bytes, NumPy's array) and two float32 ones (divided, then transposed) beside the
+    result, 1.5 GB more for a 12000 x 12000 picture."""
+    width, height = rgb.size
+    out = np.empty((3, height, width), np.float32)
+    for top in range(0, height, rows):
+        band = np.asarray(rgb.crop((0, top, width, min(top + rows, height))))
+        np.divide(band.transpose(2, 0, 1), np.float32(255), out=out[:, top:top + band.shape[0]])
+    return out
 
 
 def image_size(path):

@@ -6,19 +6,37 @@ one seeded with (seed, e, i). So the loader's whole state is three numbers (seed
 position within the epoch), and a run restored from ``state_dict()`` sees the same batches and
 the same flips as one that never stopped.
 """
+import inspect
+
 import numpy as np
 
 # distinct leading words keep the order stream and the augmentation streams apart
 _ORDER, _AUGMENT = 0, 1
 
 
+def takes_generator(transform):
+    """True when ``transform``'s signature names a third positional parameter (or one called
+    ``rng``): it is the project's kind, ``t(image, target, rng)``. A callable taking ``*args``
+    (torchvision's transforms) or two parameters is torchvision's kind, ``t(image, target)``."""
+    try:
+        parameters = inspect.signature(transform).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.name == "rng" for p in parameters)
+
+
 class DataLoader:
     """Iterate over ``dataset`` in batches: each step yields (list of images, list of targets).
 
-    ``dataset`` needs ``len`` and ``dataset[i] -> (image, target)``; ``transforms`` is called
-    as ``transforms(image, target, rng)`` with the sample's own generator. Iterating runs the
-    rest of the current epoch, then moves to the next one; breaking off mid-epoch and
-    iterating again carries on where it stopped.
+    ``dataset`` needs ``len`` and ``dataset[i] -> (image, target)``. ``transforms`` is called
+    as ``transforms(image, target, rng)`` with the sample's own generator when its signature
+    names a third parameter (the project's transforms do), and as ``transforms(image, target)``
+    otherwise: torchvision's style, whose randomness comes from torch's generator and so is not
+    repeated by a resumed run. torchvision's v2 transforms pass NumPy arrays through untouched
+    (a flip flips nothing): put a function that wraps the sample into tv_tensors first (see
+    docs/from-torchvision.md). Iterating runs the rest of the current epoch, then moves to the
+    next one; breaking off mid-epoch and iterating again carries on where it stopped.
     """
 
     def __init__(self, dataset, batch_size=1, shuffle=True, seed=0, transforms=None, drop_last=False):
@@ -31,6 +49,7 @@ class DataLoader:
                              "skips images without annotations)")
         self.dataset, self.batch_size, self.shuffle = dataset, int(batch_size), bool(shuffle)
         self.seed, self.transforms, self.drop_last = int(seed), transforms, bool(drop_last)
+        self._transforms_take_rng = transforms is not None and takes_generator(transforms)
         self.epoch, self.position = 0, 0  # position: samples of this epoch already handed out
 
     def __len__(self):
@@ -56,8 +75,10 @@ class DataLoader:
     def load(self, epoch, index):
         """Dataset item ``index`` as served in ``epoch`` (transforms applied)."""
         image, target = self.dataset[index]
-        if self.transforms is not None:
+        if self._transforms_take_rng:
             image, target = self.transforms(image, target, self.sample_rng(epoch, index))
+        elif self.transforms is not None:
+            image, target = self.transforms(image, target)
         return image, target
 
     def __iter__(self):

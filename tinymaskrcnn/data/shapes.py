@@ -4,7 +4,12 @@ The masks are computed analytically on the pixel grid (pixel centres at integer 
 shape's mask, box and area agree by construction. The detection data set of later chapters
 (``make_shapes_dataset``, a COCO-format set on disk) and the classification set of the demo
 both draw with ``shape_mask``.
+
+On disk a set writes and deletes only its own files (its stamp is its manifest), and the cache
+that training uses (``ensure_shapes_dataset``) keeps one folder per set of settings and never
+regenerates a set: a run of other settings never redraws the images under a running one.
 """
+import hashlib
 import inspect
 import json
 import os
@@ -20,6 +25,7 @@ from .annotations import mask_to_rle
 SHAPES = ("circle", "square", "triangle")
 CATEGORIES = tuple({"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES))
 STAMP = "shapes_dataset.json"  # written last inside the temporary folder: its presence means complete
+_PARTIAL = ".partial-"  # in the hidden name of the temporary folder a set is written in
 FORMAT_VERSION = 1  # bump when the drawing changes, so cached sets are regenerated
 SPLITS = ("train", "val")
 
@@ -269,6 +275,54 @@ def _write_split(folder, split, split_index, params, progress):
     (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco, separators=(",", ":")))
 
 
+def _owned(params, relative):
+    """Whether ``relative`` (a POSIX path inside a set's folder) names a file or folder that a
+    set made with ``params`` writes. The stamp is the set's manifest: its parameters fix every
+    name (the stamp, two annotation files, images/{split}/000001.png up to the split's count),
+    so replacing a set deletes these and nothing else."""
+    split_files = {f"annotations/instances_{s}.json" for s in SPLITS} | {f"images/{s}" for s in SPLITS}
+    if relative in (STAMP, "annotations", "images") or relative in split_files:
+        return True
+    parts = relative.split("/")
+    if len(parts) == 3 and parts[0] == "images" and parts[1] in SPLITS and len(parts[2]) == 10 \
+            and parts[2].endswith(".png") and parts[2][:6].isdigit():
+        count = params.get(f"num_{parts[1]}")
+        return isinstance(count, int) and 1 <= int(parts[2][:6]) <= count
+    return False
+
+
+def _foreign_entries(root, limit=3):
+    """Up to ``limit`` paths under the folder ``root`` that are not its shapes set's own (every
+    entry, when it has no stamp), found top-down without entering a foreign folder."""
+    params = _read_stamp(root)
+    found, pending = [], [root]
+    while pending and len(found) < limit:
+        folder = pending.pop()
+        for entry in sorted(folder.iterdir()):
+            relative = entry.relative_to(root).as_posix()
+            if isinstance(params, dict) and _owned(params, relative):
+                if entry.is_dir() and not entry.is_symlink():
+                    pending.append(entry)
+            else:
+                found.append(relative)
+    return found[:limit]
+
+
+def _check_replaceable(root):
+    """Only an empty folder, or one holding nothing but a shapes set's own files (``_owned``),
+    may be replaced by a new set: anything else found there is an error naming it."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} is a file: the shapes set needs a folder; choose another root")
+    foreign = _foreign_entries(root)
+    if foreign:
+        what = "holds files that are not its shapes set's" if (root / STAMP).is_file() else \
+            f"exists and is not a shapes data set (it has no {STAMP})"
+        raise FileExistsError(f"{root} {what} ({', '.join(foreign)}{', ...' if len(foreign) == 3 else ''}); writing "
+                              "the set there would delete them: choose another root, or move them out")
+
+
 def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192), (128, 192)), max_objects=4,
                         seed=0, min_visible=0.3, min_area=20, progress=False):
     """Write the synthetic shapes set in COCO format under ``root`` and return its paths.
@@ -279,8 +333,9 @@ def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192),
     each image holds 1..``max_objects`` shapes before occluded ones are left out. The same
     arguments give byte-identical files. The set is written to a temporary folder next to
     ``root`` and renamed into place, so an interrupted run never leaves a set that looks
-    complete; an existing shapes set at ``root`` is replaced, anything else there is an error.
-    Returns ``{"train": SplitPaths(ann_file, image_dir), "val": ...}``.
+    complete. ``root`` may be missing, empty, or hold an earlier shapes set and nothing else
+    (its stamp names its files), which is replaced; anything else there is an error, and
+    nothing is deleted. Returns ``{"train": SplitPaths(ann_file, image_dir), "val": ...}``.
     """
     params = _parameters(num_train, num_val, image_size, max_objects, seed, min_visible, min_area)
     root = Path(root)
@@ -288,7 +343,7 @@ def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192),
     root.parent.mkdir(parents=True, exist_ok=True)
     # mkdtemp gives a private name; the set is built in a plain subfolder of it so that the
     # renamed folder gets the usual permissions, and the old set is parked there to be deleted
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}{_PARTIAL}", dir=root.parent))
     try:
         build = tmp / "new"
         build.mkdir()
@@ -297,7 +352,7 @@ def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192),
         (build / STAMP).write_text(json.dumps(params, indent=1))
         if _read_stamp(root) == params:  # another process finished the same set meanwhile
             return shapes_paths(root)
-        _check_replaceable(root)
+        _check_replaceable(root)  # again: files may have arrived while the set was drawn
         if root.exists():
             os.replace(root, tmp / "old")
         os.replace(build, root)
@@ -306,24 +361,76 @@ def make_shapes_dataset(root, num_train=256, num_val=64, image_size=((128, 192),
     return shapes_paths(root)
 
 
-def _check_replaceable(root):
-    """Only an earlier shapes set (it has the stamp) or an empty folder may be replaced."""
-    if root.exists() and not (root / STAMP).is_file() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not a shapes data set (it has no {STAMP}): "
-                              "choose another root or remove it")
+# ---------------------------------------------------------------------------------------------
+# A cache of sets: one folder per set of parameters
+# ---------------------------------------------------------------------------------------------
 
-
-def ensure_shapes_dataset(root, **kwargs):
-    """The shapes set under ``root``, generated on the first call and reused afterwards.
-
-    Takes ``make_shapes_dataset``'s keywords; the set is regenerated when they differ from
-    the ones stamped in ``root/shapes_dataset.json``.
-    """
-    bound = inspect.signature(make_shapes_dataset).bind(root, **kwargs)  # TypeError names a bad keyword
+def _settings(root, kwargs):
+    """``make_shapes_dataset``'s parameters from keywords (a TypeError names a bad one), checked
+    and in the stamp's form, and the progress flag."""
+    bound = inspect.signature(make_shapes_dataset).bind(root, **kwargs)
     bound.apply_defaults()
     args = dict(bound.arguments)
     del args["root"]
     progress = args.pop("progress")
-    if _read_stamp(root) == _parameters(**args):
-        return shapes_paths(root)
-    return make_shapes_dataset(root, progress=progress, **args)
+    return args, _parameters(**args), progress
+
+
+def _set_folder(root, params):
+    """Where the set of ``params`` lives in the cache folder ``root``: ``root`` itself when it
+    holds exactly that set (made there by make_shapes_dataset, or by an earlier version that
+    kept one set per root), else a subfolder named by the set's counts and seed and a hash of
+    all its parameters."""
+    root = Path(root)
+    if _read_stamp(root) == params:
+        return root
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return root / f"train{params['num_train']}-val{params['num_val']}-seed{params['seed']}-{digest}"
+
+
+def _check_cache_root(root):
+    """A cache folder holds shapes sets, each in its own folder with its stamp, and the hidden
+    folders of sets being written; it is never written beside anything else."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise FileExistsError(f"{root} is a file: the shapes sets need a folder; choose another shapes root")
+    if (root / STAMP).is_file():
+        raise FileExistsError(f"{root} holds a shapes set of other settings itself (made by make_shapes_dataset or an "
+                              "earlier tinymaskrcnn); sets of other settings go into the subfolders of a root that "
+                              "holds only sets: choose another shapes root, or remove this set")
+    others = [p.name for p in sorted(root.iterdir())
+              if not (p.is_dir() and ((p / STAMP).is_file() or p.name.startswith(".") and _PARTIAL in p.name))]
+    if others:
+        raise FileExistsError(f"{root} holds things other than shapes sets ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}): a shapes root holds only the sets made in it; "
+                              "choose another shapes root, or move them out")
+
+
+def ensure_shapes_dataset(root, **kwargs):
+    """The shapes set of these settings in the cache folder ``root``, generated on first use.
+
+    Takes ``make_shapes_dataset``'s keywords. Each set of settings has its own subfolder
+    (``_set_folder``), and a set once made is never regenerated: a run of other settings (say
+    another seed) gets a set of its own instead of redrawing the images under a run that is
+    reading them. ``root`` holds only sets: anything else there is an error.
+    """
+    args, params, progress = _settings(root, kwargs)
+    folder = _set_folder(root, params)
+    if _read_stamp(folder) == params:
+        return shapes_paths(folder)
+    _check_cache_root(Path(root))
+    return make_shapes_dataset(folder, progress=progress, **args)
+
+
+def find_shapes_dataset(root, **kwargs):
+    """The paths of the shapes set of these settings in the cache folder ``root``, as
+    ``ensure_shapes_dataset`` made it; a FileNotFoundError when it is not there. Nothing is
+    written: what reads a run's data (evaluating its checkpoint) never creates the folders
+    the run's configuration names."""
+    _, params, _ = _settings(root, kwargs)
+    folder = _set_folder(root, params)
+    if _read_stamp(folder) != params:
+        shown = ", ".join(f"{k} {params[k]}" for k in ("num_train", "num_val", "image_size", "seed"))
+        raise FileNotFoundError(f"no shapes set with {shown} in {root} (looked for {folder})")
+    return shapes_paths(folder)

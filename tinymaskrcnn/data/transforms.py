@@ -3,7 +3,8 @@
 A transform is called as ``t(image, target, rng=None)`` and returns a new pair (inputs are not
 modified). Randomness comes from ``rng`` when given (the DataLoader passes one derived from
 (seed, epoch, index), so a resumed run repeats its augmentations) and otherwise from the
-project generator ``tinymaskrcnn.core.random.get_rng()``.
+project generator ``tinymaskrcnn.core.random.get_rng()``. The DataLoader takes torchvision's
+kind too, ``t(image, target)`` (``loader.takes_generator`` tells them apart by signature).
 """
 import warnings
 

@@ -17,16 +17,25 @@ What a run folder holds when training ends::
     results.json, metrics.json   COCO results and the COCOeval summary of the final model on val
     predictions/       a PNG and a JSON of the detections for a few val images
 
-The folder is made only once everything has loaded (data, model, weights, the checkpoint to
-resume, the data-parallel worker): a run that cannot start leaves nothing behind. Each start or
-resume removes the hidden temporary files of writes that a killed run left half done.
+Every setting is checked before any work, and the folder is made only once everything has
+loaded (data, model, weights, the checkpoint to resume, the data-parallel worker): a run that
+cannot start leaves nothing behind. A folder that holds a run is never reused silently: a new
+run there is refused unless it resumes the run (with the run's recorded settings: a resume
+that asks for others is refused, so config.json always says what ran) or overwrites it
+(deleting all of the old run's files); a lock file keeps a second training out of a folder in
+use. Each start or resume removes the hidden temporary files of writes that a killed run left
+half done.
 
-The package in four parts, each readable alone: ``config`` (TrainConfig, its defaults and what
-it resolves to), ``checkpoint`` (saving, restoring and loading a run's state; stale temporary
-files), ``inference`` (evaluation and prediction pictures) and ``loop`` (``train``).
+The package in parts, each readable alone: ``config`` (TrainConfig, its defaults and what it
+resolves to), ``run_folder`` (when a folder holds a run, its lock, clearing it),
+``checkpoint`` (saving, checking a resume against, restoring and loading a run's state),
+``inference`` (evaluation and prediction pictures, their memory bounded by the image),
+``evaluation`` (COCOeval; a model's categories matched to the data's) and ``loop`` (``train``).
 """
 from ..models.registry import MODELS, build_model
-from .checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, load_model, remove_stale_temporaries
-from .config import OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes, resolve_data, with_optimizer_defaults
-from .inference import evaluate, predict_images
+from .checkpoint import CHECKPOINT, CHECKPOINT_FORMAT, check_resumable, load_model, recorded_config
+from .config import OPTIMIZER_DEFAULTS, SHAPES_MODEL_DEFAULTS, TrainConfig, coco_layout, default_out_dir, processes, resolve_data, shapes_model_defaults, with_optimizer_defaults
+from .evaluation import category_mapping, describe_mapping
+from .inference import check_resizable, evaluate, predict_images
+from .run_folder import RUN_ENTRIES, RunLock, remove_stale_temporaries
 from .loop import NonFiniteLossError, append_jsonl, build_optimizer, build_scheduler, train

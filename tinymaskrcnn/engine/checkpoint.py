@@ -1,16 +1,20 @@
-"""A run's checkpoint and what resuming needs: saving the whole training state, putting it back,
-loading the model a run saved, and clearing what a killed run left half written."""
+"""A run's checkpoint and what resuming needs: saving the whole training state, checking that a
+resume asks for the run as it was recorded, putting the state back, and loading the model a
+run saved (its recorded architecture checked before anything is built)."""
 import dataclasses
 import json
+from pathlib import Path
 
 from ..core import random as tm_random
 from .. import weights
 from ..core.backend import check_cuda
-from ..models.registry import build_model
+from ..models.registry import build_model, check_architecture
 from ..core.files import atomic_write
+from .run_folder import CHECKPOINT
 
-CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
+# what a resumed run may set differently from the run it continues: none of it changes what is computed
+RESUME_MAY_CHANGE = ("out_dir", "resume", "overwrite", "progress")
 
 
 def save_checkpoint(path, config, train_set, model, optimizer, scheduler, loader, iteration):
@@ -19,15 +23,63 @@ def save_checkpoint(path, config, train_set, model, optimizer, scheduler, loader
     weights.save(path, {
         "format": CHECKPOINT_FORMAT, "model_name": config.model, "model_kwargs": config.model_kwargs,
         "num_classes": train_set.num_classes, "class_names": train_set.category_names,
+        "category_ids": train_set.category_ids,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "loader": loader.state_dict(), "rng": tm_random.get_state(), "iteration": iteration,
         "config": dataclasses.asdict(config)})
 
 
-def restore(path, config, model, optimizer, scheduler, loader):
-    """Put back the state saved at ``path`` into the freshly built training objects; returns the
-    iteration it was saved after."""
-    state = weights.load(path)
+def _plain(value):
+    """``value`` as JSON has it (tuples become lists), so that two configurations compare by content."""
+    return json.loads(json.dumps(value))
+
+
+def check_resumable(path, recorded, config):
+    """Refuse to resume the run whose checkpoint at ``path`` recorded the configuration
+    ``recorded`` (a dict) with a ``config`` (a TrainConfig) that differs from it in anything
+    but RESUME_MAY_CHANGE: the resumed iterations would follow another schedule than
+    config.json records, or the schedule recorded while the new one is written. The message
+    names every differing setting with both values."""
+    given, recorded = _plain(dataclasses.asdict(config)), _plain(recorded)
+    changed = []
+    for name in given:
+        if name in recorded and name not in RESUME_MAY_CHANGE and given[name] != recorded[name]:
+            if isinstance(given[name], dict) and isinstance(recorded[name], dict):  # model_kwargs: the keys that differ
+                a, b = given[name], recorded[name]
+                changed += [f"{name}.{key} {a.get(key)!r} (recorded: {b.get(key)!r})"
+                            for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+            else:
+                changed.append(f"{name} {given[name]!r} (recorded: {recorded[name]!r})")
+    if changed:
+        raise ValueError(f"{path}: a resumed run continues as it was recorded, but these settings differ: "
+                         f"{'; '.join(changed)}. Resume without them (the command line reads the run's own settings "
+                         "from its checkpoint, as engine.recorded_config does), or start a new run in another out_dir "
+                         "(--out-dir) or over this one (--overwrite)")
+
+
+def run_config(path, state):
+    """The configuration (a dict of TrainConfig fields) recorded in the training checkpoint
+    ``state`` read from ``path``."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint written by training (no '{CHECKPOINT_FORMAT}' format tag): "
+                         "resume a run folder that train wrote")
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{path} is a training checkpoint without its configuration: it was cut short or edited; "
+                         "use another checkpoint of the run")
+    return state["config"]
+
+
+def recorded_config(out_dir):
+    """The configuration (a dict of TrainConfig fields) recorded in ``out_dir``'s checkpoint."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: there is no checkpoint at {path}; --out-dir names the run folder to continue")
+    return run_config(path, weights.load(path))
+
+
+def restore(path, state, config, model, optimizer, scheduler, loader):
+    """Put back the ``state`` read from the checkpoint at ``path`` into the freshly built
+    training objects; returns the iteration it was saved after."""
     try:
         model.load_state_dict(state["model"])
     except ValueError as e:
@@ -57,38 +109,45 @@ def truncate_metrics(path, iteration, final_iteration):
     atomic_write(path, lambda f: f.write(text))
 
 
-# the files a run folder's writers replace through files.atomic_write, whose temporary file beside
-# each is the hidden .<name>.<random>.tmp
-RUN_FILES = (CHECKPOINT, "metrics.jsonl", "config.json", "metrics.json", "results.json")
-
-
-def remove_stale_temporaries(out_dir):
-    """Delete the hidden ``.<file>...tmp`` files that a run killed while writing left behind
-    (a checkpoint's can be 150 MB); an interrupted write that is not killed removes its own."""
-    for name in RUN_FILES:
-        for tmp in out_dir.glob(f".{name}*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
 def load_model(checkpoint, device="cpu"):
     """The model saved in a training checkpoint, in eval mode on ``device``, and the checkpoint dict.
 
-    Errors name the file: not a checkpoint, a checkpoint not written by ``train``, or one
-    whose arrays do not fit the architecture it names."""
+    Errors name the file: not a checkpoint, a checkpoint not written by ``train``, one whose
+    recorded architecture is malformed or out of range (checked before anything is built, so a
+    crafted file cannot make the model take gigabytes), or one whose arrays do not fit it."""
     if device == "cuda":
         check_cuda()
     state = weights.load(checkpoint)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
                          f"(no '{CHECKPOINT_FORMAT}' format tag): pass the checkpoint.npz of a run folder")
-    missing = [key for key in ("model_name", "num_classes", "model_kwargs", "model") if key not in state]
+    missing = [key for key in ("model_name", "num_classes", "model_kwargs", "model", "class_names") if key not in state]
     if missing:
         raise ValueError(f"{checkpoint} is a training checkpoint without {', '.join(missing)}: it was cut short "
                          "or edited; use another checkpoint of the run")
-    model = build_model(state["model_name"], state["num_classes"], state["model_kwargs"])
+    name, num_classes, kwargs, arrays = (state[k] for k in ("model_name", "num_classes", "model_kwargs", "model"))
     try:
-        model.load_state_dict(state["model"])
+        check_architecture(name, num_classes, kwargs)
     except ValueError as e:
-        raise ValueError(f"{checkpoint} does not fit {state['model_name']}(num_classes={state['num_classes']}, "
-                         f"**{state['model_kwargs']}): it holds another architecture\n{e}") from None
+        raise ValueError(f"{checkpoint} records an architecture that cannot be built: {e}") from None
+    names, ids = state["class_names"], state.get("category_ids")  # ids: recorded since issue 22
+    if not (isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{checkpoint}: class_names {names!r:.100} is not a list of {num_classes} names "
+                         "(background first), one per class of num_classes: the file was edited")
+    if ids is not None and not (isinstance(ids, list) and len(ids) == num_classes - 1
+                                and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise ValueError(f"{checkpoint}: category_ids {ids!r:.100} is not a list of {num_classes - 1} integer ids, one "
+                         "per class: the file was edited")
+    # the class count fixes the predictors' shapes: a mismatch is refused before the heads are built
+    scores = arrays.get("roi_heads.box_predictor.cls_score.weight") if isinstance(arrays, dict) else None
+    if not hasattr(scores, "shape") or scores.shape[:1] != (num_classes,):
+        raise ValueError(f"{checkpoint} records num_classes={num_classes} but its box predictor "
+                         f"(roi_heads.box_predictor.cls_score.weight) has shape {getattr(scores, 'shape', None)}: "
+                         "the file was edited or cut short")
+    model = build_model(name, num_classes, kwargs)
+    try:
+        model.load_state_dict(arrays)
+    except ValueError as e:
+        raise ValueError(f"{checkpoint} does not fit {name}(num_classes={num_classes}, "
+                         f"**{kwargs}): it holds another architecture\n{e}") from None
     return model.to(device=device).eval(), state

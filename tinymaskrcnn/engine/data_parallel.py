@@ -13,7 +13,9 @@ How (the scheme of torch's DistributedDataParallel, on one machine):
 * each step the batch is split; the worker gets its half and a seed drawn from the project's
   generator (so its sampling is repeatable and a resumed run is exact), the main process does
   the other half, the worker writes its gradient into a second shared block, and the main
-  process averages the two gradients before clipping and the optimizer step;
+  process averages the two gradients before clipping and the optimizer step (as DDP does, a
+  parameter that one half gives no gradient counts as zero there, so its gradient is half the
+  other's; one that neither gives keeps none, as in one process, so the optimizer skips it);
 * each half is a batch of its own: its losses are normalised over its own samples and its
   BatchNorm layers use its own statistics (as DDP without SyncBatchNorm: with one image a
   process, BatchNorm's running statistics then average one-image statistics, which is why the
@@ -96,12 +98,13 @@ def _worker(connection):
             return
         try:
             values, stats = forward_backward(model, *message[1:])
-            for p, g in zip(params, grads):
+            missing = []  # the parameters this half gave no gradient (their block is left as it was)
+            for k, (p, g) in enumerate(zip(params, grads)):
                 if p.grad is None:
-                    g[...] = 0
+                    missing.append(k)
                 else:
                     g[...] = p.grad
-            connection.send(("ok", values, stats))
+            connection.send(("ok", values, stats, missing))
         except Exception as e:
             _send_error(connection, e)
 
@@ -117,7 +120,11 @@ def _send_error(connection, error):
 
 
 def _worker_main():
-    """Entry point of the worker interpreter (see _BOOTSTRAP): argv is [-c, package parent, fd]."""
+    """Entry point of the worker interpreter (see _BOOTSTRAP): argv is [-c, package parent, fd].
+    Ctrl-C and a SIGTERM sent to the process group are the main process's to handle: it stops
+    the worker (which also ends when the main process's end of the connection closes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _worker(Connection(int(sys.argv[2])))
 
 
@@ -256,9 +263,13 @@ class DataParallel:
         seed = int(tm_random.get_rng().integers(2 ** 63))  # the worker's half: repeatable from this run's state
         self._send(("step", images[half:], targets[half:], seed))
         values, stats = forward_backward(self.model, images[:half], targets[:half])
-        _, worker_values, worker_stats = self._receive()
-        for p, g in zip(self.params, self._worker_grads):
-            if p.grad is None:
+        _, worker_values, worker_stats, worker_missing = self._receive()
+        worker_missing = set(worker_missing)
+        for k, (p, g) in enumerate(zip(self.params, self._worker_grads)):
+            if k in worker_missing:
+                if p.grad is not None:  # the worker's share is zero
+                    p.grad *= 0.5
+            elif p.grad is None:
                 p.grad = g * 0.5
             else:  # the tape never hands a leaf an array it still uses: add in place
                 p.grad += g

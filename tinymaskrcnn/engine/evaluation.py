@@ -25,6 +25,7 @@ import numpy as np
 from ..core.backend import to_numpy
 from ..data.coco import load_instances, pycocotools_index
 from ..core.files import write_json_atomic
+from ..ops.paste_masks import PastedMasks
 
 IOU_TYPES = ("bbox", "segm")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -50,7 +51,9 @@ def _checked_prediction(image_id, prediction, coco_gt, needs_masks):
     if missing:
         hint = " (mask AP needs masks: evaluate iou_types=('bbox',) for a box-only model)" if "masks" in missing else ""
         raise ValueError(f"{where} lacks {missing}; it has {sorted(prediction)}{hint}")
-    out = {k: to_numpy(v) for k, v in prediction.items() if k in ("boxes", "labels", "scores", "masks")}
+    # PastedMasks stay as they are: each mask is pasted when its RLE is made (to_coco_results)
+    out = {k: v if isinstance(v, PastedMasks) else to_numpy(v) for k, v in prediction.items()
+           if k in ("boxes", "labels", "scores", "masks")}
     n = out["scores"].shape[0] if out["scores"].ndim == 1 else None
     if n is None or out["boxes"].shape != (n, 4) or out["labels"].shape != (n,):
         raise ValueError(f"{where}: expected boxes (N, 4), labels (N,) and scores (N,), got "
@@ -61,7 +64,7 @@ def _checked_prediction(image_id, prediction, coco_gt, needs_masks):
         info = coco_gt.imgs[image_id]
         size = (info["height"], info["width"])
         masks = out["masks"]
-        if masks.shape not in ((n, 1) + size, (n,) + size):
+        if tuple(masks.shape) not in ((n, 1) + size, (n,) + size):
             raise ValueError(f"{where}: masks have shape {masks.shape} but image {image_id} is {size[0]}x{size[1]} "
                              f"(HxW): expected ({n}, 1, {size[0]}, {size[1]}); masks must be pasted at the "
                              "original image size, as the model's eval-mode output is")
@@ -93,6 +96,43 @@ def coco_results(predictions_by_image_id, dataset, mask_threshold=0.5):
         prediction = _checked_prediction(image_id, prediction, coco_gt, needs_masks=False)
         results += dataset.to_coco_results(image_id, prediction, mask_threshold=mask_threshold)
     return results
+
+
+def _listing(ids, names, limit=12):
+    entries = [name if i is None else f"{i} {name}" for i, name in zip(ids or [None] * len(names), names)]
+    more = f", ... ({len(entries)} in all)" if len(entries) > limit else ""
+    return "[" + ", ".join(entries[:limit]) + more + "]"
+
+
+def category_mapping(class_names, category_ids, dataset, source):
+    """How a model's labels map to ``dataset``'s (a CocoDetection), from the ``class_names``
+    (background first) and ``category_ids`` it was trained with (None when its checkpoint did
+    not record them); ``source`` names the model in messages.
+
+    None when the categories are the same (same names in the same order, same ids or none
+    recorded): its labels are the data set's. An array ``label_map`` when the names are the data
+    set's in another order or under other ids: ``label_map[label]`` is the data set's label of
+    the same name. Anything else (a name that differs, a repeated one) is a ValueError showing
+    both lists: labels scored against other categories give wrong numbers without a word.
+    """
+    names, data_names = list(class_names[1:]), dataset.category_names[1:]
+    if names == data_names and (category_ids is None or list(category_ids) == dataset.category_ids):
+        return None
+    if sorted(names) == sorted(data_names) and len(set(names)) == len(names):
+        label_of = {name: label for label, name in enumerate(data_names, start=1)}
+        return np.array([0] + [label_of[name] for name in names], dtype=np.int64)
+    raise ValueError(f"{source} was trained on the categories {_listing(category_ids, names)} but "
+                     f"{dataset.ann_file} has {_listing(dataset.category_ids, data_names)}: evaluate on data with "
+                     "the categories it was trained on")
+
+
+def describe_mapping(label_map, class_names, category_ids, dataset):
+    """One line saying how ``category_mapping``'s ``label_map`` matched the model's categories
+    to the data set's: each name with the model's id and the data set's."""
+    ids = category_ids or [None] * (len(class_names) - 1)
+    pairs = [f"{name} ({'' if i is None else f'{i} '}-> {dataset.category_ids[label_map[label] - 1]})"
+             for label, (i, name) in enumerate(zip(ids, class_names[1:]), start=1)]
+    return "categories matched by name, not by id (model -> data): " + ", ".join(pairs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,9 +19,11 @@ from ..data.coco import check_datasets
 from .data_parallel import DataParallel
 from .step import forward_backward
 from ..core.files import write_json_atomic
-from .checkpoint import CHECKPOINT, remove_stale_temporaries, restore, save_checkpoint, truncate_metrics
-from .config import SHAPES_MODEL_DEFAULTS, default_out_dir, processes, resolve_data, uses_shapes, with_optimizer_defaults
-from .inference import evaluate, predict_images
+from .checkpoint import CHECKPOINT, check_resumable, restore, run_config, save_checkpoint, truncate_metrics
+from .config import default_out_dir, processes, resolve_data, shapes_model_defaults, uses_shapes, with_optimizer_defaults
+from .evaluation import category_mapping, describe_mapping
+from .inference import check_dataset_resizable, evaluate, predict_images
+from .run_folder import RunLock, check_entries, check_run_folder, clear_run, remove_stale_temporaries
 
 
 def build_optimizer(params, config):
@@ -89,19 +91,24 @@ def train(config, resume_command=None):
             raise ValueError("processes=2 (data parallel) runs on CPU processes: use processes=1 with device='cuda'")
     config = with_optimizer_defaults(config)  # so config.json and the checkpoint say what was used
     if uses_shapes(config):
-        config.model_kwargs = {**SHAPES_MODEL_DEFAULTS, **config.model_kwargs}
+        config.model_kwargs = {**shapes_model_defaults(config.model), **config.model_kwargs}
     out_dir = Path(config.out_dir or default_out_dir())
     checkpoint_path = out_dir / CHECKPOINT
     metrics_path = out_dir / "metrics.jsonl"
-    if config.resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"resume=True but there is no checkpoint at {checkpoint_path}")
+    check_run_folder(out_dir, config.resume, config.overwrite)
+    if config.resume:
+        state = weights.load(checkpoint_path)
+        check_resumable(checkpoint_path, run_config(checkpoint_path, state), config)
 
     splits = resolve_data(config)
     train_set = CocoDetection(*splits["train"], skip_empty=True)
     val_set = CocoDetection(*splits["val"]) if "val" in splits else None
     check_datasets({"train": train_set, "val": val_set})  # every image file, before any work
+    label_map = _check_splits(train_set, val_set, config)
     tm_random.manual_seed(config.seed)
     model = build_model(config.model, train_set.num_classes, config.model_kwargs)
+    for dataset in filter(None, (train_set, val_set)):
+        check_dataset_resizable(model, dataset)
     if config.weights and not config.resume:
         for line in weights.load_pretrained(model, config.weights):
             print(line)
@@ -116,7 +123,8 @@ def train(config, resume_command=None):
 
     start = 0
     if config.resume:
-        start = restore(checkpoint_path, config, model, optimizer, scheduler, loader)
+        start = restore(checkpoint_path, state, config, model, optimizer, scheduler, loader)
+        del state  # the arrays are in the model and optimizer now
     saved = {"iteration": start if config.resume else None}  # this run's checkpoint on disk
 
     def checkpoint(iteration):
@@ -129,7 +137,7 @@ def train(config, resume_command=None):
         plot_losses(metrics_path, out_dir / "losses.png")
 
     def run_evaluation(iteration, folder):
-        metrics = evaluate(model, val_set, folder, progress=config.progress, verbose=False)
+        metrics = evaluate(model, val_set, folder, progress=config.progress, verbose=False, label_map=label_map)
         append_jsonl(metrics_path, {"iteration": iteration, "eval": metrics})
         return metrics
 
@@ -146,15 +154,19 @@ def train(config, resume_command=None):
     batches = _forever(loader)
     recent = {"loss": [], "loss_mask": []}  # the last 20 values of what the progress bar shows
     build = (config.model, train_set.num_classes, config.model_kwargs)
+    lock = RunLock(out_dir)
     try:
         with DataParallel(model, build) if processes(config) == 2 else nullcontext() as parallel:
             # everything has loaded and the worker runs: only now is the run folder made or touched
             out_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            # under the lock, again: another process may have finished a run here meanwhile
+            check_entries(out_dir, config.resume, config.overwrite)
+            if config.overwrite:
+                clear_run(out_dir)  # all of the old run: no picture or metric of it is left to mislead
             remove_stale_temporaries(out_dir)
             if config.resume:
                 truncate_metrics(metrics_path, start, config.iterations)
-            elif metrics_path.exists():
-                metrics_path.unlink()  # a fresh run in an old folder starts a fresh log
             write_json_atomic(dataclasses.asdict(config), out_dir / "config.json")
             bar = tqdm(range(start, config.iterations), desc="train", unit="it", disable=not config.progress,
                        initial=start, total=config.iterations)
@@ -198,8 +210,8 @@ def train(config, resume_command=None):
             result["metrics_json"] = str(out_dir / "metrics.json")
             picks = range(min(config.num_predictions, len(val_set)))
             samples = [val_set[i] for i in picks]
-            result["predictions"] = predict_images(
-                model, [image for image, _ in samples], val_set.category_names, out_dir / "predictions",
+            result["predictions"] = predict_images(  # named by the model's own categories, the train set's
+                model, [image for image, _ in samples], train_set.category_names, out_dir / "predictions",
                 [f"val_{target['image_id']:06d}" for _, target in samples])
     except BaseException as e:
         if saved["iteration"] is not None:
@@ -207,4 +219,28 @@ def train(config, resume_command=None):
             _add_note(e, f"the run's last checkpoint is {checkpoint_path} (iteration {saved['iteration']}); "
                          f"continue from it with: {how}")
         raise
+    finally:
+        lock.release()
     return result
+
+
+def _check_splits(train_set, val_set, config):
+    """Before any work: a train set with images to train on (enough for a batch split in two
+    processes) and a val set with images, whose categories are the train set's. Returns the
+    label map of ``evaluation.category_mapping`` (None: the same categories)."""
+    if len(train_set) == 0:
+        raise ValueError(f"the train set {train_set.ann_file} has no image with an object to train on")
+    if processes(config) == 2 and len(train_set) < config.batch_size:
+        raise ValueError(f"the train set {train_set.ann_file} has {len(train_set)} images with objects, fewer than "
+                         f"batch_size={config.batch_size}: with processes=2 an epoch drops its incomplete batch, so "
+                         "no batch would be left; use a smaller batch_size or processes=1")
+    if val_set is None:
+        return None
+    if len(val_set) == 0:
+        raise ValueError(f"the val set {val_set.ann_file} has no images: the run ends evaluating on it; give a val "
+                         "set with images (or none)")
+    label_map = category_mapping(train_set.category_names, train_set.category_ids, val_set,
+                                 f"the model (the train set {train_set.ann_file})")
+    if label_map is not None:
+        print(describe_mapping(label_map, train_set.category_names, train_set.category_ids, val_set))
+    return label_map

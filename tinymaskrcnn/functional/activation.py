@@ -22,6 +22,8 @@ LogSoftmax along ``dim``
     backward  dy_i/dx_k = d_ik - softmax_k, so  dL/dx_k = dL/dy_k - softmax_k * sum_i dL/dy_i,
               with softmax = e^y.
 """
+import numpy as np
+
 from ..core.autograd import Function
 from ..core.backend import get_array_module
 
@@ -34,9 +36,16 @@ def stable_sigmoid(x):
 
 
 def log_softmax_array(x, axis):
-    """x - logsumexp(x) along ``axis``, shifted by the maximum so that no exponential overflows."""
+    """x - logsumexp(x) along ``axis``, shifted by the maximum so that no exponential overflows.
+
+    An empty ``axis`` has no maximum: the result is as empty as the input, as torch's. A slice of
+    all -inf gives NaN (-inf minus -inf), as torch's, without NumPy's warning.
+    """
     xp = get_array_module(x)
-    shifted = x - x.max(axis=axis, keepdims=True)
+    if x.shape[axis] == 0:
+        return x.copy()
+    with np.errstate(invalid="ignore"):
+        shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 

@@ -1,6 +1,8 @@
 """Argument checks shared by the ops and the layers."""
 from numbers import Integral
 
+import numpy as np
+
 _AT_LEAST = {0: "non-negative", 1: "positive"}
 
 
@@ -19,3 +21,14 @@ def pair(value, name, op, minimum=None, kind=Integral):
         raise ValueError(f"{op}: {name} must be {_AT_LEAST.get(minimum, f'>= {minimum}')}, got {value!r}")
     convert = int if kind is Integral else float
     return convert(items[0]), convert(items[1])
+
+
+KERNEL_DTYPES = (np.float32, np.float64)
+
+
+def kernel_dtype(op, name, dtype):
+    """Refuse, in one line, a dtype the op's Numba kernels are not compiled for (float16):
+    those ops take float32 and float64 only."""
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: {name} dtype {dtype} is not supported: use float32 or float64 "
+                        f"(.astype(np.float32))")

@@ -62,7 +62,7 @@ from numbers import Integral
 from ..core.autograd import Function
 from ..core.backend import get_array_module
 from ..kernels.im2col import conv_output_hw
-from .arguments import pair
+from .arguments import kernel_dtype, pair
 from .dispatch import kernel_for
 
 
@@ -151,6 +151,10 @@ def _check_common(op, input, weight, bias, groups):
         bias_dtype = None if bias is None else bias.dtype
         raise TypeError(f"{op}: input, weight and bias must share one floating dtype, got "
                         f"{input.dtype}, {weight.dtype} and {bias_dtype}; cast them with .astype(...)")
+    kernel_dtype(op, "input", input.dtype)
+    if input.shape[1] == 0:
+        raise ValueError(f"{op}: input of shape {tuple(input.shape)} has no channel (torch answers with an "
+                         f"output of no channel, whatever the weight and bias)")
     if not isinstance(groups, Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
 
@@ -173,6 +177,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     dilation = pair(dilation, "dilation", op, 1)
     _, cin, h, w = input.shape
     cout, cin_g, kh, kw = weight.shape
+    if cout == 0:
+        raise ValueError(f"{op}: weight of shape {tuple(weight.shape)} has no output channel")
     if cin != cin_g * groups:
         raise ValueError(f"{op}: input has {cin} channels (shape {tuple(input.shape)}) but weight of shape "
                          f"{tuple(weight.shape)} with groups={groups} expects {cin_g * groups}")
@@ -210,6 +216,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         if extra >= s and extra >= d:
             raise ValueError(f"{op}: output_padding {output_padding} must be smaller than the stride "
                              f"{stride} or the dilation {dilation}")
+    if cout_g == 0:
+        raise ValueError(f"{op}: weight of shape {tuple(weight.shape)} has no output channel")
     cout = cout_g * groups
     _check_bias(op, bias, cout)
     out_hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + extra + 1

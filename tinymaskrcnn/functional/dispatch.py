@@ -90,7 +90,7 @@ KERNELS = {
         fast="kernels.affine.channel_affine",
         cuda=None,
         twin="kernels.affine.channel_affine_twin"),
-    # AdamW's update of one parameter (optim.py)
+    # AdamW's update of one parameter (optim/optimizer.py)
     "adamw_update": Implementations(
         fast="kernels.adamw.adamw_update",
         cuda=None,

@@ -148,6 +148,9 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     if input.ndim != 4:
         raise ValueError(f"interpolate: expected a 4-D input (N, C, H, W), got shape {tuple(input.shape)}; "
                          f"add a batch axis with x[None] for a single (C, H, W) image")
+    if input.shape[1] == 0:
+        raise ValueError(f"interpolate: input of shape {tuple(input.shape)} has an empty channel axis; "
+                         f"only the batch axis may be empty")
     if mode not in MODES:
         raise ValueError(f"interpolate: unknown mode {mode!r}; supported modes are {', '.join(map(repr, MODES))}")
     if mode == "nearest" and align_corners is not None:

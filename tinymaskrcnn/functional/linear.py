@@ -8,6 +8,8 @@ backward   dL/dX_mi = sum_k dL/dY_mk W_ki          ->  dL/dX = dL/dY W
            dL/dW_ki = sum_m dL/dY_mk X_mi          ->  dL/dW = dL/dY^T X
            dL/db_k  = sum_m dL/dY_mk               ->  dL/db = column sums of dL/dY
 """
+import math
+
 from ..core.autograd import Function
 
 
@@ -21,9 +23,10 @@ class Linear(Function):
 
     def backward(self, g):
         out_features, in_features = self.weight.shape
-        rows = g.reshape(-1, out_features)  # the leading axes as one batch of rows
+        m = math.prod(g.shape[:-1])  # the leading axes as one batch of m rows (sizes given: one may be 0)
+        rows = g.reshape(m, out_features)
         dx = g @ self.weight if self.needs_input_grad[0] else None
-        dw = rows.T @ self.x.reshape(-1, in_features) if self.needs_input_grad[1] else None
+        dw = rows.T @ self.x.reshape(m, in_features) if self.needs_input_grad[1] else None
         db = rows.sum(axis=0) if self.needs_input_grad[2] else None
         return dx, dw, db
 

@@ -23,6 +23,8 @@ Binary cross entropy with logits x, targets t in [0, 1], pos_weight q (default 1
 Smooth L1 with threshold beta, d = x - t:
     l = d^2 / (2 beta)  if |d| < beta,   |d| - beta / 2  otherwise   (beta = 0: l = |d|)
     dl/dx = clip(d / beta, -1, 1)  (sign(d) when beta = 0),   dl/dt = -dl/dx
+    The two pieces meet with slope ±1 at |d| = beta; with beta = 0 the kink at d = 0 gets slope
+    sign(0) = 0, torch's convention.
 """
 import numpy as np
 

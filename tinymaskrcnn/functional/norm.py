@@ -30,8 +30,11 @@ one affine map per channel,
     y = x * scale + shift,                     dL/dx = dL/dy * scale
 and only x gets a gradient.
 """
+import math
+
 from ..core.autograd import Function, Tensor, as_array
 from ..core.backend import get_array_module
+from .arguments import kernel_dtype
 from .dispatch import kernel_for
 
 
@@ -52,9 +55,12 @@ class BatchNorm(Function):
                 momentum=0.1, eps=1e-5):
         xp = get_array_module(x)
         shape, axes = _channel_shape(x), _reduce_axes(x)
+        m = _values_per_channel(x)
+        # an empty batch has no statistics: as torch, it normalises nothing and leaves the
+        # running statistics as they were (and the backward is eval's, on no value)
+        training = training and m > 0
         self.training, self.axes, self.shape = training, axes, shape
         if training:
-            m = x.size // x.shape[1]
             mean = x.mean(axis=axes)
             centred = x - mean.reshape(shape)
             squares = (centred * centred).sum(axis=axes)
@@ -62,6 +68,8 @@ class BatchNorm(Function):
             if running_mean is not None:
                 running_mean[...] = momentum * mean + (1 - momentum) * running_mean
                 running_var[...] = momentum * (squares / (m - 1)) + (1 - momentum) * running_var
+        elif running_mean is None:  # an empty batch in training mode without running statistics
+            centred, var = x, xp.ones(x.shape[1], dtype=x.dtype)
         else:
             centred = x - running_mean.reshape(shape)
             var = running_var
@@ -95,11 +103,18 @@ class FrozenBatchNorm(Function):
         scale = weight * (1 / xp.sqrt(running_var + eps))
         shift = bias - running_mean * scale
         self.scale = scale.reshape(shape)
+        if x.size == 0:  # nothing for the kernel's threads to share out
+            return x.copy()
         # kernels/affine.py: one parallel pass instead of NumPy's two on one core
         return kernel_for("channel_affine", x)(xp.ascontiguousarray(x), scale, shift)
 
     def backward(self, g):
         return g * self.scale, None, None, None, None
+
+
+def _values_per_channel(x):
+    """m: the number of values each channel of x (N, C, *) holds (from the shape: C may be 0)."""
+    return math.prod(x.shape[:1] + x.shape[2:])
 
 
 def _check_channel_vectors(name, x, vectors):
@@ -125,7 +140,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True normalises with the batch statistics and, when running_mean/running_var are
     given, updates them in place (unbiased variance, as torch). training=False uses them.
     ``momentum=None`` (a cumulative average) needs the number of batches seen, which only the
-    module knows: BatchNorm2d passes momentum = 1 / num_batches_tracked instead.
+    module knows: BatchNorm2d passes momentum = 1 / num_batches_tracked instead. An empty batch
+    gives an empty output and leaves the running statistics alone, as torch; one value per
+    channel is refused (no variance to take), as torch.
     """
     _check_channel_vectors("batch_norm", input, {"running_mean": running_mean, "running_var": running_var,
                                                  "weight": weight, "bias": bias})
@@ -138,7 +155,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         if momentum is None:
             raise ValueError("batch_norm: momentum=None (cumulative average) needs num_batches_tracked; "
                              "pass momentum=1/num_batches_tracked, as BatchNorm2d does")
-        if input.size // input.shape[1] < 2:
+        if _values_per_channel(input) == 1:
             raise ValueError(f"batch_norm: training needs more than 1 value per channel to estimate a variance, "
                              f"got input shape {tuple(input.shape)}")
     return BatchNorm.apply(input, weight, bias, running_mean=as_array(running_mean),
@@ -175,6 +192,7 @@ def frozen_batch_norm(input, weight, bias, running_mean, running_var, eps=1e-5):
     """
     vectors = {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var}
     _check_channel_vectors("frozen_batch_norm", input, vectors)
+    kernel_dtype("frozen_batch_norm", "input", input.dtype)
     for key, v in vectors.items():
         if v is None:
             raise ValueError(f"frozen_batch_norm: {key} is required (a per-channel buffer), got None")

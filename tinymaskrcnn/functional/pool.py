@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.autograd import Function
 from ..core.backend import get_array_module
-from .arguments import pair
+from .arguments import kernel_dtype, pair
 from .dispatch import kernel_for
 
 
@@ -77,6 +77,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         raise ValueError(f"max_pool2d: expected a 4-D input (N, C, H, W), got shape {tuple(input.shape)}; "
                          f"add a batch axis with x[None] for a single (C, H, W) map")
     op = "max_pool2d"
+    kernel_dtype(op, "input", input.dtype)
+    if 0 in input.shape[1:]:
+        raise ValueError(f"max_pool2d: input of shape {tuple(input.shape)} has an empty channel, height or width "
+                         f"axis; only the batch axis may be empty")
     kernel = pair(kernel_size, "kernel_size", op, 1)
     stride = kernel if stride is None else pair(stride, "stride", op, 1)
     padding, dilation = pair(padding, "padding", op), pair(dilation, "dilation", op, 1)

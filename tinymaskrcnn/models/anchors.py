@@ -146,5 +146,5 @@ class AnchorGenerator(nn.Module):
         levels = self.grid_anchors(image_size, grid_sizes, dtype, xp)
         anchors = xp.concatenate([level.reshape(-1, 4) for level in levels])
         # every image gets the same anchors (they depend only on the padded size), each its own
-        # copy so that editing one image's anchors cannot change another's
-        return [anchors] + [anchors.copy() for _ in range(int(num_images) - 1)]
+        # copy so that editing one image's anchors cannot change another's; no image, no anchors
+        return [anchors if i == 0 else anchors.copy() for i in range(int(num_images))]

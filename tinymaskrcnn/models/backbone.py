@@ -11,13 +11,15 @@ are trainable). Frozen parameters get ``requires_grad = False``: no gradient is 
 them and the optimizer leaves them alone.
 """
 import numbers
+import warnings
 from collections import OrderedDict
 
 from .. import nn
 from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from .resnet import resnet
 
-__all__ = ["BackboneWithFPN", "IntermediateLayerGetter", "resnet_fpn_backbone", "resnet_fpn_extractor"]
+__all__ = ["BackboneWithFPN", "IntermediateLayerGetter", "resnet_fpn_backbone", "resnet_fpn_extractor",
+           "validate_trainable_layers"]
 
 # Last to first: trainable_layers = k trains the first k of these.
 _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -117,8 +119,7 @@ def resnet_fpn_extractor(backbone, trainable_layers, returned_layers=None, extra
     Freezes as ``freeze_resnet_layers``; ``returned_layers`` (default [1, 2, 3, 4]) picks the
     stages whose outputs feed the FPN, named '0', '1', ... in that order. With ImageNet weights::
 
-        body = resnet50(norm_layer=nn.FrozenBatchNorm2d)
-        tm.weights.load_torchvision(body, "resnet50-0676ba61.pth")
+        body = resnet50(weights="IMAGENET1K_V1", norm_layer=nn.FrozenBatchNorm2d)  # or a .pth path
         backbone = resnet_fpn_extractor(body, trainable_layers=3)
     """
     returned_layers = _check_returned_layers(returned_layers)
@@ -130,14 +131,16 @@ def resnet_fpn_extractor(backbone, trainable_layers, returned_layers=None, extra
     return BackboneWithFPN(backbone, return_layers, in_channels_list, 256, extra_blocks=extra_blocks)
 
 
-def resnet_fpn_backbone(backbone_name, trainable_layers=3, norm_layer=nn.FrozenBatchNorm2d, returned_layers=None,
-                        extra_blocks=None):
-    """torchvision's ``resnet_fpn_backbone`` (without weights: load them afterwards by name).
+def resnet_fpn_backbone(backbone_name, *, weights=None, norm_layer=nn.FrozenBatchNorm2d, trainable_layers=3,
+                        returned_layers=None, extra_blocks=None):
+    """torchvision's ``resnet_fpn_backbone``, with its arguments.
 
     Args:
         backbone_name: 'resnet18', 'resnet34', 'resnet50', 'resnet101' or 'resnet152'.
-        trainable_layers: 0..5 layers trained, counted from layer4 backwards (see module doc).
+        weights: the ResNet's weights, as ``resnet`` takes them: None, a ``.pth`` path, or
+            torchvision's names ('IMAGENET1K_V1', 'DEFAULT' ...) found in torch's cache folder.
         norm_layer: ``nn.FrozenBatchNorm2d`` (detection default) or ``nn.BatchNorm2d``.
+        trainable_layers: 0..5 layers trained, counted from layer4 backwards (see module doc).
         returned_layers: ResNet stages feeding the FPN, default [1, 2, 3, 4].
         extra_blocks: extra FPN levels, default ``LastLevelMaxPool`` ('pool').
 
@@ -146,5 +149,23 @@ def resnet_fpn_backbone(backbone_name, trainable_layers=3, norm_layer=nn.FrozenB
     # check the cheap arguments before building (and randomly initialising) the ResNet
     _check_trainable_layers(trainable_layers)
     _check_returned_layers(returned_layers)
-    body = resnet(backbone_name, norm_layer=norm_layer)
+    body = resnet(backbone_name, weights, norm_layer=norm_layer)
     return resnet_fpn_extractor(body, trainable_layers, returned_layers, extra_blocks)
+
+
+def validate_trainable_layers(is_trained, trainable_backbone_layers, max_value, default_value):
+    """How many backbone layers a detection builder trains, by torchvision's rule: with
+    weights (``is_trained``) ``trainable_backbone_layers``, ``default_value`` when None;
+    without any, all ``max_value`` of them, since frozen random layers would never learn (a
+    value given then is overridden, with a warning, as torchvision does)."""
+    if not is_trained:
+        if trainable_backbone_layers is not None:
+            warnings.warn(f"trainable_backbone_layers={trainable_backbone_layers} has no effect without weights or "
+                          f"weights_backbone: all {max_value} layers train, as in torchvision", stacklevel=3)
+        trainable_backbone_layers = max_value
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = default_value
+    if not isinstance(trainable_backbone_layers, numbers.Integral) or not 0 <= trainable_backbone_layers <= max_value:
+        raise ValueError(f"trainable_backbone_layers must be an integer in [0, {max_value}], got "
+                         f"{trainable_backbone_layers!r}")
+    return trainable_backbone_layers

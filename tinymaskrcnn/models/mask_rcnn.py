@@ -8,14 +8,56 @@ from collections import OrderedDict
 
 
 from .. import nn
-from ..core.backend import device_of, to_device
+from ..core.autograd import Tensor
+from ..core.backend import array_from, device_of, to_device
 from .anchors import AnchorGenerator
-from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_backbone
+from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_extractor, validate_trainable_layers
 from ..ops.poolers import MultiScaleRoIAlign
-from .resnet import resnet18
+from .resnet import resnet18, resnet50
 from .roi_heads import FastRCNNConvFCHead, FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
 from .transform import GeneralizedRCNNTransform
+from ..weights.torchvision import load_torchvision, num_classes_in, read_weights
+
+
+_ACCEPTED = ("NumPy or CuPy arrays, Tensors, torch tensors (tv_tensors included), or anything with __array__ or "
+             "__dlpack__")
+
+
+def _input_array(value, what):
+    if isinstance(value, Tensor):
+        return value
+    array = array_from(value)
+    if array is None:
+        raise TypeError(f"{what} is a {type(value).__name__}: the model takes {_ACCEPTED}")
+    return array
+
+
+def model_inputs(images, targets=None):
+    """The model's boundary: ``images`` and the arrays in ``targets`` converted, once, to NumPy
+    (or, on the GPU, CuPy) arrays, so a torchvision user's batch goes in as it is.
+
+    Each image, and each value of a target dict that holds an array, may be a NumPy or CuPy
+    array, one of our Tensors, a torch tensor or tv_tensor (on the CPU a view of its memory, on
+    the GPU a CuPy array by DLPack, no host copy; torch itself is not imported), or anything
+    with ``__array__`` or ``__dlpack__``. Other target values (an ``image_id`` int, say) pass
+    unchanged, for the transform's checks to judge. Anything else as an image is a TypeError
+    naming it.
+    """
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be a list of (3, H, W) images ({_ACCEPTED}), got {type(images).__name__}")
+    images = [_input_array(image, f"images[{i}]") for i, image in enumerate(images)]
+    if isinstance(targets, (list, tuple)):
+        targets = [{key: _target_value(value) for key, value in target.items()} if isinstance(target, dict)
+                   else target for target in targets]
+    return images, targets
+
+
+def _target_value(value):
+    if isinstance(value, (Tensor, bool, int, float, str)) or value is None:
+        return value
+    array = array_from(value)
+    return value if array is None else array
 
 
 class MaskRCNN(nn.Module):
@@ -80,19 +122,22 @@ class MaskRCNN(nn.Module):
         self.rpn = rpn
         self.roi_heads = roi_heads
 
-    def forward(self, images, targets=None, intermediates=None, stats=None):
+    def forward(self, images, targets=None, intermediates=None, stats=None, paste_masks=True):
         """Inference: a list of dicts (boxes, labels, scores, masks) per image. Training: the
         five losses. ``images`` is a list of (3, H, W) float arrays in [0, 1]; ``targets`` a
         list of dicts with boxes (K, 4) xyxy, labels (K,) int64 and masks (K, H, W) uint8.
+        What torchvision's model takes is taken too (``model_inputs``): torch tensors and
+        tv_tensors, and anything with ``__array__`` or ``__dlpack__``; the outputs are arrays.
 
         Pass a dict as ``intermediates`` to receive every stage's output (the transformed
         batch, feature maps, anchors, objectness, proposals before and after NMS, sampled RoIs
         and their targets, raw detections) and as ``stats`` for the training statistics.
+        ``paste_masks=False`` leaves each mask as its (1, M, M) probabilities in its box (to
+        paste one at a time, ``ops.PastedMasks``) instead of a full-size image.
         """
         if self.training and targets is None:
             raise ValueError("training mode needs targets: call model.eval() for inference")
-        if not isinstance(images, (list, tuple)):
-            raise TypeError(f"images must be a list of (3, H, W) arrays, got {type(images).__name__}")
+        images, targets = model_inputs(images, targets)
         original_sizes = [tuple(getattr(img, "shape")[-2:]) for img in images]
         images, targets = self._to_model_device(images, targets)
         batch, targets = self.transform(images, targets)
@@ -106,7 +151,7 @@ class MaskRCNN(nn.Module):
             intermediates.update(images=batch, features=features, detections_before_postprocess=detections)
         if self.training:
             return {**roi_losses, **rpn_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes, paste_masks)
 
 
     def _to_model_device(self, images, targets):
@@ -121,16 +166,57 @@ class MaskRCNN(nn.Module):
         return images, targets
 
 
-def maskrcnn_resnet50_fpn(num_classes=91, trainable_backbone_layers=3, norm_layer=None, **kwargs):
-    """Mask R-CNN with a ResNet-50-FPN backbone in torchvision's detection configuration
-    (FrozenBatchNorm2d, layers 2..4 trainable); ``kwargs`` are MaskRCNN's keyword arguments.
+def maskrcnn_resnet50_fpn(*, weights=None, progress=True, num_classes=None, weights_backbone="IMAGENET1K_V1",
+                          trainable_backbone_layers=None, norm_layer=None, **kwargs):
+    """torchvision's ``maskrcnn_resnet50_fpn``, with its arguments and their meaning.
 
-    Load torchvision's COCO weights with
-    ``tm.weights.load_torchvision(model, "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")``.
+    Args:
+        weights: the whole detector's: None, a path to a ``.pth`` file, or torchvision's names
+            ('DEFAULT' = 'COCO_V1', 'MaskRCNN_ResNet50_FPN_Weights.COCO_V1', or the enum member),
+            found in torch's cache folder (``tm.weights.resolve_weights`` says where). They fix
+            ``num_classes`` (91 for COCO) and replace ``weights_backbone``.
+        progress: accepted for torchvision's signature; nothing is downloaded.
+        num_classes: classes including background; 91 when neither it nor ``weights`` is given.
+        weights_backbone: the ResNet-50's ImageNet weights, as ``weights`` ('IMAGENET1K_V1' by
+            default, torchvision's; None to start from random), loaded into the backbone alone.
+        trainable_backbone_layers: layers trained, from layer4 backwards: 3 when there are
+            weights (of either kind) and None is given; all 5 without weights.
+        norm_layer: not torchvision's: None chooses as torchvision does, FrozenBatchNorm2d with
+            weights (ImageNet statistics, too few images per batch to estimate new ones) and
+            BatchNorm2d without (random layers need their statistics learnt).
+        kwargs: MaskRCNN's keyword arguments.
+
+    With torchvision's COCO weights (COCO_V1, by name or its file), the frozen batch norms take
+    eps = 0, as torchvision sets for that checkpoint, so the outputs are torchvision's. The
+    tutorial's fine-tuning, ported, is ``docs/from-torchvision.md``.
     """
-    backbone = resnet_fpn_backbone("resnet50", trainable_layers=trainable_backbone_layers,
-                                   norm_layer=norm_layer or nn.FrozenBatchNorm2d)
-    return MaskRCNN(backbone, num_classes=num_classes, **kwargs)
+    state, name = read_weights(weights, "maskrcnn_resnet50_fpn")
+    if state is not None:
+        if "fc.weight" in state and "conv1.weight" in state:
+            raise ValueError(f"maskrcnn_resnet50_fpn: {weights} holds an ImageNet ResNet's weights, not a detector's: "
+                             "pass it as weights_backbone=")
+        weights_backbone = None  # the detector's file holds the backbone too
+        num_classes = num_classes_in(state, "roi_heads.box_predictor.cls_score.weight", num_classes,
+                                     "maskrcnn_resnet50_fpn")
+    elif num_classes is None:
+        num_classes = 91
+    is_trained = weights is not None or weights_backbone is not None
+    trainable_backbone_layers = validate_trainable_layers(is_trained, trainable_backbone_layers, 5, 3)
+    if norm_layer is None:
+        norm_layer = nn.FrozenBatchNorm2d if is_trained else nn.BatchNorm2d
+    try:
+        body = resnet50(weights=weights_backbone, progress=progress, norm_layer=norm_layer)
+    except FileNotFoundError as e:  # most often torchvision's default, IMAGENET1K_V1, not at hand
+        raise FileNotFoundError(f"maskrcnn_resnet50_fpn's weights_backbone: {e}; weights_backbone=None starts "
+                                "from random weights") from None
+    model = MaskRCNN(resnet_fpn_extractor(body, trainable_backbone_layers), num_classes=num_classes, **kwargs)
+    if state is not None:
+        load_torchvision(model, state)
+        if name == "COCO_V1":
+            for module in model.modules():
+                if isinstance(module, nn.FrozenBatchNorm2d):
+                    module.eps = 0.0
+    return model
 
 
 def maskrcnn_resnet18_fpn(num_classes=91, fpn_channels=128, representation_size=256, mask_channels=64,

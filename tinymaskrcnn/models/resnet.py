@@ -23,6 +23,7 @@ are fixed buffers).
 from collections import OrderedDict
 
 from .. import nn
+from ..weights.torchvision import load_torchvision, num_classes_in, read_weights
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -175,34 +176,47 @@ _ARCHITECTURES = {
 }
 
 
-def resnet(name, **kwargs):
-    """Build a ResNet by torchvision's name ('resnet18' ... 'resnet152'); kwargs go to ResNet."""
+def resnet(name, weights=None, progress=True, **kwargs):
+    """Build a ResNet by torchvision's name ('resnet18' ... 'resnet152'); kwargs go to ResNet.
+
+    ``weights``, as torchvision's: None (random), a path to a ``.pth`` file, or one of its names
+    ('DEFAULT', 'IMAGENET1K_V1', 'ResNet50_Weights.IMAGENET1K_V2' or the enum member), found in
+    torch's cache folder (``tm.weights.resolve_weights``). Weights fix ``num_classes`` (1000 for
+    ImageNet). ``progress`` is accepted for torchvision's signature: nothing is downloaded.
+    """
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown ResNet {name!r}: choose one of {', '.join(_ARCHITECTURES)}")
+    state, _ = read_weights(weights, name)
+    if state is not None:
+        kwargs["num_classes"] = num_classes_in(state, "fc.weight", kwargs.get("num_classes"), name)
     block, layers = _ARCHITECTURES[name]
-    return ResNet(block, layers, **kwargs)
+    model = ResNet(block, layers, **kwargs)
+    if state is not None:
+        load_torchvision(model, state)
+    return model
 
 
-def resnet18(**kwargs):
-    """ResNet-18: BasicBlocks [2, 2, 2, 2]; kwargs as ResNet (num_classes, norm_layer, ...)."""
-    return resnet("resnet18", **kwargs)
+def resnet18(*, weights=None, progress=True, **kwargs):
+    """ResNet-18: BasicBlocks [2, 2, 2, 2]; ``weights`` as ``resnet``; kwargs as ResNet
+    (num_classes, norm_layer, ...)."""
+    return resnet("resnet18", weights, progress, **kwargs)
 
 
-def resnet34(**kwargs):
+def resnet34(*, weights=None, progress=True, **kwargs):
     """ResNet-34: BasicBlocks [3, 4, 6, 3]."""
-    return resnet("resnet34", **kwargs)
+    return resnet("resnet34", weights, progress, **kwargs)
 
 
-def resnet50(**kwargs):
+def resnet50(*, weights=None, progress=True, **kwargs):
     """ResNet-50: Bottlenecks [3, 4, 6, 3] (the Mask R-CNN backbone)."""
-    return resnet("resnet50", **kwargs)
+    return resnet("resnet50", weights, progress, **kwargs)
 
 
-def resnet101(**kwargs):
+def resnet101(*, weights=None, progress=True, **kwargs):
     """ResNet-101: Bottlenecks [3, 4, 23, 3]."""
-    return resnet("resnet101", **kwargs)
+    return resnet("resnet101", weights, progress, **kwargs)
 
 
-def resnet152(**kwargs):
+def resnet152(*, weights=None, progress=True, **kwargs):
     """ResNet-152: Bottlenecks [3, 8, 36, 3]."""
-    return resnet("resnet152", **kwargs)
+    return resnet("resnet152", weights, progress, **kwargs)

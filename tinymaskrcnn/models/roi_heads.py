@@ -116,15 +116,22 @@ class MaskRCNNPredictor(nn.Module):
 
 def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
     """Cross-entropy over all sampled RoIs, plus smooth L1 (beta 1/9, summed) between the deltas
-    predicted *for the GT class* of each positive and its targets, divided by the number of RoIs."""
+    predicted *for the GT class* of each positive and its targets, divided by the number of RoIs.
+
+    With no RoI at all (a sampler that kept none) both losses are 0, still connected to the
+    graph, so the step's gradient is zero; torchvision's mean over no RoI gives NaN there, which
+    would poison every weight.
+    """
     xp = get_array_module(labels[0])
     labels = xp.concatenate(labels)
     regression_targets = xp.concatenate(regression_targets)
+    n, num_classes = class_logits.shape
+    if n == 0:
+        return class_logits.sum() * 0.0, box_regression.sum() * 0.0
     classification_loss = F.cross_entropy(class_logits, labels)
     pos = xp.nonzero(labels > 0)[0]
-    n = class_logits.shape[0]
-    deltas = box_regression.reshape(n, -1, 4)[pos, labels[pos]]
-    box_loss = F.smooth_l1_loss(deltas, regression_targets[pos], beta=1 / 9, reduction="sum") * (1.0 / max(labels.size, 1))
+    deltas = box_regression.reshape(n, num_classes, 4)[pos, labels[pos]]
+    box_loss = F.smooth_l1_loss(deltas, regression_targets[pos], beta=1 / 9, reduction="sum") * (1.0 / labels.size)
     return classification_loss, box_loss
 
 

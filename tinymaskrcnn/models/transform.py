@@ -155,17 +155,18 @@ class GeneralizedRCNNTransform(nn.Module):
         return batch
 
     # ----- back to the original images ----------------------------------------------------------
-    def postprocess(self, result, image_shapes, original_image_sizes):
+    def postprocess(self, result, image_shapes, original_image_sizes, paste_masks=True):
         """Detections on the resized images → on the originals (inference only; in training
         the result is returned as it is). Boxes are rescaled; (K, 1, M, M) mask probabilities
-        are pasted into (K, 1, H, W) images. Returns new dicts."""
+        are pasted into (K, 1, H, W) images (left as they are with ``paste_masks`` False).
+        Returns new dicts."""
         if self.training:
             return result
         out = []
         for pred, size, original in zip(result, image_shapes, original_image_sizes):
             pred = dict(pred)
             pred["boxes"] = resize_boxes(as_array(pred["boxes"]), size, original)
-            if "masks" in pred:
+            if "masks" in pred and paste_masks:
                 pred["masks"] = as_array(paste_masks_in_image(as_array(pred["masks"]), pred["boxes"], tuple(original)))
             out.append(pred)
         return out

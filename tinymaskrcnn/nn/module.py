@@ -5,7 +5,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from ..core.autograd import Tensor, as_array
-from ..core.backend import get_array_module, is_cupy, to_device, to_numpy
+from ..core.backend import as_device, device_of, get_array_module, is_cupy, is_torch, to_device, to_numpy
 
 
 class Parameter(Tensor):
@@ -54,6 +54,13 @@ def format_state_mismatch(title, missing=(), unexpected=(), mismatched=(), fix="
     return "\n".join(lines)
 
 
+def is_optional_state_key(key):
+    """True for a batch norm's num_batches_tracked: a state may leave it out (one saved from
+    FrozenBatchNorm2d, as torchvision's COCO detector is) and the module keeps its own counter,
+    as torch's BatchNorm2d does."""
+    return key.rpartition(".")[2] == "num_batches_tracked"
+
+
 def _copy_into(dest, value):
     """Copy ``value`` (array, Tensor or anything array-like, e.g. a CPU torch tensor) into the
     array ``dest`` in place, converting to ``dest``'s dtype and device."""
@@ -61,6 +68,63 @@ def _copy_into(dest, value):
     xp = get_array_module(dest)
     src = to_numpy(value) if xp is np else xp.asarray(value)
     dest[...] = src.astype(dest.dtype, copy=False)
+
+
+def _as_dtype(value):
+    """The NumPy dtype named by ``value`` (a NumPy dtype or type, a name, or a torch.dtype, read
+    by its name: torch.float64 is 'torch.float64'), or None when it names none."""
+    if is_torch(value):
+        name = str(value)
+        value = name[len("torch."):] if name.startswith("torch.") and type(value).__name__ == "dtype" else None
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return np.dtype(value)
+    except TypeError:
+        return None
+
+
+def _is_device(value):
+    if is_torch(value):
+        return type(value).__name__ == "device"
+    return isinstance(value, str) and value.partition(":")[0] in ("cpu", "cuda")
+
+
+def parse_to_arguments(*args, device=None, dtype=None, non_blocking=False):
+    """(device, dtype) from the arguments of ``Module.to``, as torch reads them: a device, a
+    dtype, a device then a dtype, or an array or tensor whose device and dtype are taken (our
+    Tensors, NumPy and CuPy arrays, torch tensors); a last positional bool is ``non_blocking``.
+    The device comes back as 'cpu', 'cuda' or None, the dtype as a NumPy dtype or None."""
+    if args and isinstance(args[-1], bool):
+        args = args[:-1]  # non_blocking, given by position
+    if len(args) > 2:
+        raise TypeError(f"to() takes at most a device and a dtype by position, got {len(args)} arguments")
+    found = {}
+    for i, arg in enumerate(args):
+        if i == 0 and _is_device(arg):
+            found["device"] = arg
+        elif i == 0 and hasattr(arg, "dtype") and hasattr(arg, "shape") and not isinstance(arg, (type, np.dtype)):
+            # an array or tensor: its dtype and device (a torch tensor names both its own way)
+            found["dtype"], found["device"] = arg.dtype, arg.device if is_torch(arg) else device_of(arg)
+        elif (i == 0 or "device" in found) and _as_dtype(arg) is not None:
+            found["dtype"] = arg
+        else:
+            raise TypeError(f"to() argument {i + 1} is {type(arg).__name__} {arg!r:.60}: expected a device ('cpu', "
+                            "'cuda', 'cuda:0', a torch.device), then a floating dtype (np.float32, 'float64', "
+                            "torch.float64); or an array or tensor to match")
+    for name, value in (("device", device), ("dtype", dtype)):
+        if value is not None:
+            if name in found:
+                raise TypeError(f"to() got the {name} twice, by position and as {name}=")
+            found[name] = value
+    device = as_device(found["device"]) if "device" in found else None
+    dtype = found.get("dtype")
+    if dtype is not None:
+        resolved = _as_dtype(dtype)
+        if resolved is None:
+            raise TypeError(f"to(dtype={dtype!r}): not a dtype NumPy knows (float32 or float64)")
+        dtype = resolved
+    return device, dtype
 
 
 def _indent(text, spaces=2):
@@ -261,14 +325,15 @@ class Module:
 
         Values may be arrays, Tensors or CPU torch tensors. A key whose shape differs always
         raises; with ``strict=True`` so do keys the module has and the state lacks (missing)
-        and keys the state has and the module lacks (unexpected). With ``strict=False`` the
+        and keys the state has and the module lacks (unexpected), except a batch norm's
+        num_batches_tracked, which torch too lets a state leave out. With ``strict=False`` the
         matching keys are loaded and ``(missing_keys, unexpected_keys)`` is returned.
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"load_state_dict expects a mapping of name -> array, got {type(state_dict).__name__}")
         own = self.state_dict()
         ignored = {prefix + key for prefix, module in self._walk() for key in module._ignored_state_keys}
-        missing = [k for k in own if k not in state_dict]
+        missing = [k for k in own if k not in state_dict and not is_optional_state_key(k)]
         unexpected = [k for k in state_dict if k not in own and k not in ignored]
         mismatched = [k for k in own if k in state_dict and _shape_of(state_dict[k]) != tuple(own[k].shape)]
         if mismatched or (strict and (missing or unexpected)):
@@ -299,17 +364,24 @@ class Module:
         """Inference mode: ``train(False)``."""
         return self.train(False)
 
-    def to(self, dtype=None, device=None):
-        """Convert parameters and floating buffers to ``dtype`` and/or move every parameter and
-        buffer to ``device`` ('cpu' or 'cuda'), in place; returns self.
+    def to(self, *args, **kwargs):
+        """Move and/or convert every parameter and buffer in place, as torch's ``Module.to``;
+        returns self. The forms torch takes::
 
-        The Parameter objects stay the same (only their ``.data`` changes), so an optimizer that
-        holds them keeps working. Integer buffers such as num_batches_tracked keep their dtype.
+            model.to("cuda")                 # a device: "cpu", "cuda", "cuda:0" or a torch.device
+            model.to(np.float64)             # a floating dtype: NumPy's, a name, or a torch.dtype
+            model.to("cuda", torch.float32)  # both
+            model.to(device="cpu", dtype="float64", non_blocking=True)
+            model.to(other)                  # the dtype and device of an array or tensor
+
+        Floating parameters and buffers take the dtype; integer buffers (num_batches_tracked)
+        keep theirs. The Parameter objects stay the same (only their ``.data`` changes), so an
+        optimizer that holds them keeps working. ``non_blocking`` is accepted and has no effect
+        (NumPy and CuPy copies here are synchronous).
         """
-        if dtype is not None:
-            dtype = np.dtype(dtype)
-            if dtype.kind != "f":
-                raise ValueError(f"Module.to(dtype=...) needs a floating dtype (float32 or float64), got {dtype}")
+        device, dtype = parse_to_arguments(*args, **kwargs)
+        if dtype is not None and dtype.kind != "f":
+            raise ValueError(f"Module.to(dtype=...) needs a floating dtype (float32 or float64), got {dtype}")
 
         def convert(a):
             if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:

@@ -8,11 +8,18 @@ decoded boxes before NMS.
 
 NMS and batched NMS select boxes rather than compute values, so nothing here has a backward:
 the functions take arrays (or Tensors, whose data is used), NumPy or CuPy, and return arrays.
+
+dtypes, as torchvision: ``box_area`` and ``box_iou`` widen float16 boxes to float32 before
+computing (an 800-pixel box has an area of 640000, above float16's largest value, 65504, so in
+float16 its IoU would be inf/inf = NaN); ``clip_boxes_to_image`` and ``remove_small_boxes``
+work in the boxes' dtype; NMS takes float32 and float64 (torchvision's CPU NMS refuses float16
+too). Integer boxes are refused: torchvision accepts them, but a box here is a floating array.
 """
 import numpy as np
 
 from ..core.autograd import Tensor
 from ..core.backend import get_array_module, is_cupy, to_numpy
+from ..functional.arguments import kernel_dtype
 from ..functional.dispatch import kernel_for
 
 __all__ = ["box_area", "box_iou", "clip_boxes_to_image", "remove_small_boxes", "nms", "batched_nms"]
@@ -45,9 +52,15 @@ def check_boxes(boxes, name="boxes", batched=False):
     return boxes
 
 
+def _widened(boxes):
+    """float16 boxes as float32 (torchvision's upcast: a product of coordinates overflows float16)."""
+    return boxes.astype(np.float32) if boxes.dtype == np.float16 else boxes
+
+
 def box_area(boxes):
-    """Area of each box, (x2 - x1) * (y2 - y1): (N, 4) → (N,)."""
-    boxes = check_boxes(boxes)
+    """Area of each box, (x2 - x1) * (y2 - y1): (N, 4) → (N,). An inverted box has a negative
+    area, as in torchvision; float16 boxes give float32 areas."""
+    boxes = _widened(check_boxes(boxes))
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
@@ -60,9 +73,9 @@ def box_iou(boxes1, boxes2):
         inter = max(0, min(x2, x2') - max(x1, x1')) · max(0, min(y2, y2') - max(y1, y1'))
         iou   = inter / (area + area' - inter)
 
-    Two empty boxes give 0/0 = NaN, as in torchvision.
+    Two empty boxes give 0/0 = NaN, as in torchvision; float16 boxes give a float32 IoU.
     """
-    boxes1, boxes2 = check_boxes(boxes1, "boxes1"), check_boxes(boxes2, "boxes2")
+    boxes1, boxes2 = _widened(check_boxes(boxes1, "boxes1")), _widened(check_boxes(boxes2, "boxes2"))
     xp = get_array_module(boxes1, boxes2)
     area1, area2 = box_area(boxes1), box_area(boxes2)
     top_left = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
@@ -122,9 +135,11 @@ def nms(boxes, scores, iou_threshold):
 
     A box is dropped when its IoU with a higher-scoring kept box is greater than
     ``iou_threshold``; among equal scores the lower index goes first. See
-    ``tinymaskrcnn.kernels.nms`` for the algorithm and its NumPy twin.
+    ``tinymaskrcnn.kernels.nms`` for the algorithm and its NumPy twin. Empty boxes must still be
+    (0, 4), as in torchvision's nms (batched_nms takes any empty array).
     """
     boxes = check_boxes(boxes)
+    kernel_dtype("nms", "boxes", boxes.dtype)
     scores = _check_scores(scores, boxes)
     if scores.dtype.kind != "f":
         raise TypeError(f"scores must be a floating array, got dtype {scores.dtype}")
@@ -145,15 +160,17 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     so that boxes of different categories cannot overlap, and one NMS does all categories.
     Large inputs run one NMS per category, which keeps each NMS small. Either way the answer
     is torchvision's, which makes the same choice at the same size (``_PER_CLASS_ABOVE``).
+    Boxes with no element, whatever their shape, keep nothing, as in torchvision.
     """
+    boxes = as_array(boxes, "boxes")
+    if boxes.size == 0:
+        return get_array_module(boxes).zeros(0, dtype=np.int64)
     boxes = check_boxes(boxes)
+    kernel_dtype("batched_nms", "boxes", boxes.dtype)
     scores = _check_scores(scores, boxes)
     idxs = _check_scores(idxs, boxes, "idxs")
     if idxs.dtype.kind not in "iu":
         raise TypeError(f"idxs must be integer category ids, got dtype {idxs.dtype}: use .astype(np.int64)")
-    xp = get_array_module(boxes)
-    if boxes.shape[0] == 0:
-        return xp.zeros(0, dtype=np.int64)
     if boxes.size > _PER_CLASS_ABOVE["cuda" if is_cupy(boxes) else "cpu"]:
         return _batched_nms_per_class(boxes, scores, idxs, iou_threshold)
     # offsets computed in the boxes' dtype, as torchvision does, so the shifted boxes round alike

@@ -52,7 +52,12 @@ class MultiScaleRoIAlign(nn.Module):
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
 
+    def extra_repr(self):
+        return f"featmap_names={self.featmap_names}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
+
     def forward(self, features, boxes, image_sizes):
+        if len(image_sizes) == 0:
+            raise ValueError("MultiScaleRoIAlign: image_sizes is empty: give one (height, width) per image")
         maps = [features[name] for name in self.featmap_names]
         largest = (max(h for h, _ in image_sizes), max(w for _, w in image_sizes))
         scales = [infer_scale(m.shape[-2:], largest) for m in maps]

@@ -91,8 +91,6 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"input must be float32 or float64, got dtype {x.dtype}: use .astype(np.float32)")
     N, _, H, W = x.shape
-    if H == 0 or W == 0:
-        raise ValueError(f"input has an empty feature map, shape {x.shape}: H and W must be > 0")
     output_size = pair(output_size, "output_size", "roi_align", 1)
     if not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int (samples per bin and axis; <= 0 for adaptive), "
@@ -101,6 +99,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     rois = _as_rois(boxes, x.dtype, xp)
     if not xp.isfinite(rois).all():
         raise ValueError("boxes contain NaN or infinity: remove or clip them first")
+    if (H == 0 or W == 0) and len(rois):  # with no RoI there is nothing to read: an empty result
+        raise ValueError(f"input has an empty feature map, shape {x.shape}: H and W must be > 0")
     batch = rois[:, 0].astype(np.int64)  # truncated, as torchvision reads the index
     if len(rois) and (batch.min() < 0 or batch.max() >= N):
         raise ValueError(f"box batch indices must lie in [0, {N}) for an input of {N} images, "

@@ -23,6 +23,7 @@ WEIGHT_URLS = {
     "resnet101": _BASE_URL + "resnet101-63fe2227.pth",
     "resnet101_v2": _BASE_URL + "resnet101-cd907fc2.pth",
     "resnet152": _BASE_URL + "resnet152-394f9c45.pth",
+    "resnet152_v2": _BASE_URL + "resnet152-f82ba261.pth",
     "maskrcnn_resnet50_fpn_coco": _BASE_URL + "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",  # 37.9 box / 34.6 mask AP
 }
 

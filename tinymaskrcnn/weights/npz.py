@@ -161,12 +161,15 @@ def load(path):
         meta = json.loads(str(arrays.pop(_META_ENTRY)))
     except ValueError as e:
         raise CheckpointError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}); the file is damaged") from e
+    except RecursionError:
+        raise CheckpointError(f"{path}: its '{_META_ENTRY}' entry nests too deeply to read (thousands of levels); "
+                              "the file is damaged or crafted") from None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _FORMAT_VERSION:
         found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
         raise CheckpointError(f"{path} is not a tinymaskrcnn checkpoint this version reads: format {found[0]!r} "
                               f"version {found[1]!r}, this version reads {_FORMAT!r} version {_FORMAT_VERSION}")
     try:
         return _decode(meta["tree"], arrays)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as e:
         raise CheckpointError(f"{path}: its '{_META_ENTRY}' index does not match its arrays ({type(e).__name__}: "
                               f"{e}); the file is damaged") from e

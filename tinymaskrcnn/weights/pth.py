@@ -23,9 +23,12 @@ and the attacker may have written every byte of it. What such a file can try:
    against the record that holds it (zip) or the bytes left in the file (legacy); every zip
    record must be stored uncompressed and lie inside the file (``check_stored_record``); a
    tensor's elements must lie inside its storage, with at most ``_MAX_DIMS`` dimensions and
-   ``_MAX_ELEMENTS`` elements. The reader so allocates at most the file's size (twice that for
-   bfloat16 storages, widened to float32 once per storage) plus views. A view may be larger
-   than its storage (stride 0, as ``expand`` saves): it shares the storage's memory.
+   ``_MAX_ELEMENTS`` elements; every memo index and length field of a pickle is read ahead
+   (``_check_memo``) before it is unpickled, as the unpickler's memo table alone could take
+   gigabytes. The reader so allocates at most the file's size (twice that for bfloat16
+   storages, widened to float32 once per storage) plus views, and the objects and memo table
+   of a pickle no longer than the file. A view may be larger than its storage (stride 0, as
+   ``expand`` saves): it shares the storage's memory.
 3. Every failure, whatever is wrong with the file (damaged, truncated, hostile or another
    format), is a ``CheckpointError`` (a ValueError) naming the file, the record and what to
    do; a length field no file could fill is one too, not a MemoryError. (A path with no
@@ -57,6 +60,7 @@ import collections
 import math
 import os
 import pickle
+import pickletools
 import sys
 import tarfile
 import zipfile
@@ -231,12 +235,47 @@ def damage_message(path, error):
     return f"{path} is damaged or truncated ({error or type(error).__name__}): download or copy it again"
 
 
-def _unpickle(file, path, record, load_storage=None):
-    """One object from ``file`` through ``SafeUnpickler``, every failure a CheckpointError
-    naming the file and the record. A damaged pickle can make the unpickler raise almost
-    anything (a cut-off opcode, a bad memo index, a call with the wrong arguments); a length
-    field no file could fill asks for more memory than there is."""
+class _Capped:
+    """``file``'s reads, never past ``size`` bytes from its start: pickletools reads as many
+    bytes as a length field claims, and a buffered file allocates them before reading."""
+
+    def __init__(self, file, size):
+        self.file, self.size = file, size
+
+    def read(self, n):
+        return self.file.read(max(min(n, self.size - self.file.tell()), 0))
+
+    def readline(self):
+        return self.file.readline(max(self.size - self.file.tell(), 0))
+
+    def tell(self):
+        return self.file.tell()
+
+
+def _check_memo(file, size):
+    """Read the pickle at ``file``'s position ahead, opcode by opcode (pickletools runs nothing),
+    and put the position back (a length field claiming more bytes than are left is a ValueError
+    of pickletools'). The C unpickler grows its memo table to twice the largest index
+    a PUT opcode names, 8 bytes an entry, so an index of 2^29 in a 900-byte file would take
+    8.6 GB. A pickler numbers its memo entries 0, 1, 2, ... as it stores them, so an index
+    beyond the number of opcodes before it is refused: the table then stays within 16 bytes
+    per opcode, and so within 16 times the file's size."""
+    start = file.tell()
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(_Capped(file, size))):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > count:
+            raise _RecordError(f"memo index {arg} at opcode {count}: no pickler numbers its memo so far ahead; "
+                               "the file is damaged or crafted")
+    file.seek(start)
+
+
+def _unpickle(file, path, record, size, load_storage=None):
+    """One object from ``file`` (whose readable bytes end at ``size``) through
+    ``SafeUnpickler``, its memo indices checked first (``_check_memo``), every failure a
+    CheckpointError naming the file and the record. A damaged pickle can make the unpickler
+    raise almost anything (a cut-off opcode, a bad memo index, a call with the wrong
+    arguments); a length field no file could fill is found when the pickle is read ahead."""
     try:
+        _check_memo(file, size)
         return SafeUnpickler(file, load_storage).load()
     except CheckpointError:
         raise
@@ -324,7 +363,7 @@ def _read_zip(path):
             return storages[key]
 
         with archive.open(pickles[0]) as f:
-            return _unpickle(f, path, pickles[0], load_storage)
+            return _unpickle(f, path, pickles[0], archive.getinfo(pickles[0]).file_size, load_storage)
 
 
 def _read_legacy(path):
@@ -361,8 +400,8 @@ def _read_legacy(path):
 
     with open(path, "rb") as f:
         try:
-            magic = SafeUnpickler(f).load()
-        except Exception:
+            magic = _unpickle(f, path, "the magic number", file_size)
+        except CheckpointError:
             magic = None
         if magic != _LEGACY_MAGIC:
             f.seek(0)
@@ -371,13 +410,13 @@ def _read_legacy(path):
                                       "torch.load and re-save it with torch.save(state_dict, path)")
             raise CheckpointError(f"{path} is not a file written by torch.save (neither a zip archive nor a legacy "
                                   "pickle stream)")
-        protocol = _unpickle(f, path, "the protocol record")
+        protocol = _unpickle(f, path, "the protocol record", file_size)
         if protocol != _LEGACY_PROTOCOL:
             raise CheckpointError(f"{path}: unknown legacy protocol version {protocol!r}")
-        _unpickle(f, path, "the system record")  # the storages are little-endian regardless
+        _unpickle(f, path, "the system record", file_size)  # the storages are little-endian regardless
         start = f.tell()
-        _unpickle(f, path, "the object's pickle", load_storage)
-        keys = _unpickle(f, path, "the storage key list")
+        _unpickle(f, path, "the object's pickle", file_size, load_storage)
+        keys = _unpickle(f, path, "the storage key list", file_size)
         if not isinstance(keys, list) or any(str(k) not in storages for k in keys):
             raise CheckpointError(f"{path}: corrupt legacy file (storage key list does not match the object)")
         for key in map(str, keys):
@@ -391,7 +430,7 @@ def _read_legacy(path):
                 storage.array.byteswap(inplace=True)
             storage.array = _widened(storage.array, storage.kind)
         f.seek(start)
-        return _unpickle(f, path, "the object's pickle", load_storage)
+        return _unpickle(f, path, "the object's pickle", file_size, load_storage)
 
 
 def read_pth(path):

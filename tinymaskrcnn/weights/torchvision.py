@@ -10,6 +10,11 @@ insists that the whole backbone is loaded.
 
 A path is read with ``read_pth`` (``pth.py``), without torch; a mapping may hold NumPy arrays,
 our Tensors or torch tensors.
+
+``resolve_weights`` is what the builders' ``weights=`` and ``weights_backbone=`` arguments go
+through: a path, or one of torchvision's weight names ("DEFAULT", "COCO_V1",
+"ResNet50_Weights.IMAGENET1K_V1", or the enum member itself), found as the file torchvision would
+have downloaded in torch's cache folder, so a machine that has run torchvision has them already.
 """
 import collections
 import collections.abc
@@ -20,10 +25,12 @@ import numpy as np
 
 from ..core.autograd import Tensor
 from ..core.backend import is_cupy
-from ..nn.module import format_state_mismatch
+from ..nn.module import format_state_mismatch, is_optional_state_key
+from .downloads import WEIGHT_URLS
 from .pth import CheckpointError, read_pth
 
-__all__ = ["state_dict_from", "LoadResult", "load_torchvision", "load_pretrained"]
+__all__ = ["state_dict_from", "LoadResult", "load_torchvision", "load_pretrained", "TORCHVISION_WEIGHTS",
+           "torch_hub_checkpoints", "resolve_weights", "read_weights", "num_classes_in"]
 
 # Where training scripts tuck the state_dict inside a bigger checkpoint dict.
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "model_state", "net")
@@ -111,7 +118,7 @@ def _match(module, state, prefix, exclude):
             matched[target] = value
     shaped = {k for k, _, _ in mismatched}
     missing = [(k, tuple(v.shape)) for k, v in own.items()
-               if k.startswith(prefix) and k not in matched and k not in shaped]
+               if k.startswith(prefix) and k not in matched and k not in shaped and not is_optional_state_key(k)]
     return matched, LoadResult(missing, unexpected, mismatched)
 
 
@@ -195,7 +202,7 @@ def load_pretrained(model, source):
             "ImageNet ResNet of the backbone's depth)")
     reshaped = {k for k, _, _ in result.mismatched}
     body_loaded = sum(k in matched for k in body)
-    if body_loaded < len(body):
+    if any(k not in matched and not is_optional_state_key(k) for k in body):
         mis = [f"{k} file {a} model {b}" for k, a, b in result.mismatched if k.startswith(_BODY)]
         lacking = [k for k in body if k not in matched and k not in reshaped]
         raise CheckpointError(
@@ -218,3 +225,96 @@ def load_pretrained(model, source):
         lines.append(f"  in the file but not in the model (ignored): {len(result.unexpected)} arrays, e.g. "
                      + _examples((k for k, _ in result.unexpected), 5))
     return lines
+
+
+# ----- torchvision's weights by name ---------------------------------------------------------------
+
+# builder -> (torchvision's enum of its weights, {member: key of WEIGHT_URLS}, the member DEFAULT means)
+TORCHVISION_WEIGHTS = {
+    "resnet18": ("ResNet18_Weights", {"IMAGENET1K_V1": "resnet18"}, "IMAGENET1K_V1"),
+    "resnet34": ("ResNet34_Weights", {"IMAGENET1K_V1": "resnet34"}, "IMAGENET1K_V1"),
+    "resnet50": ("ResNet50_Weights", {"IMAGENET1K_V1": "resnet50", "IMAGENET1K_V2": "resnet50_v2"}, "IMAGENET1K_V2"),
+    "resnet101": ("ResNet101_Weights", {"IMAGENET1K_V1": "resnet101", "IMAGENET1K_V2": "resnet101_v2"},
+                  "IMAGENET1K_V2"),
+    "resnet152": ("ResNet152_Weights", {"IMAGENET1K_V1": "resnet152", "IMAGENET1K_V2": "resnet152_v2"},
+                  "IMAGENET1K_V2"),
+    "maskrcnn_resnet50_fpn": ("MaskRCNN_ResNet50_FPN_Weights", {"COCO_V1": "maskrcnn_resnet50_fpn_coco"}, "COCO_V1"),
+}
+
+
+def torch_hub_checkpoints():
+    """The folder where torch.hub keeps downloaded weights, as torch decides it:
+    ``$TORCH_HOME/hub/checkpoints``, with TORCH_HOME defaulting to ``$XDG_CACHE_HOME/torch`` and
+    that to ``~/.cache/torch``."""
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.environ.get("TORCH_HOME", os.path.join(cache, "torch")))
+    return os.path.join(home, "hub", "checkpoints")
+
+
+def _file_name(key):
+    return WEIGHT_URLS[key].rsplit("/", 1)[1]
+
+
+def resolve_weights(weights, builder):
+    """``(path, name)`` of the file that ``weights`` means for ``builder`` (a key of
+    TORCHVISION_WEIGHTS), or ``(None, None)`` for None. ``name`` is torchvision's member name
+    ('COCO_V1', 'IMAGENET1K_V1' ...) when the file is one of its published ones, else None.
+
+    ``weights`` is a path to a .pth file, or a name as torchvision takes it: 'DEFAULT', a member
+    ('IMAGENET1K_V1'), the member with its enum ('ResNet50_Weights.IMAGENET1K_V1'), or the
+    enum member itself (read by its class and member names; torchvision is not imported). A
+    name is looked up in ``torch_hub_checkpoints()``. A missing file is a FileNotFoundError
+    naming the file, where to put it and where torchvision gets it.
+    """
+    if weights is None:
+        return None, None
+    enum, members, default = TORCHVISION_WEIGHTS[builder]
+    if hasattr(weights, "url") and hasattr(weights, "name"):  # torchvision's enum member
+        if type(weights).__name__ != enum:
+            raise ValueError(f"{builder} takes {enum} (or their names), got {type(weights).__name__}.{weights.name}")
+        weights = weights.name
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"{builder}: weights must be None, a path to a .pth file or one of torchvision's names "
+                        f"({', '.join(['DEFAULT', *members])}), got {type(weights).__name__}")
+    member = weights[len(enum) + 1:] if isinstance(weights, str) and weights.startswith(enum + ".") else weights
+    member = default if member == "DEFAULT" else member
+    if member not in members:  # a path
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{builder}: weights {path!r} is neither a file nor one of torchvision's names "
+                                    f"({', '.join(['DEFAULT', *members])}, of {enum})")
+        names = {_file_name(key): name for name, key in members.items()}
+        return path, names.get(os.path.basename(path))
+    folder, file = torch_hub_checkpoints(), _file_name(members[member])
+    path = os.path.join(folder, file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{builder} weights {enum}.{member}: {file} is not in {folder}; put it there (torchvision downloads it "
+            f"from {WEIGHT_URLS[members[member]]}; tm.weights.download({members[member]!r}, {folder!r}) fetches it "
+            "and checks its hash), or pass the file's path")
+    return path, member
+
+
+def read_weights(weights, builder):
+    """``(state_dict, name)`` for the builders: the arrays of the file ``resolve_weights``
+    finds (read once, without torch), and torchvision's member name or None; ``(None, None)``
+    for None."""
+    path, name = resolve_weights(weights, builder)
+    if path is None:
+        return None, None
+    return state_dict_from(read_pth(path)), name
+
+
+def num_classes_in(state, key, num_classes, builder):
+    """The number of classes of the weights in ``state``: the rows of the classifier ``key``.
+    A ``num_classes`` the caller gave must agree (torchvision's rule: weights fix the classes;
+    replace the predictor afterwards to fine-tune on others)."""
+    if key not in state:
+        raise ValueError(f"{builder}: the weights have no {key!r}, so they are not {builder}'s; their keys begin "
+                         f"{_examples(state)}")
+    found = int(_as_array(state[key]).shape[0])
+    if num_classes is not None and num_classes != found:
+        raise ValueError(f"{builder}: num_classes={num_classes} but the weights have {found} classes; leave "
+                         "num_classes out and replace the predictor after building (as torchvision's fine-tuning "
+                         "tutorial does)")
+    return found

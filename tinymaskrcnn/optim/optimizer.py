@@ -1,5 +1,5 @@
-"""Stochastic gradient descent and AdamW with torch.optim's exact updates, learning-rate schedules
-and gradient clipping.
+"""Stochastic gradient descent and AdamW with torch.optim's exact updates, and gradient clipping
+(the learning-rate schedules are in ``lr_scheduler.py``).
 
 SGD, for each parameter p with gradient g, at learning rate lr (torch's order of operations):
 
@@ -19,18 +19,13 @@ AdamW (Loshchilov & Hutter), torch.optim.AdamW's update at step t = 1, 2, ...:
 Each weight moves by about lr whatever its gradient's scale, which is what a network trained
 from scratch needs: with SGD a layer of large fan-in fed by large activations (the box head's
 fc6 on unnormalised FPN features) takes steps hundreds of times larger than a 3x3 conv's.
-
-The schedules set each parameter group's ``lr`` once per ``step()`` (call it once per
-iteration, after ``optimizer.step()``), as torch's schedulers do; each value is the closed
-form at the current iteration, so resuming from ``state_dict`` continues exactly.
 """
 import copy
 import math
-from bisect import bisect_right
 
-from .core.autograd import Tensor
-from .core.backend import get_array_module, to_device, device_of
-from .functional.dispatch import kernel_for, twin_of
+from ..core.autograd import Tensor
+from ..core.backend import get_array_module, to_device, device_of
+from ..functional.dispatch import kernel_for, twin_of
 
 
 class Optimizer:
@@ -192,125 +187,6 @@ class AdamW(Optimizer):
             kernel_for("adamw_update", p.data)(*arrays, *settings)  # kernels/adamw.py: one parallel pass
         else:  # a strided view, or a gradient of another dtype: only the twin takes them
             twin_of("adamw_update")(*arrays, *settings)
-
-
-# ----- learning-rate schedules ------------------------------------------------------------------
-
-
-class LRScheduler:
-    """Base of the schedules (torch.optim.lr_scheduler.LRScheduler's protocol).
-
-    Construction records each group's starting ``lr`` as ``initial_lr`` and applies the value
-    for iteration 0; every ``step()`` advances ``last_epoch`` (the iteration count, torch's
-    name) and sets each group's lr to ``lr_at(base_lr, last_epoch)``.
-    """
-
-    def __init__(self, optimizer, last_epoch=-1):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"{type(self).__name__} needs an Optimizer, got {type(optimizer).__name__}")
-        self.optimizer = optimizer
-        for group in optimizer.param_groups:
-            if last_epoch == -1:
-                group.setdefault("initial_lr", group["lr"])
-            elif "initial_lr" not in group:
-                raise KeyError("resuming a schedule (last_epoch != -1) needs 'initial_lr' in every parameter "
-                               "group: load the optimizer's state_dict first")
-        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_epoch = last_epoch
-        self.step()
-
-    def lr_at(self, base_lr, step):
-        raise NotImplementedError
-
-    def get_lr(self):
-        return [self.lr_at(base, self.last_epoch) for base in self.base_lrs]
-
-    def step(self):
-        self.last_epoch += 1
-        self._last_lr = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
-            group["lr"] = lr
-
-    def get_last_lr(self):
-        """The learning rates the last ``step()`` set, one per parameter group."""
-        return list(self._last_lr)
-
-    def state_dict(self):
-        """Everything but the optimizer (which has its own state_dict)."""
-        return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
-
-    def load_state_dict(self, state_dict):
-        self.__dict__.update(copy.deepcopy(state_dict))
-
-
-def _warmup_factor(step, warmup_iters, warmup_factor, method):
-    """The multiplier during warmup: ``warmup_factor`` rising linearly to 1 at ``warmup_iters``
-    (method 'linear', torch's LinearLR), or held at ``warmup_factor`` ('constant', ConstantLR)."""
-    if step >= warmup_iters:
-        return 1.0
-    if method == "constant":
-        return warmup_factor
-    alpha = step / warmup_iters
-    return warmup_factor * (1 - alpha) + alpha
-
-
-def _check_warmup(method, warmup_iters):
-    if method not in ("linear", "constant"):
-        raise ValueError(f"warmup_method must be 'linear' or 'constant', got {method!r}")
-    if warmup_iters < 0:
-        raise ValueError(f"warmup_iters must be >= 0, got {warmup_iters}")
-
-
-class WarmupMultiStepLR(LRScheduler):
-    """The detection recipe: warmup over ``warmup_iters`` iterations, then the lr multiplied by
-    ``gamma`` at each milestone (iteration numbers, increasing):
-
-        lr(t) = base_lr · warmup(t) · gamma^(number of milestones <= t)
-
-    The same as torch's ChainedScheduler([LinearLR(warmup_factor, total_iters=warmup_iters),
-    MultiStepLR(milestones, gamma)]) stepped once per iteration.
-    """
-
-    def __init__(self, optimizer, milestones, gamma=0.1, warmup_factor=1.0 / 1000, warmup_iters=1000,
-                 warmup_method="linear", last_epoch=-1):
-        milestones = list(milestones)
-        if milestones != sorted(milestones):
-            raise ValueError(f"milestones must be increasing, got {milestones}")
-        _check_warmup(warmup_method, warmup_iters)
-        self.milestones, self.gamma = milestones, gamma
-        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
-        super().__init__(optimizer, last_epoch)
-
-    def lr_at(self, base_lr, step):
-        warmup = _warmup_factor(step, self.warmup_iters, self.warmup_factor, self.warmup_method)
-        return base_lr * warmup * self.gamma ** bisect_right(self.milestones, step)
-
-
-class WarmupCosineLR(LRScheduler):
-    """Warmup over ``warmup_iters`` iterations, then half a cosine from base_lr down to
-    ``eta_min`` at ``total_iters`` (held there afterwards):
-
-        lr(t) = base_lr · warmup(t)                                        t < warmup_iters
-        lr(t) = eta_min + (base_lr - eta_min) · (1 + cos(pi · s)) / 2,      s = (t - W) / (T - W) <= 1
-
-    The same as torch's CosineAnnealingLR(T_max=T - W, eta_min) after a LinearLR warmup
-    (SequentialLR with milestone W).
-    """
-
-    def __init__(self, optimizer, total_iters, warmup_factor=1.0 / 1000, warmup_iters=0, eta_min=0.0,
-                 warmup_method="linear", last_epoch=-1):
-        _check_warmup(warmup_method, warmup_iters)
-        if total_iters <= warmup_iters:
-            raise ValueError(f"total_iters ({total_iters}) must exceed warmup_iters ({warmup_iters})")
-        self.total_iters, self.eta_min = total_iters, eta_min
-        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
-        super().__init__(optimizer, last_epoch)
-
-    def lr_at(self, base_lr, step):
-        if step < self.warmup_iters:
-            return base_lr * _warmup_factor(step, self.warmup_iters, self.warmup_factor, self.warmup_method)
-        s = min(step - self.warmup_iters, self.total_iters - self.warmup_iters) / (self.total_iters - self.warmup_iters)
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * s)) / 2
 
 
 # ----- gradient clipping ---------------------------------------------------------------------------
