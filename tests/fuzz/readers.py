@@ -96,19 +96,12 @@ ZIP_RECORD_MUTATIONS = ((3, m.zip_entry_mutation), (3, m.zip_record_field), (1, 
 # ---------------------------------------------------------------------------------------------
 
 def tiny_detector():
-    """A module with a detector's names and a few arrays (torch_seeds.tiny_detector's twin), so
-    ``load_pretrained`` reads either layout into it in milliseconds."""
+    """Our module with the detector's names (tests/fuzz/layout.py), which ``load_pretrained``
+    reads either seed layout into in milliseconds."""
     from tinymaskrcnn import nn
 
-    model = nn.Module()
-    model.backbone, model.roi_heads = nn.Module(), nn.Module()
-    model.backbone.body = nn.Module()
-    model.backbone.body.conv1 = nn.Conv2d(3, 4, 3, bias=False)
-    model.backbone.body.bn1 = nn.BatchNorm2d(4)
-    model.backbone.body.layer1 = nn.Sequential(nn.Conv2d(4, 4, 1))
-    model.roi_heads.box_predictor = nn.Module()
-    model.roi_heads.box_predictor.cls_score = nn.Linear(4, 3)
-    return model
+    from .layout import tiny_detector as layout
+    return layout(nn)
 
 
 def _tensor_record(key, numel):

@@ -2,7 +2,7 @@
 
 Run as a script in its own process (``readers.PthReader`` starts it), so that the fuzzing process
 never imports torch: forking a process that holds torch's thread pools is not safe, and every
-case is a fork. The modules mirror ``readers.tiny_detector`` name for name, so the detector's
+case is a fork. The modules are layout.tiny_detector's, as ``readers`` builds them, so the detector's
 and the ImageNet classifier's layouts both load into it, as ``load_pretrained`` tells them apart.
 """
 import sys
@@ -11,25 +11,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-def tiny_detector():
-    """backbone.body.{conv1, bn1, layer1.0} and roi_heads.box_predictor.cls_score."""
-    model = nn.Module()
-    model.backbone, model.roi_heads = nn.Module(), nn.Module()
-    model.backbone.body = nn.Module()
-    model.backbone.body.conv1 = nn.Conv2d(3, 4, 3, bias=False)
-    model.backbone.body.bn1 = nn.BatchNorm2d(4)
-    model.backbone.body.layer1 = nn.Sequential(nn.Conv2d(4, 4, 1))
-    model.roi_heads.box_predictor = nn.Module()
-    model.roi_heads.box_predictor.cls_score = nn.Linear(4, 3)
-    return model
+from layout import tiny_detector  # run as a script: its own folder is first on the path
 
 
 def main(out_dir):
     torch.manual_seed(0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    detector = tiny_detector().state_dict()
+    detector = tiny_detector(nn).state_dict()
     imagenet = {k.removeprefix("backbone.body."): v for k, v in detector.items() if k.startswith("backbone.body.")}
     imagenet.update({"fc.weight": torch.randn(10, 4), "fc.bias": torch.zeros(10)})
     base = torch.arange(24, dtype=torch.float32)
