@@ -55,11 +55,13 @@ def versions():
 
 
 def gpu_tests(cpu, out_dir):
-    """The test suite's GPU and CUDA-kernel tests, with the GPU (and references) required."""
+    """The test suite's GPU and CUDA-kernel tests, and the check of the package's ``xp.`` calls
+    against CuPy's namespace, with the GPU, CuPy (and references) required."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), REQUIRE_REFERENCE="1")
     if not cpu:
-        env["REQUIRE_GPU"] = "1"
-    files = ["tests/test_gpu.py", "tests/test_cuda_kernels.py"]
+        env.update(REQUIRE_GPU="1", REQUIRE_CUPY="1")
+    files = ["tests/test_gpu.py", "tests/test_cuda_kernels.py",
+             "tests/test_device_standin.py::test_every_xp_name_the_package_uses_exists_in_cupy_with_the_keywords_used"]
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files], cwd=ROOT,
                        env=env, capture_output=True, text=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-KERNEL_MODULES = ["im2col", "roi_align", "nms", "paste_masks", "pool"]
+KERNEL_MODULES = ["im2col", "roi_align", "nms", "paste_masks", "pool", "adamw"]
 
 
 def require_numba_cuda():
@@ -58,11 +58,12 @@ def signatures(T):
         "col2im_kernel": (a3, *ints(10), a4),
         "roi_align_forward_kernel": (a4, a2, T, int64, boolean, a4),
         "roi_align_backward_kernel": (a4, a2, T, int64, boolean, a4),
-        "nms_mask_kernel": (a2, float64, uint64[:, ::1]),
+        "nms_mask_kernel": (a2, int64[::1], float64, uint64[:, ::1]),
         "nms_gather_kernel": (uint64[:, ::1], uint64[::1], uint8[::1]),
         "paste_masks_kernel": (a3, a2, int64, T, a3),
         "max_pool2d_forward_kernel": (a4, *ints(8), int32[:, ::1], a4, int32[:, :, :, ::1]),
         "max_pool2d_backward_kernel": (a4, int32[:, :, :, ::1], *ints(8), a4),
+        "adamw_kernel": (T[::1], T[::1], T[::1], T[::1], T, T, T, T, T, T),
     }
 
 

@@ -47,11 +47,29 @@ def launch_config(total):
 
 
 def stream_for(*arrays):
-    """The stream to launch on: CuPy's current stream when a CuPy array comes in, else the default."""
-    if any(is_cupy(a) for a in arrays):
-        import cupy
-        return cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    """The stream to launch on: CuPy's current stream when a CuPy array comes in (the
+    simulator has streams of its own only), else the default."""
+    for a in arrays:
+        if is_cupy(a) and not simulated():
+            return cuda.external_stream(array_module(a).cuda.get_current_stream().ptr)
     return 0
+
+
+def kernel_args(*args):
+    """The arguments as a launch takes them. On a GPU, unchanged. Under the simulator, which
+    runs kernels on NumPy arrays only, a device array of another module (the tests' CuPy
+    stand-in, tests/cupy_standin.py) is handed over as the NumPy array over its memory, read
+    from its ``__cuda_array_interface__`` (the simulator's device memory is host memory)."""
+    if not simulated():
+        return args
+    return tuple(np.asarray(_HostView(a.__cuda_array_interface__)) if is_cupy(a) else a for a in args)
+
+
+class _HostView:
+    """A CUDA array interface read as NumPy's array interface (the same keys), for the simulator."""
+
+    def __init__(self, interface):
+        self.__array_interface__ = dict(interface, version=3)
 
 
 def device_array(a):
@@ -69,4 +87,4 @@ def launch(kernel, total, *args):
     if total == 0:
         return
     blocks, threads = launch_config(total)
-    kernel[blocks, threads, stream_for(*args)](*args)
+    kernel[blocks, threads, stream_for(*args)](*kernel_args(*args))

@@ -21,10 +21,10 @@ this project keep the same boxes. The IoU itself has no multiply-add to fuse (ar
 intersection, then one division), so it is bit-identical to the CPU kernel's.
 """
 import numpy as np
-from numba import cuda, uint64
+from numba import cuda, int64, uint64
 
 from .. import array_module
-from . import device_array, stream_for
+from . import device_array, kernel_args, stream_for
 
 BLOCK = 64  # boxes per block: one bit of a 64-bit word each
 GATHER_THREADS = 64
@@ -41,27 +41,30 @@ def _iou(a, b):
 
 
 @cuda.jit
-def nms_mask_kernel(boxes, threshold, mask):
+def nms_mask_kernel(boxes, categories, threshold, mask):
     """Thread layout: a 2-D grid of blocks (column block, row block) of 64 threads; thread t of
-    block (Q, R) owns box 64R + t and word mask[64R + t, Q]. Blocks below the diagonal exit."""
+    block (Q, R) owns box 64R + t and word mask[64R + t, Q]. Blocks below the diagonal exit.
+    A box suppresses only boxes of its own category (all 0 for plain NMS)."""
     n = boxes.shape[0]
     col_block, row_block = cuda.blockIdx.x, cuda.blockIdx.y
     if row_block > col_block:
         return
     t = cuda.threadIdx.x
     tile = cuda.shared.array((BLOCK, 4), dtype=boxes.dtype)
+    tile_categories = cuda.shared.array(BLOCK, dtype=int64)
     j0 = col_block * BLOCK
     cols = min(n - j0, BLOCK)
     if t < cols:
         for d in range(4):
             tile[t, d] = boxes[j0 + t, d]
+        tile_categories[t] = categories[j0 + t]
     cuda.syncthreads()
     i = row_block * BLOCK + t
     if i >= n:
         return
     bits = uint64(0)
     for j in range(t + 1 if row_block == col_block else 0, cols):  # only boxes after i
-        if _iou(boxes[i], tile[j]) > threshold:
+        if categories[i] == tile_categories[j] and _iou(boxes[i], tile[j]) > threshold:
             bits |= uint64(1) << uint64(j)
     mask[i, col_block] = bits
 
@@ -84,19 +87,24 @@ def nms_gather_kernel(mask, removed, keep):
         cuda.syncthreads()
 
 
-def nms(boxes, scores, iou_threshold):
-    """Indices (int64) kept by greedy NMS, highest score first; stable order among equal scores."""
+def nms(boxes, scores, iou_threshold, categories=None):
+    """Indices (int64) kept by greedy NMS, highest score first; stable order among equal scores.
+    With ``categories`` (N,) integers, boxes of different categories never suppress each other:
+    NMS per category in one launch (what ops/boxes.py's batched_nms does on the CPU with one
+    NMS per category), with no round trip to the host per category."""
     xp = array_module(boxes)
     n = boxes.shape[0]
     order = xp.argsort(-scores, kind="stable")
     if n == 0:
         return order.astype(np.int64)
     sorted_boxes = device_array(boxes[order])
+    sorted_categories = xp.zeros(n, np.int64) if categories is None else device_array(categories[order].astype(np.int64))
     n_blocks = -(-n // BLOCK)
     mask = xp.zeros((n, n_blocks), np.uint64)
     removed = xp.zeros(n_blocks, np.uint64)
     keep = xp.zeros(n, np.uint8)
     stream = stream_for(sorted_boxes)
-    nms_mask_kernel[(n_blocks, n_blocks), BLOCK, stream](sorted_boxes, np.float64(iou_threshold), mask)
-    nms_gather_kernel[1, min(GATHER_THREADS, n_blocks), stream](mask, removed, keep)
+    nms_mask_kernel[(n_blocks, n_blocks), BLOCK, stream](*kernel_args(sorted_boxes, sorted_categories,
+                                                                      np.float64(iou_threshold), mask))
+    nms_gather_kernel[1, min(GATHER_THREADS, n_blocks), stream](*kernel_args(mask, removed, keep))
     return order[xp.nonzero(keep)[0]].astype(np.int64)

@@ -175,3 +175,31 @@ def test_max_pool_forward_and_backward_equal_the_cpu_path(rng, dtype, case):
     np.add.at(expected, (n, c, rows, cols), g)
     dx = gpu_pool.max_pool2d_backward(g, winner, x.shape, *args)
     np.testing.assert_allclose(dx, expected.astype(dtype), rtol=rtol(dtype), atol=rtol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_equals_the_twin(rng, dtype):
+    from tinymaskrcnn.kernels import adamw as cpu_adamw
+    from tinymaskrcnn.kernels.cuda import adamw as gpu_adamw
+
+    p, g, m = (rng.standard_normal((5, 7)).astype(dtype) for _ in range(3))
+    v = rng.uniform(0, 1, (5, 7)).astype(dtype)
+    settings = (1e-3, 0.9, 0.999, 1e-8, 1e-2, 3.0)
+    expected = [a.copy() for a in (p, g, m, v)]
+    cpu_adamw.adamw_update_twin(*expected, *settings)
+    gpu_adamw.adamw_update(p, g, m, v, *settings)
+    for got, want in zip((p, m, v), (expected[0], expected[2], expected[3])):
+        np.testing.assert_allclose(got, want, rtol=rtol(dtype), atol=rtol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nms_per_category_in_one_launch_equals_the_twin(rng, dtype):
+    xy = rng.uniform(0, 30, (70, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 20, (70, 2))], 1).astype(dtype)
+    scores = rng.integers(0, 20, 70).astype(dtype)  # ties among and across categories
+    categories = rng.integers(0, 4, 70)
+    kept = np.sort(np.concatenate([np.nonzero(categories == c)[0][cpu_nms.nms_twin(boxes[categories == c],
+                                                                                   scores[categories == c], 0.5)]
+                                   for c in range(4)]))
+    expected = kept[np.argsort(-scores[kept], kind="stable")]  # by score, ties: lower index first
+    np.testing.assert_array_equal(gpu_nms.nms(boxes, scores, 0.5, categories), expected)

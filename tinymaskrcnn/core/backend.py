@@ -20,21 +20,37 @@ def is_cupy(x):
     return _cupy is not None and isinstance(x, _cupy.ndarray)
 
 
+def use_device_module(module):
+    """Test-only: make ``module`` the package's device array module in CuPy's place, e.g.
+    tests/cupy_standin.py, a CuPy-like namespace over NumPy that refuses what CuPy refuses and
+    counts host reads. ``module`` needs CuPy's ``ndarray`` type, ``asarray`` and
+    ``cuda.is_available()``; None restores CuPy (when installed). Returns the previous module."""
+    global _cupy
+    previous, _cupy = _cupy, module if module is not None else _installed_cupy
+    return previous
+
+
+_installed_cupy = _cupy
+
+
+def _unwrapped(x):
+    """The array of a Tensor (its ``.data``), else ``x`` itself: a CuPy array's own ``.data`` is
+    a memory pointer, not an array."""
+    return x if isinstance(x, np.ndarray) or is_cupy(x) else getattr(x, "data", x)
+
+
 def get_array_module(*arrays):
     """The array module (numpy or cupy) of the given arrays; numpy when none is a CuPy array.
 
     Tensors are unwrapped, so ``get_array_module(tensor)`` works too.
     """
-    for a in arrays:
-        if is_cupy(a) or is_cupy(getattr(a, "data", None)):
-            return _cupy
-    return np
+    return _cupy if any(is_cupy(_unwrapped(a)) for a in arrays) else np
 
 
 def uses_cuda_kernels(*arrays):
     """True when the ops should run the Numba-CUDA kernels (kernels/cuda/) on these arrays:
     for CuPy arrays, and for NumPy ones while ``simulate_cuda`` is on."""
-    return _simulate_cuda or any(is_cupy(getattr(a, "data", a)) for a in arrays)
+    return _simulate_cuda or any(is_cupy(_unwrapped(a)) for a in arrays)
 
 
 def simulate_cuda(enabled=True):
@@ -49,6 +65,17 @@ def simulate_cuda(enabled=True):
                                "environment before Python starts (numba reads it once, at import)")
     previous, _simulate_cuda = _simulate_cuda, bool(enabled)
     return previous
+
+
+def fraction(hits, among=None):
+    """The fraction of True in the boolean array ``hits`` (only where ``among`` is True, when
+    given), a float64 on their device (a 0-d CuPy array on the GPU): NaN when there is none,
+    with no host read (a statistic is read once per step with the others)."""
+    if among is not None:
+        hits = hits & among
+    count = hits.size if among is None else among.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return hits.sum(dtype=np.float64) / count
 
 
 def get_default_dtype():
@@ -76,7 +103,7 @@ def to_numpy(x):
 
 def device_of(x):
     """'cpu' for NumPy arrays, 'cuda' for CuPy arrays."""
-    return "cuda" if is_cupy(getattr(x, "data", x)) else "cpu"
+    return "cuda" if is_cupy(_unwrapped(x)) else "cpu"
 
 
 def is_torch(x):
@@ -154,6 +181,29 @@ def to_device(x, device):
         return to_numpy(x)
     check_cuda()
     return _cupy.asarray(x)
+
+
+def to_device_together(arrays, device):
+    """``[to_device(a, device) for a in arrays]`` with one copy per dtype to the GPU instead of
+    one per array: each dtype's host arrays laid end to end in one buffer, copied at once, and
+    cut back into views of their shapes (a batch's images and targets, say). Arrays already
+    there are kept as they are."""
+    device = as_device(device)
+    if device == "cpu":
+        return [to_numpy(a) for a in arrays]
+    check_cuda()
+    out = list(arrays)
+    by_dtype = {}
+    for i, a in enumerate(arrays):
+        if not is_cupy(a):
+            by_dtype.setdefault(np.asarray(a).dtype, []).append(i)
+    for members in by_dtype.values():
+        host = [np.asarray(arrays[i]) for i in members]
+        moved = _cupy.asarray(np.concatenate([a.reshape(-1) for a in host]))
+        bounds = np.cumsum([a.size for a in host])[:-1].tolist()
+        for i, a, part in zip(members, host, _cupy.split(moved, bounds)):
+            out[i] = part.reshape(a.shape)
+    return out
 
 
 class CUDAUnavailableError(RuntimeError):

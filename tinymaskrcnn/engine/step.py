@@ -3,7 +3,10 @@
 The trainer runs it on the whole batch in one process, and each data-parallel process
 (engine/data_parallel.py) on its share.
 """
+import numpy as np
+
 from ..core import random as tm_random
+from ..core.backend import get_array_module, to_numpy
 
 
 def trainable_parameters(model):
@@ -13,14 +16,27 @@ def trainable_parameters(model):
 
 def forward_backward(model, images, targets, seed=None):
     """Losses of ``images`` and their gradient in every ``.grad`` (cleared first): returns
-    (loss values, training statistics). ``seed``, when given, reseeds the project's generator
-    first (the worker's half of a batch)."""
+    (loss values, training statistics) as Python numbers. ``seed``, when given, reseeds the
+    project's generator first (the worker's half of a batch)."""
     if seed is not None:
         tm_random.manual_seed(seed)
     for p in model.parameters():
         p.grad = None
     stats = {}
     losses = model(images, targets, stats=stats)
-    values = {name: float(loss.item()) for name, loss in losses.items()}
     sum(losses.values()).backward()
-    return values, stats
+    return read_at_once({name: loss.data for name, loss in losses.items()}, stats)
+
+
+def read_at_once(*dicts):
+    """Each dict of 0-d arrays (and numbers) as Python numbers, the arrays read from the device
+    in one transfer: on the GPU one synchronisation per step instead of one per value."""
+    names = [(i, k) for i, d in enumerate(dicts) for k, v in d.items() if hasattr(v, "dtype")]
+    arrays = [dicts[i][k] for i, k in names]
+    out = [dict(d) for d in dicts]
+    if arrays:
+        xp = get_array_module(*arrays)
+        values = to_numpy(xp.stack([xp.asarray(a, dtype=np.float64).reshape(()) for a in arrays])).tolist()
+        for (i, k), value in zip(names, values):
+            out[i][k] = value
+    return tuple(out)

@@ -21,6 +21,7 @@ pixel) and the products cuBLAS's batched matmul.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..core.backend import get_array_module
 from ..kernels.im2col import conv_output_hw
 from .dispatch import kernel_for
 
@@ -51,6 +52,19 @@ def col2im(cols, x_shape, kernel_hw, stride, padding, dilation):
     return x[:, :, ph:ph + h, pw:pw + w]
 
 
+def _pointwise(kernel_hw, stride, padding):
+    """A 1x1 kernel at stride 1 without padding: im2col and col2im are the identity (each
+    column is one pixel's channels), so they are skipped."""
+    return tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
+def _columns(x, kernel_hw, stride, padding, dilation):
+    """im2col(x): by the kernel table's im2col, or for a pointwise conv x itself seen as (N, C, H*W)."""
+    if _pointwise(kernel_hw, stride, padding):
+        return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+    return kernel_for("im2col", x)(x, kernel_hw, stride, padding, dilation)
+
+
 def _per_group(a, groups):
     """(N, R, L) or (N, R, H, W) -> (N, G, R/G, L = H*W): each group's rows (sizes spelled
     out, as -1 is ambiguous for an empty batch)."""
@@ -62,7 +76,7 @@ def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation
     n, cout = x.shape[0], weight.shape[0]
     ho, wo = conv_output_hw(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     # the above on NumPy arrays, the CUDA kernel of the same layout on CUDA arrays
-    cols = _per_group(kernel_for("im2col", x)(x, weight.shape[2:], stride, padding, dilation), groups)
+    cols = _per_group(_columns(x, weight.shape[2:], stride, padding, dilation), groups)
     y = (weight.reshape(groups, cout // groups, -1) @ cols).reshape(n, cout, ho, wo)  # per group: W X^
     return y if bias is None else y + bias.reshape(1, -1, 1, 1)
 
@@ -73,15 +87,26 @@ def conv2d_input_grad(g, weight, x_shape, stride, padding, dilation, groups=1):
     w_t = weight.reshape(groups, cout // groups, -1).transpose(0, 2, 1)  # (G, K/G, Cout/G)
     cols = w_t @ _per_group(g, groups)  # (N, G, K/G, L)
     cols = cols.reshape(n, groups * cols.shape[2], cols.shape[3])
+    if _pointwise(weight.shape[2:], stride, padding):
+        return cols.reshape(x_shape)
     return kernel_for("col2im", g)(cols, x_shape, weight.shape[2:], stride, padding, dilation)
 
 
 def conv2d_weight_grad(g, x, kernel_hw, stride, padding, dilation, groups=1):
-    """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw)."""
+    """dL/dW = sum over images of dY X^^T, shaped (Cout, C/G, kh, kw): one product per group
+    over the images' positions side by side, dY (Cout/G, N*L) times X^^T (N*L, K/G), instead of
+    a product per image and their sum (an (N, Cout, K) temporary: 600 MB for 256 mask RoIs)."""
     cout = g.shape[1]
-    cols = _per_group(kernel_for("im2col", x)(x, kernel_hw, stride, padding, dilation), groups)
-    dw = (_per_group(g, groups) @ cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    cols = _per_group(_columns(x, kernel_hw, stride, padding, dilation), groups)  # (N, G, K/G, L)
+    dw = _side_by_side(_per_group(g, groups)) @ _side_by_side(cols).transpose(0, 2, 1)
     return dw.reshape(cout, x.shape[1] // groups, *kernel_hw)
+
+
+def _side_by_side(a):
+    """(N, G, R, L) -> (G, R, N*L): each group's rows with the images' positions side by side (a
+    copy only when there are several images)."""
+    n, groups, rows, length = a.shape
+    return get_array_module(a).ascontiguousarray(a.transpose(1, 2, 0, 3)).reshape(groups, rows, n * length)
 
 
 def conv2d_backward(g, x, weight, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):

@@ -16,7 +16,7 @@ The tests hold the three equal. An op asks for the function to call with the arr
 and gets, by the table ``KERNELS`` below:
 
     CUDA arrays (CuPy, or NumPy under the simulator switch ``backend.simulate_cuda``)
-        -> the cuda column; a family without one (the norms' affine map, AdamW, the textbook
+        -> the cuda column; a family without one (the norms' affine map, the textbook
            convolution whose im2col and col2im are the CUDA kernels) runs its twin, which is
            array code and runs on CuPy as it is;
     otherwise the setting: "fast" (the default) -> the fast column (the twin where there is
@@ -93,7 +93,7 @@ KERNELS = {
     # AdamW's update of one parameter (optim/optimizer.py)
     "adamw_update": Implementations(
         fast="kernels.adamw.adamw_update",
-        cuda=None,
+        cuda="kernels.cuda.adamw.adamw_update",
         twin="kernels.adamw.adamw_update_twin"),
     # the detector's ops (ops/roi_align.py, ops/boxes.py, ops/paste_masks.py)
     "roi_align_forward": Implementations(

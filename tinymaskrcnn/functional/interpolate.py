@@ -105,7 +105,8 @@ def _nonzeros_by_row(m):
 
 def _apply_along(x, m, axis):
     """m (out, in) applied along ``axis`` of x: y[..., i, ...] = sum_j m[i, j] x[..., j, ...]."""
-    index, weight = _nonzeros_by_row(m)
+    xp = get_array_module(x)
+    index, weight = (xp.asarray(a) for a in _nonzeros_by_row(m))
     shape = [1] * x.ndim
     shape[axis] = -1
     y = x.take(index[:, 0], axis=axis) * weight[:, 0].reshape(shape)
@@ -127,8 +128,9 @@ class Interpolate(Function):
             y = xp.empty(x.shape[:2] + (h, 2, w, 2), x.dtype)
             y[...] = x[:, :, :, None, :, None]
             return y.reshape(x.shape[:2] + (oh, ow))
-        self.a_h = _sampling_matrix(h, oh, sh, mode, align_corners, x.dtype, xp)
-        self.a_w = _sampling_matrix(w, ow, sw, mode, align_corners, x.dtype, xp)
+        # the matrices depend on the sizes only: built on the host, their non-zeros sent to the device
+        self.a_h = _sampling_matrix(h, oh, sh, mode, align_corners, x.dtype, np)
+        self.a_w = _sampling_matrix(w, ow, sw, mode, align_corners, x.dtype, np)
         return _apply_along(_apply_along(x, self.a_h, 2), self.a_w, 3)
 
     def backward(self, g):

@@ -47,7 +47,10 @@ def _reduce(loss, reduction, count):
     total = loss.sum()
     if reduction == "sum":
         return total
-    return total / count if count else get_array_module(loss).asarray(float("nan"), dtype=loss.dtype)
+    # a count of 0 leaves a total of 0: 0/0 is NaN, computed, not tested, so that a count kept on
+    # the device (cross_entropy's total weight) is never read on the host
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return total / count
 
 
 def _reduction_grad(g, shape, reduction, count):
@@ -55,7 +58,8 @@ def _reduction_grad(g, shape, reduction, count):
     if reduction == "none":
         return g
     if reduction == "mean":
-        g = g / count if count else g * float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            g = get_array_module(g).where(count != 0, g / count, float("nan"))
     return get_array_module(g).broadcast_to(g, shape)
 
 
@@ -75,7 +79,7 @@ class CrossEntropy(Function):
             loss = (1 - label_smoothing) * loss - (label_smoothing / c) * (logp * w).sum(axis=1) * keep
         self.p, self.target, self.keep, self.w, self.w_t = xp.exp(logp), safe_target, keep, w, w_t
         self.reduction, self.smoothing = reduction, label_smoothing
-        self.count = float(w_t.sum())  # D: 'mean' normalises by the total weight of the kept samples
+        self.count = w_t.sum()  # D: 'mean' normalises by the total weight of the kept samples (kept on the device)
         return _reduce(loss, reduction, self.count)
 
     def backward(self, g):

@@ -38,9 +38,8 @@ def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
 
 
 def _first_inside(starts, kernel, dilation, size):
-    """For windows starting at ``starts`` (maybe negative), the offset of their first in-image tap."""
-    xp = get_array_module(starts)
-    first = (xp.maximum(-starts, 0) + dilation - 1) // dilation
+    """For windows starting at ``starts`` (maybe negative, a NumPy array), the offset of their first in-image tap."""
+    first = (np.maximum(-starts, 0) + dilation - 1) // dilation
     if bool(((first >= kernel) | (starts + first * dilation >= size)).any()):
         raise ValueError(f"max_pool2d: a window of kernel {kernel} with dilation {dilation} lies wholly in the "
                          f"padding of an axis of length {size}; reduce padding or dilation")
@@ -54,11 +53,12 @@ class MaxPool2d(Function):
         xp = get_array_module(x)
         (kh, kw), (dh, dw), (oh, ow) = kernel, dilation, out_size
         h, w = x.shape[2:]
-        top, left = xp.arange(oh) * stride[0] - padding[0], xp.arange(ow) * stride[1] - padding[1]
-        # the scan of each window starts at its first in-image tap a * kw + b
+        # the scan of each window starts at its first in-image tap a * kw + b: known from the
+        # shapes, so computed (and checked) on the host and sent to the device, never read back
+        top, left = np.arange(oh) * stride[0] - padding[0], np.arange(ow) * stride[1] - padding[1]
         first = _first_inside(top, kh, dh, h)[:, None] * kw + _first_inside(left, kw, dw, w)[None, :]
         best, self.winner = kernel_for("max_pool2d_forward", x)(
-            xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size, first.astype(np.int32))
+            xp.ascontiguousarray(x), *kernel, *stride, *padding, *dilation, *out_size, xp.asarray(first, np.int32))
         self.in_shape, self.geometry = x.shape, (*kernel, *stride, *padding, *dilation)
         self.scatter = kernel_for("max_pool2d_backward", x)  # chosen with the forward's kernel
         return best

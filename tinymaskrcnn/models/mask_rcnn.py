@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 from .. import nn
 from ..core.autograd import Tensor
-from ..core.backend import array_from, device_of, to_device
+from ..core.backend import array_from, device_of, to_device_together
 from .anchors import AnchorGenerator
 from .backbone import BackboneWithFPN, freeze_resnet_layers, resnet_fpn_extractor, validate_trainable_layers
 from ..ops.poolers import MultiScaleRoIAlign
@@ -160,10 +160,13 @@ class MaskRCNN(nn.Module):
         device = device_of(next(iter(self.parameters())))
         if all(device_of(img) == device for img in images):
             return images, targets
-        images = [to_device(img, device) for img in images]
-        if targets is not None:
-            targets = [{k: to_device(v, device) if hasattr(v, "shape") else v for k, v in t.items()} for t in targets]
-        return images, targets
+        # the batch in one transfer per dtype (images, boxes, labels, masks), not one per array
+        targets = None if targets is None else [dict(t) if isinstance(t, dict) else t for t in targets]
+        slots = [(t, k) for t in (targets or []) if isinstance(t, dict) for k, v in t.items() if hasattr(v, "shape")]
+        moved = to_device_together(images + [t[k] for t, k in slots], device)
+        for (t, k), value in zip(slots, moved[len(images):]):
+            t[k] = value
+        return moved[:len(images)], targets
 
 
 def maskrcnn_resnet50_fpn(*, weights=None, progress=True, num_classes=None, weights_backbone="IMAGENET1K_V1",

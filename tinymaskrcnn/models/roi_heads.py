@@ -14,12 +14,12 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..core.backend import get_array_module
+from ..core.backend import fraction, get_array_module
 from .matcher import BalancedPositiveNegativeSampler, Matcher
 from .box_coder import BoxCoder
 from ..ops.boxes import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from ..functional.activation import stable_sigmoid
-from ..ops.roi_align import roi_align
+from ..ops.roi_align import RoIAlign
 
 
 class TwoMLPHead(nn.Module):
@@ -141,7 +141,9 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, size):
     xp = get_array_module(boxes)
     rois = xp.concatenate([matched_idxs[:, None].astype(boxes.dtype), boxes], axis=1)
     masks = gt_masks[:, None].astype(boxes.dtype)
-    return roi_align(masks, rois, (size, size), 1.0).data[:, 0]
+    # RoIAlign without roi_align's checks (a host read per image): the model made these boxes
+    return RoIAlign.apply(masks, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=False).data[:, 0]
 
 
 def mask_targets(proposals, gt_masks, gt_labels, matched_idxs, size):
@@ -167,7 +169,7 @@ def maskrcnn_inference(mask_logits, labels):
     xp = get_array_module(mask_logits)
     all_labels = xp.concatenate(labels)
     probs = stable_sigmoid(mask_logits[xp.arange(all_labels.shape[0]), all_labels])[:, None]
-    return xp.split(probs, np.cumsum([len(l) for l in labels])[:-1])
+    return xp.split(probs, np.cumsum([len(l) for l in labels])[:-1].tolist())  # host ints: CuPy takes no NumPy array
 
 
 class RoIHeads(nn.Module):
@@ -246,7 +248,7 @@ class RoIHeads(nn.Module):
         shifted = class_logits - class_logits.max(axis=-1, keepdims=True)
         scores_all = xp.exp(shifted)
         scores_all /= scores_all.sum(axis=-1, keepdims=True)
-        splits = np.cumsum([len(p) for p in proposals])[:-1]
+        splits = np.cumsum([len(p) for p in proposals])[:-1].tolist()  # host ints: CuPy takes no NumPy array
         results = []
         for boxes, scores, size in zip(xp.split(boxes_all, splits), xp.split(scores_all, splits), image_sizes):
             boxes = clip_boxes_to_image(boxes, size)
@@ -365,10 +367,11 @@ def _box_stats(stats, class_logits, labels):
     labels = xp.concatenate(labels)
     pred = class_logits.argmax(axis=1)
     fg, bg = labels > 0, labels == 0
-    stats["roi_accuracy"] = float((pred == labels).mean())
-    stats["roi_fg_accuracy"] = float((pred[fg] == labels[fg]).mean()) if fg.any() else float("nan")
-    stats["roi_false_negative"] = float((pred[fg] == 0).mean()) if fg.any() else float("nan")
-    stats["roi_bg_accuracy"] = float((pred[bg] == 0).mean()) if bg.any() else float("nan")
+    # 0-d arrays on the device (NaN for an empty set), read by the trainer with the losses
+    stats["roi_accuracy"] = fraction(pred == labels)
+    stats["roi_fg_accuracy"] = fraction(pred == labels, fg)
+    stats["roi_false_negative"] = fraction(pred == 0, fg)
+    stats["roi_bg_accuracy"] = fraction(pred == 0, bg)
 
 
 def _mask_stats(stats, mask_logits, labels, targets):
@@ -380,6 +383,7 @@ def _mask_stats(stats, mask_logits, labels, targets):
     xp = get_array_module(mask_logits)
     target = targets > 0.5
     pred = mask_logits[xp.arange(labels.shape[0]), labels] > 0
-    stats["mask_accuracy"] = float((pred == target).mean())
-    stats["mask_false_positive"] = float((pred & ~target).sum() / max((~target).sum(), 1))
-    stats["mask_false_negative"] = float((~pred & target).sum() / max(target.sum(), 1))
+    stats["mask_accuracy"] = fraction(pred == target)
+    # rates of no pixel are 0, not NaN: (pred & ~target).sum() / max((~target).sum(), 1)
+    stats["mask_false_positive"] = (pred & ~target).sum() / xp.maximum((~target).sum(), 1)
+    stats["mask_false_negative"] = (~pred & target).sum() / xp.maximum(target.sum(), 1)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..core.autograd import cat
-from ..core.backend import get_array_module
+from ..core.backend import fraction, get_array_module
 from .matcher import BalancedPositiveNegativeSampler, Matcher
 from .box_coder import BoxCoder
 from ..ops.boxes import box_iou, clip_boxes_to_image, remove_small_boxes
@@ -211,7 +211,8 @@ class RegionProposalNetwork(nn.Module):
 def _objectness_stats(stats, logits, pos, neg):
     """How often the sampled anchors' objectness sign agrees with their label: the fraction of
     the positives ``pos`` with a logit > 0 and of the negatives ``neg`` with a logit <= 0 (indices
-    into the flattened ``logits``), and the number of positives."""
-    stats["rpn_fg_accuracy"] = float((logits[pos] > 0).mean()) if pos.size else float("nan")
-    stats["rpn_bg_accuracy"] = float((logits[neg] <= 0).mean()) if neg.size else float("nan")
+    into the flattened ``logits``), and the number of positives. The fractions stay 0-d arrays
+    on the logits' device (NaN for an empty set): the trainer reads all statistics at once."""
+    stats["rpn_fg_accuracy"] = fraction(logits[pos] > 0)
+    stats["rpn_bg_accuracy"] = fraction(logits[neg] <= 0)
     stats["rpn_num_positive"] = int(pos.size)

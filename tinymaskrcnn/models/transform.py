@@ -150,8 +150,8 @@ class GeneralizedRCNNTransform(nn.Module):
         c, h, w = (max(int(img.shape[k]) for img in images) for k in range(3))
         h, w = (-(-s // size_divisible) * size_divisible for s in (h, w))  # round up
         batch = xp.zeros((len(images), c, h, w), dtype=images[0].dtype)
-        for slot, img in zip(batch, images):
-            slot[: img.shape[0], : img.shape[1], : img.shape[2]] = img
+        for i, img in enumerate(images):  # indexed: iterating a device array makes an array per row
+            batch[i, : img.shape[0], : img.shape[1], : img.shape[2]] = img
         return batch
 
     # ----- back to the original images ----------------------------------------------------------
@@ -212,12 +212,6 @@ class GeneralizedRCNNTransform(nn.Module):
                 # boxes take the images' dtype (integer pixel boxes included), so a float32 model
                 # sees float32 targets; torchvision keeps their dtype and leans on torch's promotion
                 boxes = target["boxes"] = boxes.astype(image.dtype)
-            xp = get_array_module(boxes)
-            bad = ~xp.isfinite(boxes).all(axis=1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            if bool(bad.any()):
-                j = int(xp.nonzero(bad)[0][0])
-                raise ValueError(f"target {i}: box {j} {to_numpy(boxes[j]).tolist()} is degenerate: boxes must be "
-                                 f"finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1; fix or drop it")
             k = boxes.shape[0]
             labels = target.get("labels")
             if labels is not None and (labels.ndim != 1 or labels.shape[0] != k):
@@ -228,4 +222,17 @@ class GeneralizedRCNNTransform(nn.Module):
                 raise ValueError(f"target {i}: masks has shape {tuple(masks.shape)}; expected ({k}, "
                                  f"{image.shape[1]}, {image.shape[2]}): one mask per box, the size of image {i}")
             checked.append(target)
+        self._check_boxes([t["boxes"] for t in checked])
         return checked
+
+    @staticmethod
+    def _check_boxes(boxes):
+        """Every box finite with x2 > x1 and y2 > y1, checked for all images in one host read."""
+        xp = get_array_module(*boxes)
+        bad = [~xp.isfinite(b).all(axis=1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]) for b in boxes]
+        if not bool(xp.concatenate(bad).any()):
+            return
+        i = next(i for i, b in enumerate(bad) if b.any())
+        j = int(xp.nonzero(bad[i])[0][0])
+        raise ValueError(f"target {i}: box {j} {to_numpy(boxes[i][j]).tolist()} is degenerate: boxes must be "
+                         f"finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1; fix or drop it")

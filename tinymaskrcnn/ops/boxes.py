@@ -18,7 +18,7 @@ too). Integer boxes are refused: torchvision accepts them, but a box here is a f
 import numpy as np
 
 from ..core.autograd import Tensor
-from ..core.backend import get_array_module, is_cupy, to_numpy
+from ..core.backend import get_array_module, is_cupy, uses_cuda_kernels
 from ..functional.arguments import kernel_dtype
 from ..functional.dispatch import kernel_for
 
@@ -118,9 +118,10 @@ def remove_small_boxes(boxes, min_size):
     return xp.nonzero((widths >= min_size) & (heights >= min_size))[0].astype(np.int64)
 
 # Above this many box coordinates, torchvision's batched_nms runs one NMS per class instead of
-# one NMS over offset boxes (on the GPU the limit is higher). The two differ in rounding, so
-# we switch at the same sizes to give the same answer.
-_PER_CLASS_ABOVE = {"cpu": 4000, "cuda": 100_000}
+# one NMS over offset boxes. The two differ in rounding, so we switch where torchvision's CPU
+# path does, on both devices: the GPU and CPU paths then run one algorithm on one input and keep
+# the same boxes (torchvision's GPU path switches at 100,000).
+PER_CLASS_ABOVE = 4000
 
 
 def _check_scores(scores, boxes, name="scores"):
@@ -146,7 +147,9 @@ def nms(boxes, scores, iou_threshold):
     xp = get_array_module(boxes)
     if boxes.shape[0] == 0:
         return xp.zeros(0, dtype=np.int64)
-    if bool(xp.isnan(scores).any()):
+    # on the host only: on the GPU the check would cost a synchronisation per call; NaN scores
+    # sort last there, and a model that gives them has NaN losses, which the trainer stops on
+    if xp is np and bool(xp.isnan(scores).any()):
         raise ValueError(f"scores contain {int(xp.isnan(scores).sum())} NaN values: NMS cannot rank them "
                          "(a NaN score usually means the model diverged)")
     return kernel_for("nms", boxes)(xp.ascontiguousarray(boxes), xp.ascontiguousarray(scores), float(iou_threshold))
@@ -158,8 +161,9 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     Returns int64 indices of the kept boxes, highest score first. Small inputs use the
     coordinate trick: every category's boxes are shifted by (category · (max coordinate + 1))
     so that boxes of different categories cannot overlap, and one NMS does all categories.
-    Large inputs run one NMS per category, which keeps each NMS small. Either way the answer
-    is torchvision's, which makes the same choice at the same size (``_PER_CLASS_ABOVE``).
+    Large inputs run NMS per category (on the GPU in one launch), which keeps the work small.
+    Either way the answer is torchvision's CPU path's, which makes the same choice at the same
+    size (``PER_CLASS_ABOVE``, the same on both devices).
     Boxes with no element, whatever their shape, keep nothing, as in torchvision.
     """
     boxes = as_array(boxes, "boxes")
@@ -171,7 +175,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     idxs = _check_scores(idxs, boxes, "idxs")
     if idxs.dtype.kind not in "iu":
         raise TypeError(f"idxs must be integer category ids, got dtype {idxs.dtype}: use .astype(np.int64)")
-    if boxes.size > _PER_CLASS_ABOVE["cuda" if is_cupy(boxes) else "cpu"]:
+    if boxes.size > PER_CLASS_ABOVE:
         return _batched_nms_per_class(boxes, scores, idxs, iou_threshold)
     # offsets computed in the boxes' dtype, as torchvision does, so the shifted boxes round alike
     offsets = idxs.astype(boxes.dtype) * (boxes.max() + boxes.dtype.type(1))
@@ -179,15 +183,18 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
 
 
 def _batched_nms_per_class(boxes, scores, idxs, iou_threshold):
-    """One NMS per category, then all kept boxes ordered by score."""
+    """One NMS per category, then all kept boxes ordered by score (ties: lower index first)."""
     xp = get_array_module(boxes)
+    if uses_cuda_kernels(boxes):
+        # the CUDA kernel takes the categories and never lets two of them meet: NMS per
+        # category in one launch, without a host round trip per category
+        return kernel_for("nms", boxes)(xp.ascontiguousarray(boxes), xp.ascontiguousarray(scores),
+                                        float(iou_threshold), idxs)
     # group the box indices by category, each group in ascending index order (the tie order)
-    by_category = xp.argsort(idxs, kind="stable")
-    starts = xp.nonzero(xp.diff(idxs[by_category]))[0] + 1
-    keep_mask = xp.zeros(boxes.shape[0], dtype=bool)
-    for members in xp.split(by_category, to_numpy(starts).tolist()):
-        keep_mask[members[nms(boxes[members], scores[members], iou_threshold)]] = True
-    keep = xp.nonzero(keep_mask)[0]
+    by_category = np.argsort(idxs, kind="stable")
+    starts = np.nonzero(np.diff(idxs[by_category]))[0] + 1
+    keep = np.sort(np.concatenate([members[nms(boxes[members], scores[members], iou_threshold)]
+                                   for members in np.split(by_category, starts)]))
     # torchvision's final sort here is unstable; equal scores across categories may come out
     # in another order there, we keep the lower index first
-    return keep[xp.argsort(-scores[keep], kind="stable")].astype(np.int64)
+    return keep[np.argsort(-scores[keep], kind="stable")].astype(np.int64)

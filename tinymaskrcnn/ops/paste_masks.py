@@ -85,5 +85,6 @@ class PastedMasks:
         """The same masks pasted into the image resized to (height, width): each box scaled by
         the per-axis ratio of the sizes."""
         h, w = self.image_size
-        ratio = np.array([width / w, height / h, width / w, height / h], dtype=self.boxes.dtype)
+        ratio = get_array_module(self.boxes).asarray([width / w, height / h, width / w, height / h],
+                                                     dtype=self.boxes.dtype)
         return PastedMasks(self.masks, self.boxes * ratio, (height, width), self.padding)

@@ -10,10 +10,10 @@ import numpy as np
 
 from .. import nn
 from ..core.autograd import cat
-from ..core.backend import get_array_module
+from ..core.backend import get_array_module, to_numpy
 from .boxes import box_area
 from ..functional.arguments import pair
-from .roi_align import roi_align
+from .roi_align import RoIAlign, roi_align
 
 
 def boxes_to_rois(boxes):
@@ -67,12 +67,15 @@ class MultiScaleRoIAlign(nn.Module):
         k_min, k_max = int(-math.log2(scales[0])), int(-math.log2(scales[-1]))
         levels = map_levels(boxes, k_min, k_max, self.canonical_scale, self.canonical_level)
         xp = get_array_module(rois)
-        pooled, order = [], []
-        for level, (feature_map, scale) in enumerate(zip(maps, scales)):
-            idx = xp.nonzero(levels == level)[0]
-            pooled.append(roi_align(feature_map, rois[idx], self.output_size, scale, self.sampling_ratio))
-            order.append(idx)
+        # the boxes sorted by level (stably: each level's in box order) and cut at the level
+        # sizes, read in one transfer: on the GPU one synchronisation, not one per level
+        order = xp.argsort(levels, kind="stable")
+        bounds = np.cumsum(to_numpy(xp.bincount(levels, minlength=len(maps))))[:-1].tolist()
+        # RoIAlign without roi_align's checks of the boxes, which the model made: each check is
+        # a host read, one per level
+        pooled = [RoIAlign.apply(feature_map, xp.ascontiguousarray(rois[idx]), output_size=self.output_size,
+                                 spatial_scale=scale, sampling_ratio=self.sampling_ratio, aligned=False)
+                  for feature_map, scale, idx in zip(maps, scales, xp.split(order, bounds))]
         # patches come out grouped by level; gathering with the inverse permutation restores
         # the box order (and its backward scatters gradients back to each level's rows)
-        inverse = xp.argsort(xp.concatenate(order), kind="stable")
-        return cat(pooled, dim=0)[inverse]
+        return cat(pooled, dim=0)[xp.argsort(order)]

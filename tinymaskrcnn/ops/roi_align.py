@@ -33,7 +33,7 @@ import numpy as np
 
 from ..core.autograd import Function, as_array
 from ..core.backend import get_array_module
-from ..functional.arguments import pair
+from ..functional.arguments import kernel_dtype, pair
 from ..functional.dispatch import kernel_for
 from ..kernels.roi_align import sample_coordinates  # the sampling rule, for the figures
 
@@ -60,6 +60,7 @@ class RoIAlign(Function):
     """out = A(rois) X (forward), dL/dX = A(rois)ᵀ dL/dout (backward); see the module docstring."""
 
     def forward(self, input, rois, output_size, spatial_scale, sampling_ratio, aligned):
+        kernel_dtype("roi_align", "input", input.dtype)  # callers that skip roi_align's checks included
         # the scale in the input's dtype keeps float32 box arithmetic in float32, as torchvision
         self.params = (input.dtype.type(spatial_scale), int(sampling_ratio), bool(aligned))
         self.rois, self.input_shape = rois, input.shape
@@ -97,12 +98,13 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
                         f"got {sampling_ratio!r}")
     xp = get_array_module(x)
     rois = _as_rois(boxes, x.dtype, xp)
-    if not xp.isfinite(rois).all():
-        raise ValueError("boxes contain NaN or infinity: remove or clip them first")
     if (H == 0 or W == 0) and len(rois):  # with no RoI there is nothing to read: an empty result
         raise ValueError(f"input has an empty feature map, shape {x.shape}: H and W must be > 0")
     batch = rois[:, 0].astype(np.int64)  # truncated, as torchvision reads the index
-    if len(rois) and (batch.min() < 0 or batch.max() >= N):
+    # both checks in one reduction: on the GPU each host read is a synchronisation
+    if len(rois) and bool(~xp.isfinite(rois).all() | (batch.min() < 0) | (batch.max() >= N)):
+        if not xp.isfinite(rois).all():
+            raise ValueError("boxes contain NaN or infinity: remove or clip them first")
         raise ValueError(f"box batch indices must lie in [0, {N}) for an input of {N} images, "
                          f"got values in [{batch.min()}, {batch.max()}]")
     return RoIAlign.apply(input, xp.ascontiguousarray(rois), output_size=output_size, spatial_scale=spatial_scale,

@@ -23,6 +23,8 @@ fc6 on unnormalised FPN features) takes steps hundreds of times larger than a 3x
 import copy
 import math
 
+import numpy as np
+
 from ..core.autograd import Tensor
 from ..core.backend import get_array_module, to_device, device_of
 from ..functional.dispatch import kernel_for, twin_of
@@ -199,6 +201,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     total = || (||g_1||_p, ..., ||g_n||_p) ||_p  (the p-norm of all gradients as one vector);
     every gradient is multiplied in place by min(1, max_norm / (total + 1e-6)). Returns total
     (before clipping) as a float.
+
+    The per-gradient terms are reduced on their device into one array, and the scale stays
+    there: the one host read is the returned total (on the GPU, one synchronisation, not one
+    per parameter).
     """
     if isinstance(parameters, Tensor):
         parameters = [parameters]
@@ -208,13 +214,16 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     xp = get_array_module(grads[0])
     norm_type = float(norm_type)
     if norm_type == math.inf:
-        total = max(float(xp.max(xp.abs(g))) if g.size else 0.0 for g in grads)
+        terms = xp.stack([xp.abs(g).max() if g.size else xp.zeros((), g.dtype) for g in grads])
+        total_array = terms.astype(np.float64).max()
     else:
-        total = sum(float(xp.sum(xp.abs(g) ** norm_type)) for g in grads) ** (1.0 / norm_type)
+        terms = xp.stack([xp.sum(xp.abs(g) ** norm_type).astype(np.float64) for g in grads])
+        total_array = terms.sum() ** (1.0 / norm_type)
+    total = float(total_array)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"the total norm of order {norm_type} of the gradients is {total}, so they cannot be "
                            "clipped; pass error_if_nonfinite=False to skip this check")
-    scale = min(max_norm / (total + 1e-6), 1.0)
+    scale = xp.minimum(max_norm / (total_array + 1e-6), 1.0)
     for g in grads:
-        g *= scale
+        g *= scale.astype(g.dtype)
     return total
