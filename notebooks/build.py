@@ -10,7 +10,11 @@ stored collapsed so the learner reveals it when ready. Sources review and diff a
 script turns each into `notebooks/NN_name.ipynb`, runs it top to bottom in a fresh kernel with
 `TINYMASKRCNN_QUICK=1` (the tiny settings the tests use) and stores it with its outputs, so the
 pictures show on a repository page before anyone runs anything. `--full` runs the learner's
-settings instead. tests/test_notebooks.py checks that every stored notebook matches its source
+settings instead, and first trains the main job (`tinymaskrcnn train`, about 14 minutes on two
+cores) into runs/chapters when no finished shapes run is under runs/: chapters 4 and 11-14 show
+that trained model (tinymaskrcnn/chapters/trained.py). Quick mode shows random weights, unless
+`TINYMASKRCNN_TRAINED_RUN=runs/<run>` names a run to show; every picture's title says which.
+tests/test_notebooks.py checks that every stored notebook matches its source
 and ran without error.
 """
 import argparse
@@ -98,6 +102,10 @@ def main(argv=None):
     chosen = [s for s in sources() if not args.chapters or any(s.stem.startswith(c) for c in args.chapters)]
     if not chosen:
         parser.error(f"no chapter in {SOURCES} starts with {' or '.join(args.chapters)}")
+    if args.full:
+        from tinymaskrcnn.chapters.trained import RUN_VARIABLE, ensure_trained_run
+
+        os.environ[RUN_VARIABLE] = str(ensure_trained_run())   # the kernels inherit it
     total = 0.0
     for source in chosen:
         nb = parse(source)

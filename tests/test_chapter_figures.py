@@ -15,6 +15,27 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 
 # ---------------------------------------------------------------------------------------------
+# Chapter 1: the tape's graph
+# ---------------------------------------------------------------------------------------------
+
+def test_draw_tape_puts_each_node_right_of_its_inputs_with_one_arrow_per_input():
+    import tinymaskrcnn as tm
+    from tinymaskrcnn.core.autograd import topological_order
+
+    w = tm.Tensor(np.ones(3), requires_grad=True)
+    b = tm.Tensor(np.array(0.5), requires_grad=True)
+    y = ((w * w + b) ** 2).sum()                          # w feeds Mul twice: two arrows from one node
+    order = topological_order(y._node)
+    ax = foundation.draw_tape(order, names={id(w._node): "w", id(b._node): "b"})
+    place = {t.get_text().split("\n")[0]: t.get_position() for t in ax.texts if t.get_text()}
+    assert sorted(place) == ["Add", "Mul", "Pow", "Sum", "b", "w"]
+    assert place["w"][0] == place["b"][0] == 0 and place["Mul"][0] == 1 and place["Add"][0] == 2
+    assert place["Sum"][0] == 4
+    arrows = [a for a in ax.texts if isinstance(a, matplotlib.text.Annotation) and not a.get_text()]
+    assert len(arrows) == sum(len(n.fn.inputs) for n in order if n.fn is not None)
+
+
+# ---------------------------------------------------------------------------------------------
 # Chapter 2: im2col
 # ---------------------------------------------------------------------------------------------
 

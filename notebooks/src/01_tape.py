@@ -14,12 +14,15 @@
 # %%
 import inspect
 
+import matplotlib.pyplot as plt
 import numpy as np
 import tinymaskrcnn as tm
 from tinymaskrcnn.core.autograd import Function, topological_order
 from tinymaskrcnn.chapters import exercise, rejects
+from tinymaskrcnn.chapters.figures_foundation import draw_tape
 from tinymaskrcnn.core.gradcheck import gradcheck, numerical_gradient, rel_error
 
+plt.rcParams["figure.dpi"] = 72
 rng = np.random.default_rng(0)
 print("tinymaskrcnn/core/autograd.py:", len(inspect.getsource(tm.core.autograd).splitlines()), "lines")
 
@@ -48,9 +51,14 @@ print("dL/db from the tape:", b.grad, " by hand:", (2 * (w.data * x.data + b.dat
 
 # %%
 y = ((w * x + b) ** 2).sum()
-for node in topological_order(y._node):
+order = topological_order(y._node)
+for node in order:
     made_by = type(node.fn).__name__ if node.fn is not None else "leaf"
     print(f"{made_by:10s} shape={node.shape}")
+draw_tape(order, names={id(w._node): "w", id(b._node): "b"},
+          title="the tape of sum((w·x + b)²): x needs no gradient, so it has no node")
+plt.show()
+assert order[-1] is y._node and {id(w._node), id(b._node)} <= {id(n) for n in order}
 
 # %% [markdown]
 # ## Writing an op
@@ -88,9 +96,17 @@ print(inspect.getsource(Function.apply))
 # ## Finite differences, the referee
 #
 # `gradcheck` perturbs each input element by ±h and measures how $L = \sum f(x) \cdot G$
-# changes for a random cotangent $G$. In float64 with h = 1e-6 the truncation error
-# ($\propto h^2$) and the rounding error ($\propto \epsilon/h$) are both about 1e-10 — which is why
-# every gradient check in this project runs in float64.
+# changes for a random cotangent $G$. The central difference $(f(x+h) - f(x-h))/2h$ errs in two
+# ways. **Truncation**: the Taylor terms it drops leave $h^2 |f'''|/6$, about $10^{-12}$ at
+# $h = 10^{-6}$ for a function whose derivatives are of order one. **Rounding**: $f(x \pm h)$ are
+# each off by about $\epsilon |f|$ ($\epsilon = 2.2 \cdot 10^{-16}$ in float64), and dividing by $2h$
+# turns that into about $\epsilon |f| / h \approx 2 \cdot 10^{-10}$. So at $h = 10^{-6}$ rounding
+# dominates by a factor of a hundred; the two balance where $h^2 \approx \epsilon / h$, at
+# $h \approx \epsilon^{1/3} \approx 6 \cdot 10^{-6}$, where both are about $\epsilon^{2/3} \approx 4 \cdot 10^{-11}$.
+# In float32 ($\epsilon \approx 1.2 \cdot 10^{-7}$) the best one can do is about $2 \cdot 10^{-5}$,
+# too coarse to tell a subtly wrong backward from a right one — which is why every gradient check
+# in this project runs in float64. Below, both errors measured for softplus (whose $|f'''|/6$ is
+# about 0.01, so its truncation is smaller than the rule of thumb), and the picture asserted.
 
 # %%
 for h in [1e-2, 1e-4, 1e-6, 1e-9, 1e-12]:
@@ -98,6 +114,34 @@ for h in [1e-2, 1e-4, 1e-6, 1e-9, 1e-12]:
     numeric = numerical_gradient(lambda: Softplus.apply(tm.Tensor(z.data)).data, z.data, G, h=h)
     analytic = G / (1 + np.exp(-z.data))
     print(f"h={h:7.0e}  relative error {rel_error(numeric, analytic):.1e}")
+
+eps = np.finfo(np.float64).eps
+points = rng.standard_normal(200)
+softplus = Softplus().forward
+sigma = 1 / (1 + np.exp(-points))
+steps = np.logspace(-1, -11, 41)
+measured = np.array([np.median(np.abs((softplus(points + h) - softplus(points - h)) / (2 * h) - sigma))
+                     for h in steps])
+truncation = steps ** 2 / 6 * np.median(np.abs(sigma * (1 - sigma) * (1 - 2 * sigma)))   # f''' of softplus
+rounding = eps * np.median(np.abs(softplus(points))) / steps
+fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
+ax.loglog(steps, measured, "o-", markersize=3, label="measured (median over 200 points)")
+ax.loglog(steps, truncation, "--", label="truncation $h^2 |f'''|/6$")
+ax.loglog(steps, rounding, ":", label="rounding $\\epsilon |f| / h$")
+ax.axvline(eps ** (1 / 3), color="grey", linewidth=0.8)
+ax.text(eps ** (1 / 3), measured.max(), " $\\epsilon^{1/3}$", fontsize=8, va="top")
+ax.set_xlabel("step h")
+ax.set_ylabel("|central difference − derivative|")
+ax.set_title("softplus in float64: rounding (small h) against truncation (large h)", fontsize=9)
+ax.legend(fontsize=7, loc="upper center")
+plt.show()
+at = int(np.argmin(np.abs(steps - 1e-6)))
+best = steps[np.argmin(measured)]
+print(f"at h=1e-6, rule of thumb: h² = 1e-12, ε/h = {eps / 1e-6:.1e}; softplus: truncation {truncation[at]:.1e}, "
+      f"rounding {rounding[at]:.1e}, measured {measured[at]:.1e}; best h {best:.1e}, ε^(1/3) = {eps ** (1 / 3):.1e}")
+assert measured[at] > 100 * truncation[at]                   # at 1e-6 rounding is what we measure:
+assert rounding[at] / 20 < measured[at] < rounding[at]        # under its worst case (the two roundings partly cancel)
+assert eps ** (1 / 3) / 10 < best < eps ** (1 / 3) * 10      # the optimum sits near ε^(1/3)
 
 # %% [markdown]
 # ## Where there is no derivative
@@ -239,3 +283,24 @@ def solution_unbroadcast(grad, shape):
 
 assert check_unbroadcast(solution_unbroadcast)
 assert rejects(check_unbroadcast, lambda grad, shape: np.broadcast_to(grad.mean(), shape))
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does `backward` run the Functions in reverse topological order, rather than depth-first from the loss?
+#
+# <details><summary>Answer</summary>
+#
+# A tensor's gradient is complete only when every operation that consumed it has added its share. Reverse topological order runs all consumers of a tensor before the Function that made it, so each backward runs once, on the whole dL/d(output). Depth-first from the loss could reach `x` in `x * x + x` through one path and run its producer before the other path had added its part: the gradient would be wrong, or the backward would have to run twice.
+#
+# </details>
+#
+# **Question 2.** Why does every gradient check in this project run in float64?
+#
+# <details><summary>Answer</summary>
+#
+# The best a central difference can do is about ε^(2/3) relative error, where truncation (h²) and rounding (ε/h) balance. In float64 that is about 4·10⁻¹¹, far below the error of a subtly wrong backward; in float32 it is about 2·10⁻⁵, the same size as many real bugs (a missing small term, a wrong broadcast over a few elements), so a check in float32 could not tell right from wrong.
+#
+# </details>

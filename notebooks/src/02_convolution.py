@@ -25,7 +25,6 @@ import numpy as np
 
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
-from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import figures_foundation as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import draw_scene
@@ -119,9 +118,14 @@ fig, axes = plt.subplots(1, 4, figsize=(10, 1.9), layout="constrained")
 axes[0].imshow(rgb)
 axes[0].set_axis_off()
 axes[0].set_title("shapes image", fontsize=9)
-V.draw_feature_map(edges, channels=[0], ax=axes[1], cmap="RdBu_r", title="Sobel x: rising to the right")
-V.draw_feature_map(edges, channels=[1], ax=axes[2], cmap="RdBu_r", title="Sobel y: rising downwards")
-V.draw_feature_map(magnitude, channels=[0], ax=axes[3], cmap="magma", title="edge strength")
+limit = float(np.abs(edges).max())                     # one signed scale for both: zero is white
+for ax, plane, cmap, lo, title in ((axes[1], edges[0], "RdBu_r", -limit, "Sobel x: rising to the right"),
+                                   (axes[2], edges[1], "RdBu_r", -limit, "Sobel y: rising downwards"),
+                                   (axes[3], magnitude[0], "magma", 0, "edge strength")):
+    hi = limit if lo < 0 else float(plane.max())
+    fig.colorbar(ax.imshow(plane, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest"), ax=ax, shrink=0.8)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
 plt.show()
 
 ramp = np.tile(np.arange(12.0), (10, 1))[None, None]     # intensity = column index
@@ -488,3 +492,24 @@ def solution_diagonal():
 
 assert check_diagonal(solution_diagonal)
 assert rejects(check_diagonal, lambda: sobel_x)  # responds to the other diagonal too
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** im2col copies every input value up to kh·kw times. Why is it still the usual way to compute a convolution on a CPU?
+#
+# <details><summary>Answer</summary>
+#
+# It turns the whole convolution into one large matrix product, which BLAS runs near the processor's peak (blocked for the caches, vectorised, multi-threaded), while the six nested loops touch memory in a pattern no cache likes. The extra memory (9× the input for a 3×3 kernel) can be bounded by converting a few images or rows at a time.
+#
+# </details>
+#
+# **Question 2.** Why does col2im *add* into the input gradient instead of writing into it?
+#
+# <details><summary>Answer</summary>
+#
+# Windows overlap: one input pixel sits in several columns, and each column's gradient is a contribution to that pixel's. col2im is the adjoint of im2col, and the adjoint of copying a value to several places is summing the values from those places.
+#
+# </details>

@@ -483,3 +483,16 @@ def solution_running_after_one_step(x):
 
 assert check_running_stats(solution_running_after_one_step)
 assert rejects(check_running_stats, lambda x: (0.1 * x.mean(axis=(0, 2, 3)), 0.9 + 0.1 * x.var(axis=(0, 2, 3))))
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does a BatchNorm model trained with one image per batch do badly in evaluation, and what do detectors use instead?
+#
+# <details><summary>Answer</summary>
+#
+# In training each layer normalises by the statistics of that one image, which vary from image to image; the running averages then mix them, and in evaluation every image is normalised by an average that matches none of them, so the features shift. Detectors fine-tuned from ImageNet freeze batch norm (FrozenBatchNorm2d, ImageNet's statistics); others use GroupNorm or batch norm synchronised across GPUs; the shapes model here uses InstanceNorm, which uses each image's own statistics in both modes.
+#
+# </details>

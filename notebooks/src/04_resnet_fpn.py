@@ -17,7 +17,6 @@
 
 # %%
 import inspect
-import os
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -27,6 +26,7 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import nn
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
+from tinymaskrcnn.chapters.trained import trained_model
 from tinymaskrcnn.data.shapes import draw_scene
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.models.backbone import resnet_fpn_backbone
@@ -41,8 +41,12 @@ torch = reference()
 # %% [markdown]
 # ## The residual block
 #
-# A plain stack of 50 convolutions trains worse than a stack of 20: the gradient has to pass
-# through every layer's Jacobian. A residual block learns a *correction* instead,
+# He et al. (2016) found that a plain stack of 56 convolutions reaches a *higher training error*
+# than a stack of 20 — not overfitting, and not vanishing gradients: every layer had batch norm,
+# and they checked that the forward signals and the backward gradients kept healthy norms. They
+# called it the **degradation problem**, an optimisation difficulty: the deeper stack could copy
+# the shallower one and make its extra layers the identity, yet the optimizer does not find that
+# solution. A residual block makes the identity the easy default; it learns a *correction*,
 #
 # $$y = \mathrm{relu}\big(F(x) + \mathrm{shortcut}(x)\big),$$
 #
@@ -149,9 +153,10 @@ print(inspect.getsource(FeaturePyramidNetwork.forward))
 
 # %% [markdown]
 # The five levels of the shapes image, channel 0 of 256 each (scaled to its own range). The
-# weights are random, so a channel is a random filter of the image: at stride 4 the shapes still
-# show; at strides 32 and 64 one cell covers a whole shape and its surroundings, and what such a
-# cell says about them is only learnt in training.
+# weights are random, so a channel is a random filter of the image: even at stride 4 it shows
+# mostly texture, the shapes only faintly; at strides 32 and 64 one cell covers a whole shape and
+# its surroundings (asserted below: the largest shape is smaller than one P6 cell), and what such
+# a cell says about them is only learnt in training — the next picture shows a trained backbone.
 
 # %%
 fig, axes = plt.subplots(1, 6, figsize=(10, 2.2), layout="constrained")
@@ -165,6 +170,39 @@ plt.show()
 assert list(pyramid) == ["0", "1", "2", "3", "pool"]
 assert all(v.shape[1] == backbone.out_channels == 256 for v in pyramid.values())
 assert np.array_equal(pyramid["pool"].data, pyramid["3"].data[:, :, ::2, ::2])   # P6: every other cell of P5
+extents = [np.ptp(np.nonzero(mask), axis=1).max() + 1 for _, mask in draw_scene(np.random.default_rng(5), height, width, 4)[1]]
+assert max(extents) < 64, extents          # the largest shape spans less than one P6 cell
+
+# %% [markdown]
+# ### The same pyramid, trained
+#
+# The main job's model (`tinymaskrcnn train`; see `tinymaskrcnn/chapters/trained.py` for where the
+# chapters find it) has a ResNet-18 with a 64-channel FPN. For each level, the channel whose values
+# vary most over the image, drawn on a signed scale (red above zero, blue below) with its colour
+# bar: after training, the shapes and their edges stand out at the fine levels, and the coarse levels
+# light up where the objects are. The title says whether the weights are trained.
+
+# %%
+trained = trained_model()
+net = trained.model
+mean = np.array(net.transform.image_mean, dtype=np.float32)[:, None, None]
+std = np.array(net.transform.image_std, dtype=np.float32)[:, None, None]
+with tm.no_grad():
+    levels = net.backbone(tm.Tensor((image - mean) / std))
+fig, axes = plt.subplots(1, 6, figsize=(13, 2.4), layout="constrained")
+axes[0].imshow(V.as_rgb(image[0]))
+axes[0].set_axis_off()
+axes[0].set_title(trained.title, fontsize=8)
+for ax, (k, (key, level)) in zip(axes[1:], enumerate(levels.items())):
+    maps = tm.backend.to_numpy(level.data)[0]
+    channel = int(np.argmax(maps.std(axis=(1, 2))))
+    limit = float(np.abs(maps[channel]).max())
+    shown = ax.imshow(maps[channel], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, shrink=0.8)
+    ax.set_axis_off()
+    ax.set_title(f"P{k + 2} stride {height // maps.shape[1]}, channel {channel}", fontsize=8)
+plt.show()
+assert list(levels) == list(pyramid) and all(v.shape[1] == net.backbone.out_channels for v in levels.values())
 
 # %% [markdown]
 # ## The same names as torchvision
@@ -324,3 +362,24 @@ def only_the_lateral_above(laterals):      # forgets that M_{k+1} already holds 
 
 assert check_top_down(solution_top_down)
 assert rejects(check_top_down, only_the_lateral_above)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does the FPN add the upsampled coarser map to each lateral, instead of using the laterals alone?
+#
+# <details><summary>Answer</summary>
+#
+# A lateral at stride 4 comes from an early stage: its features have seen a small window of the image and are shallow. The top-down sum gives that fine map the deep, semantic features of the coarse levels, so a small object is found at fine resolution with strong features, which is what the pyramid is for.
+#
+# </details>
+#
+# **Question 2.** If residual connections are not a cure for vanishing gradients, what do they fix?
+#
+# <details><summary>Answer</summary>
+#
+# The degradation problem: deeper plain networks reach a higher *training* error although they could copy a shallower one with identity layers. With a shortcut, the identity is the default (a block whose residual is zero), so adding blocks cannot make the easy solution harder to find, and the optimizer can fit much deeper networks.
+#
+# </details>

@@ -499,3 +499,16 @@ def every_higher_box_suppresses(boxes, scores, threshold):   # also lets removed
 
 assert check_nms(solution_nms)
 assert rejects(check_nms, every_higher_box_suppresses)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why are boxes regressed as (dx, dy, log dw, log dh) relative to the anchor or proposal, rather than as raw coordinates?
+#
+# <details><summary>Answer</summary>
+#
+# Relative offsets make the target independent of the box's size and position: a box 10% too wide needs the same delta whether it is 20 or 400 pixels wide, so one regressor serves all scales. The log makes the width ratio symmetric (twice as wide and half as wide are ±log 2) and keeps the decoded width positive; the weights (10, 10, 5, 5) scale the deltas to about unit variance.
+#
+# </details>

@@ -275,3 +275,24 @@ def solution_num_anchors(height, width, anchors_per_cell):
 
 assert check_num_anchors(solution_num_anchors)
 assert rejects(check_num_anchors, lambda h, w, a: a * sum((h // 2 ** l) * (w // 2 ** l) for l in range(2, 7)))
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Faster R-CNN put three anchor sizes on one feature map; the FPN puts one size on each level. Why is one enough?
+#
+# <details><summary>Answer</summary>
+#
+# The pyramid covers the scales: each level's stride is twice the previous one's, so its anchor, twice as large, keeps the same size relative to the grid. An object is matched on the level whose anchor size is near its own, and the three aspect ratios cover its shape.
+#
+# </details>
+#
+# **Question 2.** An object of 10 pixels reaches IoU 0.7 with no anchor. How does the RPN still learn it?
+#
+# <details><summary>Answer</summary>
+#
+# Through the low-quality rule of the matcher: each ground-truth box's best-overlapping anchor(s) are made positive whatever their IoU, so every object has at least one positive anchor. It is a weak signal (one anchor, a poor fit), which is why small objects are found less often; chapter 14 shows how a larger image scale fixes it for your own data.
+#
+# </details>

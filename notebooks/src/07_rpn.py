@@ -405,3 +405,24 @@ def naive_bce(logits, labels):   # overflows: sigmoid(800) is 1 exactly, log(1 -
 
 assert check_bce(solution_bce)
 assert rejects(check_bce, naive_bce)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does the RPN compute its objectness loss on 256 sampled anchors instead of all of them?
+#
+# <details><summary>Answer</summary>
+#
+# On an image with a few objects, all but a handful of tens of thousands of anchors are negatives: their loss would drown the positives' and the RPN would learn to say 'nothing' everywhere. Sampling at most half positives balances the two, and keeps the loss cheap.
+#
+# </details>
+#
+# **Question 2.** Why are the RPN's scores not the final detection scores?
+#
+# <details><summary>Answer</summary>
+#
+# The RPN scores class-agnostic objectness from the anchor's coarse features at one level; its proposals are candidates. The box head re-scores each proposal per class from RoIAlign features pooled on the proposal itself, which is much more precise, and refines its box.
+#
+# </details>

@@ -388,3 +388,16 @@ assert check_level(solution_level)
 # rounding instead of flooring: a 400-pixel box (log2(400/224) = 0.84) goes to P5 instead of P4
 assert rejects(check_level, lambda b: np.clip(np.round(4 + np.log2(np.sqrt(
     (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / 224)), 2, 5).astype(int))
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** What does RoIPool's rounding cost, and which objects suffer most?
+#
+# <details><summary>Answer</summary>
+#
+# It snaps the box and each bin to whole feature cells, shifting them by up to half a cell: at stride 16 that is up to 8 image pixels. For a large object that is a small fraction of its size; for a small one (a few cells across) it is a large one, and for masks, which must line up pixel by pixel, it is visible. RoIAlign samples at the exact positions instead.
+#
+# </details>

@@ -27,7 +27,7 @@ from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
 from tinymaskrcnn.data.shapes import SHAPES, scene
-from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
+from tinymaskrcnn.core.gradcheck import gradcheck
 from tinymaskrcnn.models.roi_heads import FastRCNNPredictor, RoIHeads, fastrcnn_loss
 
 plt.rcParams["figure.dpi"] = 72
@@ -168,7 +168,7 @@ deltas = tm.Tensor(deltas64, requires_grad=True)
 fastrcnn_loss(tm.Tensor(logits64), deltas, [labels], [reg_targets.astype(np.float64)])[1].backward()
 order = np.argsort(-labels, kind="stable")
 fig, ax = plt.subplots(figsize=(6, 3.2), layout="constrained")
-ax.imshow(np.abs(deltas.grad[order]).T, aspect="auto", cmap="Greys", interpolation="nearest")
+fig.colorbar(ax.imshow(np.abs(deltas.grad[order]).T, aspect="auto", cmap="Greys", interpolation="nearest"), ax=ax)
 ax.set_yticks([1.5, 5.5, 9.5, 13.5], [f"{n} deltas" for n in names], fontsize=8)
 ax.set_xlabel("sampled RoIs, positives first")
 ax.set_title("|∂L_box / ∂deltas|", fontsize=9)
@@ -361,3 +361,24 @@ def solution_batched_nms(boxes, scores, classes, iou_threshold):
 
 assert check_batched_nms(solution_batched_nms)
 assert rejects(check_batched_nms, lambda b, s, c, t: tm.ops.nms(b, s, t))   # classes suppress each other
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does the box predictor output four deltas for every class, when only one class is right?
+#
+# <details><summary>Answer</summary>
+#
+# Class-specific regression: each class has its own shape prior (a person's box and a car's box are corrected differently). In training only the true class's deltas enter the loss; in inference each class's box is decoded with its own deltas, then scored and suppressed per class.
+#
+# </details>
+#
+# **Question 2.** Why is the background a class of the box head's softmax, rather than a separate objectness output as in the RPN?
+#
+# <details><summary>Answer</summary>
+#
+# The box head must be able to reject a RoI, and a softmax over C + 1 classes lets 'nothing here' compete directly with every object class on the same features; the sampled negative RoIs teach it. A separate objectness would need its own threshold and would not stop a confident wrong class.
+#
+# </details>

@@ -26,7 +26,7 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
-from tinymaskrcnn.data.shapes import SHAPES, scene
+from tinymaskrcnn.data.shapes import SHAPES, scene, shape_mask, tight_box
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.kernels import paste_masks as PK
 from tinymaskrcnn.models.roi_heads import maskrcnn_inference, maskrcnn_loss, mask_targets, project_masks_on_boxes
@@ -255,7 +255,7 @@ axes[0].set_ylabel("best possible mask IoU")
 axes[0].legend(fontsize=7)
 big = int(np.argmax((gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])))
 t28 = project_masks_on_boxes(gt_masks[big][None], gt_boxes[big][None].astype(np.float64), np.zeros(1, dtype=np.int64), 28)
-axes[1].imshow(t28[0], cmap="viridis", interpolation="nearest")
+fig.colorbar(axes[1].imshow(t28[0], cmap="viridis", vmin=0, vmax=1, interpolation="nearest"), ax=axes[1], shrink=0.8)
 axes[1].set_title(f"the {names[gt_labels[big]]}'s own mask at 28×28: "
                   f"{(gt_boxes[big, 2] - gt_boxes[big, 0]) / 28:.1f} pixels a cell", fontsize=9)
 axes[1].set_axis_off()
@@ -269,6 +269,84 @@ legacy = ceilings[False]
 assert mean[False][0] < mean[False][1] < mean[False][3]              # M = 4 < 7 < 28
 assert np.all(legacy[:, sizes.index(28)] > 0.9) and legacy[:, sizes.index(4)].min() < 0.7
 assert mean[True][sizes.index(28)] > mean[False][sizes.index(28)]    # on this image, the half-pixel offset costs
+
+# %% [markdown]
+# ## Mini-masks: what matterport stores, against the 28×28 targets
+#
+# Full-image masks cost memory: an object of a 1024×1024 COCO image is a megabyte of booleans.
+# matterport's Mask R-CNN therefore stores each object's **mini-mask**: the mask cut to its box and
+# resized to 56×56, rounded to 0/1 (`USE_MINI_MASK`, `MINI_MASK_SHAPE`). Its training targets are then
+# cut from the mini-mask, not from the full mask: the RoI, in the box's coordinates, is
+# crop-and-resized to 28×28 and rounded again. torchvision (and this package) keep the full masks and
+# cut each soft 28×28 target straight from them with RoIAlign (above).
+#
+# What each loses, measured as the IoU of the full mask with what it becomes when pasted back into the
+# box (for the RoI that is the object's own box): the image's objects, one large circle, and a
+# 5-pixel-wide diagonal bar, the case where resizing twice hurts most.
+
+# %%
+def resized(mask, box, m, aligned=True):
+    """The box's region of ``mask`` resized to m×m by bilinear sampling (RoIAlign, one image, one box)."""
+    return tm.ops.roi_align(mask[None, None].astype(np.float64), np.r_[0.0, box][None], m, 1.0, -1, aligned).data[0, 0]
+
+
+def pasted_back(grid, box, shape):
+    return tm.ops.paste_masks_in_image(grid[None, None].astype(np.float64), box[None], shape)[0, 0] >= 0.5
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+yy, xx = np.mgrid[:256, :256] - 128.0
+bar = (np.abs(0.8 * yy - 0.6 * xx) < 2.5) & (np.abs(0.6 * yy + 0.8 * xx) < 110)
+objects = [(f"{names[l]} {k}", m > 0) for k, (l, m) in enumerate(zip(gt_labels, gt_masks))] + \
+          [("large circle", shape_mask("circle", 128, 128, 100, 256, 256)), ("thin bar", bar)]
+rows = []
+for name, mask in objects:
+    box = np.asarray(tight_box(mask), dtype=np.float64)
+    mini = resized(mask, box, 56) >= 0.5                                  # matterport stores this
+    from_mini = resized(mini, np.array([0.0, 0.0, 56.0, 56.0]), 28) >= 0.5   # and trains on this
+    target28 = resized(mask, box, 28, aligned=False)                        # torchvision's soft target
+    rows.append((name, mask, box, mini, from_mini, target28,
+                 iou(pasted_back(mini, box, mask.shape), mask), iou(pasted_back(target28, box, mask.shape), mask),
+                 iou(pasted_back(from_mini, box, mask.shape), mask)))
+print(f"{'object':14s} {'pixels':>7s} {'mini 56x56':>11s} {'RoIAlign 28':>12s} {'28 from mini':>13s}   (IoU with the full mask)")
+for name, mask, _, _, _, _, a, b, c in rows:
+    print(f"{name:14s} {int(mask.sum()):7d} {a:11.3f} {b:12.3f} {c:13.3f}")
+
+shown = [rows[-2], rows[-1]]
+fig, axes = plt.subplots(len(shown), 4, figsize=(10, 5), layout="constrained")
+for row, (name, mask, box, mini, from_mini, target28, a, b, c) in zip(axes, shown):
+    x1, y1, x2, y2 = box.astype(int)
+    row[0].imshow(mask[y1:y2, x1:x2], cmap="gray", interpolation="nearest")
+    row[0].set_title(f"{name}: full mask, {x2 - x1}×{y2 - y1} box", fontsize=8)
+    row[1].imshow(mini, cmap="gray", interpolation="nearest")
+    row[1].set_title(f"mini-mask 56×56 (pasted back: IoU {a:.2f})", fontsize=8)
+    row[2].imshow(from_mini, cmap="gray", interpolation="nearest")
+    row[2].set_title(f"matterport's 28×28 target (IoU {c:.2f})", fontsize=8)
+    shown_target = row[3].imshow(target28, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(shown_target, ax=row[3], shrink=0.8)
+    row[3].set_title(f"RoIAlign's soft 28×28 target (IoU {b:.2f})", fontsize=8)
+    for ax in row:
+        ax.set_axis_off()
+plt.show()
+plt.close(fig)
+bar_row = rows[-1]
+print(f"a 1024×1024 mask is {1024 * 1024 // 56 ** 2}× the bytes of a 56×56 mini-mask")
+assert all(r[6] < 1 and r[7] < 1 and r[8] < 1 for r in rows)                # every representation loses something
+assert bar_row[8] < min(bar_row[6], bar_row[7]) and bar_row[8] < 0.7         # rounding twice loses the thin bar most
+assert np.mean([r[8] for r in rows]) < np.mean([r[6] for r in rows])        # and on average costs what the mini-mask kept
+
+# %% [markdown]
+# The mini-mask itself is a fair summary (56 cells across, twice the target's), but matterport's
+# targets pass through *two* resizes and *two* roundings: to 56×56 when stored, to 28×28 when cut,
+# and a thin structure that straddles cell boundaries is lost at the second rounding. The RoIAlign
+# target keeps the fraction of each cell the object covers (its soft values, colour bar), so the
+# loss still sees the thin bar where a rounded target has dropped it. matterport's choice buys memory
+# (printed above), which mattered on 2017's GPUs; it also fixes each mask to its ground-truth box,
+# so a RoI larger than the box sees zeros past the box's edge, as it should, but at the mini-mask's
+# resolution.
 
 # %% [markdown]
 # ## Exercises
@@ -357,3 +435,24 @@ def solution_mask_target(gt_mask, box, m, aligned=False):
 
 assert check_mask_target(solution_mask_target)
 assert rejects(check_mask_target, lambda *a: solution_mask_target(*a, aligned=True))   # detectron2's rule, not torchvision's
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why is the mask loss a per-pixel sigmoid on the true class's channel only, rather than a softmax over the classes?
+#
+# <details><summary>Answer</summary>
+#
+# It decouples segmentation from classification: the box head picks the class, and the mask head only has to say 'inside or outside' for that class, without classes competing for a pixel. The Mask R-CNN paper measured this choice (about 5 mask AP better than a per-pixel softmax).
+#
+# </details>
+#
+# **Question 2.** Why are some mask targets between 0 and 1?
+#
+# <details><summary>Answer</summary>
+#
+# RoIAlign resizes the 0/1 ground truth to 28×28 by averaging bilinear samples: a target cell that straddles the object's edge gets the fraction it covers. Binary cross-entropy takes such soft targets as they are, and they keep information that a rounded target (matterport's, the mini-mask section) throws away.
+#
+# </details>

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Markdown, display
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import engine, visualize
-from tinymaskrcnn.chapters import QUICK, exercise, quick, reference, rejects
+from tinymaskrcnn.chapters import exercise, reference, rejects
+from tinymaskrcnn.chapters.trained import departures_markdown, trained_model
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
 from tinymaskrcnn.core.gradcheck import rel_error
@@ -33,23 +35,37 @@ print(inspect.getsource(MaskRCNN.forward))
 # ## One call, every stage
 #
 # The model of the main job: a ResNet-18-FPN Mask R-CNN for the shapes set's three classes
-# (`num_classes=4`: **the background counts as class 0**). When you have trained one
-# (`tinymaskrcnn train`), the chapter loads it and the later panels show sensible proposals and
-# detections; otherwise (and in the quick mode of the tests) its weights are random, and only
-# the stages driven by the ground truth — anchor labels, sampled RoIs, targets — look meaningful.
+# (`num_classes=4`: **the background counts as class 0**). `trained_model()`
+# (`tinymaskrcnn/chapters/trained.py`) loads the main job's run folder when there is one
+# (`tinymaskrcnn train`, about 14 minutes on two cores, writes `runs/<date-time>-<pid>/`;
+# `TINYMASKRCNN_TRAINED_RUN` may name another), and every picture's title says what it shows. With
+# random weights (quick mode, or before you have trained) only the stages driven by the ground
+# truth — anchor labels, sampled RoIs, targets — look meaningful.
+#
+# ### Departures from the paper
+#
+# The main job does not build the model with the paper's or torchvision's settings: the shapes set
+# (small images, 1-4 objects each, trained from scratch on a CPU) gets the `SHAPES_MODEL_DEFAULTS`
+# of `tinymaskrcnn/engine/config.py`. Chapters 9 and 10 taught torchvision's values (a quarter of
+# the box head's RoIs positive, a mask loss on every positive RoI); this chapter and the next two
+# use these. The table is generated from the code, so it cannot drift from it:
+
+# %%
+display(Markdown(departures_markdown()))
 
 # %%
 paths = make_shapes_dataset(work / "shapes", num_train=1, num_val=4, image_size=(128, 160), seed=2)
 val = coco_data.CocoDetection(*paths["val"])
 image, target = max((val[i] for i in range(len(val))), key=lambda item: len(item[1]["labels"]))
-checkpoints = sorted(Path("..").glob("runs/*/checkpoint.npz"))
-if checkpoints and not QUICK:
-    model, _ = engine.load_model(checkpoints[-1])
-    print("trained model", checkpoints[-1])
-else:
-    tm.random.manual_seed(0)
-    model = engine.build_model("maskrcnn_resnet18_fpn", val.num_classes, engine.SHAPES_MODEL_DEFAULTS)
-    print("random weights")
+trained = trained_model()
+model = trained.model
+print(trained.title)
+assert trained.class_names == val.category_names          # the model's labels are the data's
+built = {"box_detections_per_img": model.roi_heads.detections_per_img,    # the model runs with the table's settings
+         "box_positive_fraction": model.roi_heads.fg_bg_sampler.positive_fraction,
+         "mask_batch_size_per_image": model.roi_heads.mask_sampler.batch_size_per_image,
+         "fpn_channels": model.backbone.out_channels}
+assert all(built[k] == engine.SHAPES_MODEL_DEFAULTS[k] for k in built), built
 
 model.train()
 train_stages, stats = {}, {}
@@ -77,7 +93,8 @@ std = np.array(model.transform.image_std)[:, None, None]
 seen = np.clip(batch.tensors.data[0, :, :height, :width] * std + mean, 0, 1)
 scale = height / image.shape[1]
 
-fig, axes = plt.subplots(1, 5, figsize=(15, 3.2), layout="constrained")
+fig, axes = plt.subplots(1, 5, figsize=(15, 3.4), layout="constrained")
+fig.suptitle(f"one call, stage by stage: {trained.title}", fontsize=10)
 visualize.draw_detections(seen, target["boxes"] * scale, target["labels"], class_names=val.category_names,
                           ax=axes[0], title=f"input, resized x{scale:.2f}")
 visualize.draw_boxes(seen, train_stages["anchors"][0], train_stages["rpn_labels"][0], ax=axes[1], max_boxes=150,
@@ -89,10 +106,27 @@ visualize.draw_boxes(seen, train_stages["sampled_rois"][0], train_stages["roi_la
                      title=f"{len(train_stages['sampled_rois'][0])} sampled RoIs")
 shown = min(5, len(detections["scores"]))                 # the five best (random weights score low)
 threshold = float(np.sort(tm.backend.to_numpy(detections["scores"]))[-shown]) if shown else 0.5
+threshold = max(threshold, 0.5) if trained.trained else threshold   # a trained model: its confident ones
 visualize.draw_detections(image, detections["boxes"], detections["labels"], detections["scores"],
                           detections["masks"], val.category_names, score_threshold=threshold, ax=axes[4],
-                          title=f"best {shown} of {len(detections['boxes'])} detections")
+                          title=f"detections ≥ {threshold:.2f} of {len(detections['boxes'])}")
 plt.show()
+
+# %% [markdown]
+# The detections beside the ground truth, on every validation image; a trained model's should match
+# it closely, random weights' (see the title) label triangles "circle" with scores near chance.
+
+# %%
+samples = [val[i] for i in range(len(val))]
+fig, axes = plt.subplots(2, len(samples), figsize=(3.2 * len(samples), 5.4), layout="constrained", squeeze=False)
+fig.suptitle(f"ground truth (top) and detections with score ≥ 0.5 (bottom): {trained.title}", fontsize=10)
+with tm.no_grad():
+    outputs = [model([im])[0] for im, _ in samples]
+for k, ((im, tgt), out) in enumerate(zip(samples, outputs)):
+    visualize.draw_ground_truth_and_prediction(im, tgt, out, val.category_names, score_threshold=0.5,
+                                               ax=(axes[0, k], axes[1, k]))
+plt.show()
+assert all(out["masks"].shape[-2:] == im.shape[-2:] for (im, _), out in zip(samples, outputs))
 
 # %% [markdown]
 # ## Training and evaluation run different graphs
@@ -248,3 +282,24 @@ def swapped_ratios(boxes, resized_size, original_size):   # x scaled by the heig
 
 assert check_to_original(solution_to_original)
 assert rejects(check_to_original, swapped_ratios)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does the model add the ground-truth boxes to the proposals in training?
+#
+# <details><summary>Answer</summary>
+#
+# Early in training the RPN's proposals are poor, and few of them overlap an object at IoU 0.5: the box and mask heads would have almost no positives to learn from. The ground-truth boxes are perfect positive RoIs, so the heads learn from the first iteration while the RPN improves.
+#
+# </details>
+#
+# **Question 2.** The shapes defaults keep 20 detections an image; COCO's is 100. When would 20 cost AP?
+#
+# <details><summary>Answer</summary>
+#
+# When an image holds more than 20 objects, or when right detections rank below the 20th (several classes competing for few objects): COCO's AP counts up to 100 detections an image, and every detection cut loses recall. On the shapes set (at most a handful of objects) it costs nothing and makes evaluation faster.
+#
+# </details>

@@ -2,14 +2,16 @@
 # # Chapter 12 — Training and its diagnostics
 #
 # Training Mask R-CNN minimises the sum of five losses. This chapter explains what each one
-# measures, what its value should be before any learning (a free bug detector), watches all five
-# fall as the model overfits a single image (the first thing to try when a detector will not
-# learn), tabulates every layer's weights and gradients to spot dead or exploding layers, and
-# holds one optimizer step equal to torch's. The loop in `tinymaskrcnn/engine/loop.py` does the same
+# measures, what its value should be before any learning (a free bug detector), watches their
+# total fall as the model overfits a single image (the first thing to try when a detector will not
+# learn), tabulates every layer's weights, gradients and the update the optimizer really made to
+# spot dead or runaway layers, holds one optimizer step equal to torch's, and draws the five
+# losses of the main job's real run. The loop in `tinymaskrcnn/engine/loop.py` does the same
 # at scale, with data loading, schedules, checkpoints and evaluation.
 
 # %%
 import inspect
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -21,6 +23,7 @@ import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import engine, optim, visualize
 from tinymaskrcnn.chapters import exercise, quick, reference, rejects
+from tinymaskrcnn.chapters.trained import MAIN_JOB, run_summary, shown_run
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
 
@@ -64,10 +67,14 @@ for name, value in expected.items():
 # %% [markdown]
 # ## Overfitting one image
 #
-# A model that cannot drive the losses on **one** image to near zero has a bug (a wrong target, a
+# A model that cannot bring the total loss on **one** image well down has a bug (a wrong target, a
 # detached gradient, a learning rate off by orders of magnitude). This is the loop of the engine
 # with nothing else: forward in training mode, sum the losses, backward, clip the gradient norm,
-# AdamW step.
+# AdamW step. Do not expect every loss to fall from the first step, nor to reach zero in a few
+# dozen: the objectness loss falls fastest, while `loss_box_reg` often *rises* first — as the RPN
+# learns, its proposals change, and so do the RoIs the box head is asked to regress (the stored
+# quick run: total 3.2 → 0.85 in 30 steps, its box loss 0.36 → 1.2 before falling back). The cell
+# prints which losses rose above their start and asserts the total at least halved.
 
 # %%
 print(inspect.getsource(optim.AdamW.step))
@@ -92,58 +99,96 @@ plt.show()
 start, end = sum(v for k, v in records[0].items() if k.startswith("loss")), \
     sum(v for k, v in records[-1].items() if k.startswith("loss"))
 print(f"total loss {start:.3f} -> {end:.3f} after {len(records)} steps")
+for name in first:
+    values = [r[name] for r in records]
+    print(f"{name:17s} {values[0]:.3f} -> {values[-1]:.3f}" +
+          (f"   rose to {max(values):.3f} first" if max(values) > values[0] else ""))
 assert end < 0.5 * start
 
 # %% [markdown]
-# ## A table of every layer: dead or exploding?
+# ## A table of every layer: dead or running away?
 #
 # After a backward pass every parameter has a gradient. Two failures show up in a table long
 # before they show in the loss: a **dead** layer (its gradient is exactly zero: a ReLU that never
-# fires, a frozen layer you meant to train, a branch the loss never reaches) and an **exploding**
-# one (an update $\lVert \mathrm{lr} \cdot g \rVert$ that is a sizeable fraction of $\lVert w \rVert$).
+# fires, a frozen layer you meant to train, a branch the loss never reaches) and a **runaway**
+# one, whose every step changes a sizeable fraction of its weights ($\lVert \Delta w \rVert / \lVert w \rVert$
+# of $10^{-1}$ and more; around $10^{-3}$ is the usual healthy figure).
+#
+# Which $\Delta w$? Under plain SGD it is $\mathrm{lr} \cdot g$, and $\mathrm{lr}\,\lVert g \rVert / \lVert w \rVert$
+# is the ratio. **AdamW is not SGD**: it divides each element's running mean gradient by its running
+# RMS, $\Delta w_i = \mathrm{lr} \cdot \hat m_i / (\sqrt{\hat v_i} + \epsilon)$, so every element moves by *at most
+# about* lr whatever the size of its gradient, and $\mathrm{lr}\,\lVert g \rVert / \lVert w \rVert$ says little about
+# the step it makes. So the table takes one real step and measures $\Delta w$.
 
 # %%
-def layer_table(model, lr, dead=1e-12, exploding=1e-2):
-    """One row per trainable parameter: norms of weight and gradient, update/weight ratio, a flag."""
+def layer_table(model, optimizer, lr, dead=1e-12, runaway=1e-1):
+    """One row per trainable parameter after one real optimizer step: |w|, |grad|, SGD's ratio
+    lr·|g|/|w|, the measured |Δw|/|w|, the RMS of Δw per element in units of lr, and a flag."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    before = {name: p.data.copy() for name, p in named}
+    grads = {name: None if p.grad is None else p.grad.copy() for name, p in named}
+    optimizer.step()
     rows = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        w = float(np.linalg.norm(p.data))
-        g = 0.0 if p.grad is None else float(np.linalg.norm(p.grad))
-        ratio = lr * g / max(w, 1e-12)
-        flag = "DEAD" if g <= dead else "EXPLODING" if ratio > exploding else ""
-        rows.append((name, w, g, ratio, flag))
+    for name, p in named:
+        w = float(np.linalg.norm(before[name]))
+        g = 0.0 if grads[name] is None else float(np.linalg.norm(grads[name]))
+        step = p.data - before[name]
+        measured = float(np.linalg.norm(step)) / max(w, 1e-12)
+        per_element = float(np.sqrt(np.mean(step ** 2))) / lr
+        flag = "DEAD" if g <= dead else "RUNAWAY" if measured > runaway else ""
+        rows.append((name, w, g, lr * g / max(w, 1e-12), measured, per_element, flag))
     return rows
 
 
 losses = model([image], [target])
 optimizer.zero_grad()
 sum(losses.values()).backward()
-rows = layer_table(model, lr=1e-3)
-print(f"{'parameter':52s} {'|w|':>9s} {'|grad|':>9s} {'lr|g|/|w|':>10s}")
-for name, w, g, ratio, flag in rows[:6] + rows[-8:]:
-    print(f"{name:52s} {w:9.3f} {g:9.2e} {ratio:10.1e} {flag}")
-print(f"... {len(rows)} parameters, flagged:", [(r[0], r[4]) for r in rows if r[4]] or "none")
+rows = layer_table(model, optimizer, lr=1e-3)
+print(f"{'parameter':50s} {'|w|':>8s} {'|grad|':>8s} {'lr|g|/|w|':>9s} {'|Δw|/|w|':>9s} {'rms Δw/lr':>9s}")
+for name, w, g, sgd, measured, per_element, flag in rows[:6] + rows[-8:]:
+    print(f"{name:50s} {w:8.3f} {g:8.1e} {sgd:9.1e} {measured:9.1e} {per_element:9.2f} {flag}")
+print(f"... {len(rows)} parameters, flagged:", [(r[0], r[6]) for r in rows if r[6]] or "none")
 
-fig, ax = plt.subplots(figsize=(9, 2.8))
-ax.semilogy([max(r[2], 1e-16) for r in rows], ".")
-ax.set_xlabel("parameter (in model order: backbone, FPN, RPN, box head, mask head)")
-ax.set_ylabel("|grad|")
+sgd_ratio, measured_ratio = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), layout="constrained")
+axes[0].semilogy([max(r[2], 1e-16) for r in rows], ".")
+axes[0].set_xlabel("parameter (in model order: backbone, FPN, RPN, box head, mask head)")
+axes[0].set_ylabel("|grad|")
+axes[0].set_title("gradient norms span many orders of magnitude", fontsize=9)
+is_bias = np.array([r[0].endswith("bias") for r in rows])
+for chosen, label, colour in ((~is_bias, "weights", 3), (is_bias, "biases", 4)):   # not the classes' colours
+    axes[1].loglog(np.maximum(sgd_ratio[chosen], 1e-12), measured_ratio[chosen], ".", color=visualize.PALETTE[colour],
+                   label=label)
+axes[1].plot([1e-8, 1], [1e-8, 1], color="grey", linewidth=0.8, label="equal")
+axes[1].set_xlabel("SGD's ratio lr·|g|/|w|")
+axes[1].set_ylabel("AdamW's measured |Δw|/|w|")
+axes[1].set_title("one AdamW step: what it did vs what lr·g suggests", fontsize=9)
+axes[1].legend(fontsize=7)
 plt.show()
-assert not any(r[4] == "DEAD" for r in rows)
+
+per_element = np.array([r[5] for r in rows])
+sizes = [p.data.size for p in model.parameters() if p.requires_grad]
+grad_rms = np.array([r[2] / np.sqrt(n) for r, n in zip(rows, sizes)])
+print(f"per-element |g| RMS spans {grad_rms.min():.1e} .. {grad_rms.max():.1e}; the step's RMS spans "
+      f"{per_element.min():.2f} .. {per_element.max():.2f} lr")
+assert not any(r[6] == "DEAD" for r in rows)
+assert per_element.max() <= 1.5 and grad_rms.max() / grad_rms.min() > 1e3 * per_element.max() / per_element.min()
+assert (measured_ratio > 100 * sgd_ratio).any()   # where SGD's ratio would have misread the step by 100x
 
 # %% [markdown]
-# A flag is a question, not a verdict. Here the box predictor's regression layer is flagged: it
-# starts with weights of standard deviation 0.001 (so the first box deltas are near 0 and the
-# first box loss is small), and a normal-sized gradient is then a large *relative* update. That is
-# expected of the small-initialised output layers (box and mask predictors) for a few hundred
-# steps; the same flag on a backbone layer would not be.
+# Read the measured column, not SGD's. Every element moved by at most about lr (the assert above:
+# the step's RMS per element stays under 1.5 lr while the gradients' spans many orders of magnitude),
+# so $\lVert \Delta w \rVert / \lVert w \rVert \approx \mathrm{lr} / \mathrm{rms}(w)$: it is largest where the weights are small —
+# the zero-initialised biases and the small-initialised predictors (class scores, box deltas and
+# mask logits drawn with standard deviations 0.01, 0.001, 0.001, so that they start near 0) — and those lead the table, a few percent a step
+# at this lr of 1e-3 (the main job peaks at 5e-4). SGD's ratio would call the mask head's biases
+# frozen (about 1e-5) when AdamW moves them by several percent. A flag is a question, not a verdict:
+# the same leaders in a backbone's wide convolutions would be.
 
 # %%
-flagged = {r[0] for r in rows if r[4] == "EXPLODING"}
-print("flagged:", sorted(flagged))
-assert all(name.startswith(("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")) for name in flagged)
+leaders = [r[0] for r in sorted(rows, key=lambda r: -r[4])[:5]]
+print("largest |Δw|/|w|:", leaders)
+assert all(name.endswith("bias") or "predictor" in name for name in leaders)
 
 # %% [markdown]
 # ## One optimizer step, equal to torch's
@@ -173,19 +218,29 @@ if torch is not None:
 # %% [markdown]
 # ## A longer run
 #
-# The main job (`tinymaskrcnn train`) trains this model on 256 shapes images for about 14
-# minutes; its `metrics.jsonl` has a record per iteration. If you have run it, its curves are
-# drawn here; otherwise this draws the overfitting run above again.
+# The main job (`tinymaskrcnn train`) trains this model on 256 shapes images, 1900 iterations,
+# about 14 minutes on two cores; its `metrics.jsonl` has a record per iteration. When its run folder
+# is there (`tinymaskrcnn/chapters/trained.py` says where the chapters look), its five losses are
+# drawn here: unlike the single image above, the losses of a real run are noisy from batch to batch
+# and level off above zero (new images every step); the printout compares each loss over the first
+# 20 iterations with the last 100, and the cell asserts the total fell. In quick mode, or before
+# you have run it, there is nothing to draw.
 
 # %%
-runs = sorted(Path("..").glob("runs/*/metrics.jsonl"))
-if runs:
-    print("drawing", runs[-1])
-    visualize.plot_losses(runs[-1], log_scale=True)
+run = shown_run()
+if run is not None:
+    real = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    real = [r for r in real if "loss" in r]
+    title = run_summary(run)[2]
+    ax = visualize.plot_losses(real, log_scale=True)
+    ax.set_title(f"the main job's five losses ({title})", fontsize=9)
+    plt.show()
+    for name in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"):
+        head, tail = np.mean([r[name] for r in real[:20]]), np.mean([r[name] for r in real[-100:]])
+        print(f"{name:17s} first 20 iterations {head:.3f}, last 100 {tail:.3f}")
+    assert np.mean([r["loss"] for r in real[-100:]]) < np.mean([r["loss"] for r in real[:20]])
 else:
-    print("no run under ../runs yet: `tinymaskrcnn train` makes one")
-    visualize.plot_losses(records, log_scale=True)
-plt.show()
+    print(f"no trained run to draw (quick mode, or none under runs/): `{MAIN_JOB}` makes one")
 
 # %% [markdown]
 # ## Exercises
@@ -279,3 +334,24 @@ def clip_each_separately(grads, max_norm):   # each array clipped to max_norm on
 
 assert check_clip(solution_clip)
 assert rejects(check_clip, clip_each_separately)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** On a real data set the total loss levels off around 0.8 and stays there. A bug?
+#
+# <details><summary>Answer</summary>
+#
+# Not by itself: with new images at every step the losses keep a floor (ambiguous boxes, hard masks, noise), unlike the single image overfitted above. The test for a bug is that overfit: if the model cannot bring one image's loss well down, something is wrong; if it can, look at AP on validation data, not at the loss, to decide whether to train longer.
+#
+# </details>
+#
+# **Question 2.** Why warm the learning rate up instead of starting at its peak?
+#
+# <details><summary>Answer</summary>
+#
+# At the start the randomly initialised heads give large gradients and Adam's running second moments rest on a few samples, so the first full-size steps can throw the weights far from where they should go (or make the loss non-finite). A linear ramp over the first iterations lets the statistics settle before the steps reach full size.
+#
+# </details>

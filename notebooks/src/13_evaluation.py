@@ -17,6 +17,7 @@ import copy
 import inspect
 import io
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -30,6 +31,7 @@ from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.engine import evaluation
 from tinymaskrcnn.ops.boxes import box_iou
 from tinymaskrcnn.chapters import QUICK, exercise, quick, rejects
+from tinymaskrcnn.chapters.trained import MAIN_JOB, shown_run, trained_model
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
 
@@ -162,19 +164,20 @@ assert abs(ap_per_threshold.mean() - hand.stats[0]) < 1e-12
 # %% [markdown]
 # ## A detector on the shapes set
 #
-# To see real curves we need a detector. When you have trained one (`tinymaskrcnn train` writes
-# `runs/<name>/checkpoint.npz`), this chapter uses it. Otherwise — and always in the quick mode the
-# tests use — it uses a **simulated detector**: the ground truth, perturbed as a real model errs
-# (boxes jittered, some objects missed, some given the wrong class, masks eroded or shifted, a few
-# spurious boxes), with scores that are higher for better boxes. Its numbers mean nothing about
-# Mask R-CNN; they make every kind of failure appear so we can find it.
+# To see real curves we need a detector. When the main job has been run (`tinymaskrcnn train`
+# writes `runs/<date-time>-<pid>/`; `tinymaskrcnn/chapters/trained.py` says where the chapters look),
+# this chapter measures that trained model on a fresh validation set. Otherwise — in the quick mode
+# the tests use, unless `TINYMASKRCNN_TRAINED_RUN` names a run — it uses a **simulated detector**:
+# the ground truth, perturbed as a real model errs (boxes jittered, some objects missed, some given
+# the wrong class, masks eroded or shifted, a few spurious boxes), with scores that are higher for
+# better boxes. Its numbers mean nothing about Mask R-CNN; they make every kind of failure appear.
+# Every picture's title says which detector it shows.
 
 # %%
 root = Path(tempfile.mkdtemp()) / "shapes"
 paths = make_shapes_dataset(root, num_train=1, num_val=quick(12, 64), image_size=(128, 160), seed=3)
 val = coco_data.CocoDetection(*paths["val"])
 names = val.category_names
-checkpoints = sorted(Path("..").glob("runs/*/checkpoint.npz"))
 
 
 def simulated_prediction(target, rng):
@@ -209,19 +212,25 @@ def simulated_prediction(target, rng):
             "masks": np.array(masks, np.float32).reshape(-1, 1, height, width)}
 
 
-if checkpoints and not QUICK:
-    model, _ = engine.load_model(checkpoints[-1])
-    print("using the trained model", checkpoints[-1])
+def model_prediction(model, image):
+    with tm.no_grad():
+        return {k: tm.backend.to_numpy(getattr(v, "data", v)) for k, v in model([image])[0].items()}
+
+
+if shown_run() is not None:
+    trained = trained_model()
+    detector = trained.title
 
     def predict(image, target):
-        with tm.no_grad():
-            return {k: tm.backend.to_numpy(getattr(v, "data", v)) for k, v in model([image])[0].items()}
+        return model_prediction(trained.model, image)
 else:
     sim_rng = np.random.default_rng(1)
-    print("using the simulated detector")
+    detector = "simulated detector (no trained run" + (", quick mode)" if QUICK else f": `{MAIN_JOB}` makes one)")
 
     def predict(image, target):
         return simulated_prediction(target, sim_rng)
+
+print("detector:", detector)
 
 samples = [val[i] for i in range(len(val))]
 predictions = {target["image_id"]: predict(image, target) for image, target in samples}
@@ -229,12 +238,89 @@ results = evaluation.coco_results(predictions, val)
 metrics = evaluation.evaluate_coco(results, val, verbose=True)
 
 # %% [markdown]
-# ### The precision–recall curves
+# ### AP by hand, from these detections
+#
+# The small case above was computed by hand; here is the same computation on every detection of
+# the validation set, box AP at IoU 0.5 for each class, from the very result dicts COCOeval
+# reads. Per image and class, the detections (at most 100, best score first) each take the
+# unmatched object they overlap best at IoU ≥ 0.5; then all images' detections of the class are
+# merged in score order into one precision–recall curve, whose envelope is read at the 101
+# recall levels. It must equal pycocotools to rounding.
+
+# %%
+levels = np.linspace(0, 1, 101)
+
+
+def precision_at_levels(results, annotations, category_id, image_ids, threshold=0.5, max_dets=100):
+    """COCO's interpolated precision of one category at the 101 recall levels (None: no object)."""
+    scores, hits, num_objects = [], [], 0
+    for image_id in sorted(image_ids):
+        objects = np.array([a["bbox"] for a in annotations if a["image_id"] == image_id and
+                            a["category_id"] == category_id], dtype=np.float64).reshape(-1, 4)
+        found = [r for r in results if r["image_id"] == image_id and r["category_id"] == category_id]
+        found = sorted(found, key=lambda r: -r["score"])[:max_dets]          # sorted() is stable, as COCOeval's
+        boxes = np.array([r["bbox"] for r in found], dtype=np.float64).reshape(-1, 4)
+        objects[:, 2:] += objects[:, :2]                                      # xywh -> xyxy
+        boxes[:, 2:] += boxes[:, :2]
+        iou = box_iou(boxes, objects) if len(boxes) and len(objects) else np.zeros((len(boxes), len(objects)))
+        taken = np.zeros(len(objects), dtype=bool)
+        for row, r in zip(iou, found):
+            free = np.where(taken | (row < threshold), -1.0, row)
+            hit = bool(len(free)) and free.max() >= 0
+            if hit:
+                taken[len(free) - 1 - np.argmax(free[::-1])] = True           # ties: the later object, as COCOeval
+            scores.append(r["score"])
+            hits.append(hit)
+        num_objects += len(objects)
+    if num_objects == 0:
+        return None
+    order = np.argsort(-np.array(scores), kind="mergesort")
+    true_positives = np.cumsum(np.array(hits, dtype=np.float64)[order])
+    precision = true_positives / np.arange(1, len(order) + 1)
+    recall = true_positives / num_objects
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    first = np.searchsorted(recall, levels, side="left")
+    return np.where(first < len(order), envelope[np.minimum(first, len(order) - 1)], 0.0)
+
+
+annotations = val.coco.dataset["annotations"]
+image_ids = [t["image_id"] for _, t in samples]
+category_ids = val.category_ids                  # sorted: label k + 1 and COCOeval's k-th category
+curves = {c: precision_at_levels(results, annotations, c, image_ids) for c in category_ids}
+curves = {c: v for c, v in curves.items() if v is not None}
+ap50_by_hand = float(np.mean([v.mean() for v in curves.values()]))
+with contextlib.redirect_stdout(io.StringIO()):
+    gt_boxes_copy = COCO()
+    gt_boxes_copy.dataset = copy.deepcopy(val.coco.dataset)
+    gt_boxes_copy.createIndex()
+boxes_eval = run_cocoeval(gt_boxes_copy, results) if results else None
+print(f"box AP50 by hand {ap50_by_hand:.6f}, pycocotools {metrics['bbox']['AP50']:.6f}")
+assert abs(ap50_by_hand - metrics["bbox"]["AP50"]) < 1e-9
+
+fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 2.9), sharey=True, layout="constrained",
+                         squeeze=False)
+fig.suptitle(f"box precision–recall at IoU 0.5, by hand (line) and pycocotools (dots): {detector}", fontsize=9)
+for ax, (c, curve) in zip(axes[0], curves.items()):
+    k = category_ids.index(c)
+    label = names[k + 1]
+    ax.plot(levels, curve, color=visualize.PALETTE[k], label=f"by hand: AP50 {curve.mean():.3f}")
+    if boxes_eval is not None:
+        theirs = boxes_eval.eval["precision"][0, :, k, 0, 2]
+        ax.plot(levels[::5], theirs[::5], "o", color="black", markersize=3, label="pycocotools")
+        assert np.allclose(curve, theirs, atol=1e-9), label
+    ax.set_title(label, fontsize=9)
+    ax.set_xlabel("recall")
+    ax.legend(fontsize=7, loc="lower left")
+axes[0, 0].set_ylabel("precision (box, IoU 0.5)")
+plt.show()
+
+# %% [markdown]
+# ### The mask precision–recall curves
 #
 # `COCOeval.eval["precision"]` holds the envelope read at the 101 recall levels, per IoU
 # threshold, class, area range and detection limit. At IoU 0.5 a curve stays high until the
-# missed objects and the slipped masks cap its recall (past that, precision 0: never reached);
-# at 0.75 the jittered masks fall out too and the curve drops earlier.
+# missed objects and the bad masks cap its recall (past that, precision 0: never reached);
+# at 0.75 the loose masks fall out too and the curve drops earlier.
 
 # %%
 gt_copy = COCO()                          # COCOeval rewrites the ground truth it is given: hand it a copy
@@ -246,11 +332,12 @@ with contextlib.redirect_stdout(io.StringIO()):   # pycocotools' progress lines
     segm.accumulate()
 precision = segm.eval["precision"]               # [T=10, R=101, K=3, A=4, M=3]
 recall_levels = segm.params.recThrs
-fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True, layout="constrained")
+fig.suptitle(f"mask precision–recall: {detector}", fontsize=9)
 for k, ax in enumerate(axes):
     for t, style in ((0, "-"), (5, "--")):
         curve = precision[t, :, k, 0, 2]
-        ax.plot(recall_levels, np.where(curve < 0, np.nan, curve), style,
+        ax.plot(recall_levels, np.where(curve < 0, np.nan, curve), style, color=visualize.PALETTE[k],
                 label=f"IoU {segm.params.iouThrs[t]:.2f}: AP {curve[curve >= 0].mean():.2f}")
     ax.set_title(names[k + 1])
     ax.set_xlabel("recall")
@@ -265,8 +352,9 @@ assert abs(precision[:, :, :, 0, 2][precision[:, :, :, 0, 2] > -1].mean() - metr
 
 # %%
 image, target = samples[0]
-visualize.draw_ground_truth_and_prediction(image, target, predictions[target["image_id"]], names,
-                                           score_threshold=0.3)
+pair = visualize.draw_ground_truth_and_prediction(image, target, predictions[target["image_id"]], names,
+                                                  score_threshold=0.3)
+pair[0].figure.suptitle(detector, fontsize=9)
 plt.show()
 
 # %% [markdown]
@@ -305,9 +393,132 @@ counts = {k: sum(f["kind"] == k for f in failures) for k in ("found", "wrong cla
 print(counts)
 worst = [f for k in ("missed", "wrong class", "bad mask")
          for f in sorted((f for f in failures if f["kind"] == k), key=lambda f: f["score"])[:2]]
-figures.draw_failure_gallery(worst, names)
+if worst:
+    figures.draw_failure_gallery(worst, names).suptitle(f"the worst of each kind: {detector}", fontsize=9)
+    plt.show()
+else:
+    print("no failures to show: every object was found")
+assert sum(counts.values()) == sum(len(t["labels"]) for _, t in samples)
+assert counts["found"] > counts["missed"] or detector.startswith("trained") and metrics["segm"]["AP50"] < 0.5
+
+# %% [markdown]
+# ## The loss falls but AP does not
+#
+# The training loss measures the five losses on *sampled anchors and RoIs, in training mode*;
+# AP measures the *final detections after thresholds, NMS and resizing, in evaluation mode*.
+# Everything between the two can hold AP down while the loss falls. Four of them, each turned
+# while the weights stay fixed:
+#
+# 1. **The score threshold.** AP integrates precision over recall: every detection dropped by a
+#    threshold can only cut the curve short. Drawing pictures at 0.5 is fine; evaluating at 0.5
+#    costs AP. (Asserted: AP never rises as the threshold does.)
+# 2. **The NMS threshold** of the box head (0.5): too low and two overlapping objects of a class
+#    keep one detection; too high and duplicates of one object count as false positives.
+# 3. **The image scale against the anchors.** The model resizes each image to `min_size`; objects
+#    shrunk below the smallest anchor (16 px here) reach IoU 0.7 with no anchor (chapter 6: only the
+#    low-quality rule still hands each its best one), and the
+#    RoI's FPN level $k = \lfloor 4 + \log_2(\sqrt{wh}/224) \rfloor$ (clamped to 2…5, chapter 8)
+#    moves with the scale. Evaluate at the scale you trained at.
+# 4. **Evaluation-mode normalisation.** A model with BatchNorm normalises by its running averages
+#    in `eval()` and by the batch in `train()`; evaluating in the wrong mode, or with running
+#    averages of one-image batches, changes every feature. The shapes model uses InstanceNorm,
+#    which normalises each image by its own statistics in both modes (asserted below), so this
+#    one cannot bite it — a BatchNorm backbone's features, shown beside it, do change.
+#
+# The first uses the detections above; the others run the model (the title says which weights:
+# with random weights every AP is near 0 and only the mechanics show).
+
+# %%
+def ap_of(predictions_by_id, ids):
+    found = evaluation.coco_results(predictions_by_id, val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # "no detections at all" is a legitimate point of the curve
+        return evaluation.evaluate_coco(found, val, image_ids=ids, verbose=False)
+
+
+thresholds = [0.0, 0.05, 0.3, 0.5, 0.7, 0.9]
+by_threshold = []
+for t in thresholds:
+    kept = {i: {k: v[p["scores"] >= t] for k, v in p.items()} for i, p in predictions.items()}
+    by_threshold.append(ap_of(kept, image_ids)["segm"])
+
+net = trained.model if shown_run() is not None else trained_model().model
+weights_title = trained.title if shown_run() is not None else "random weights (quick mode)" if QUICK else \
+    f"random weights (no trained run: `{MAIN_JOB}` makes one)"
+few = samples[:quick(3, 16)]
+few_ids = [t["image_id"] for _, t in few]
+
+
+def model_ap(**settings):
+    """Box AP50 of ``net`` on ``few`` with roi_heads/transform attributes set as given, then put back."""
+    owners = {"nms_thresh": net.roi_heads, "min_size": net.transform, "max_size": net.transform}
+    saved = {k: getattr(owners[k], k) for k in settings}
+    for k, v in settings.items():
+        setattr(owners[k], k, v)
+    try:
+        return ap_of({t["image_id"]: model_prediction(net, im) for im, t in few}, few_ids)["bbox"]["AP50"]
+    finally:
+        for k, v in saved.items():
+            setattr(owners[k], k, v)
+
+
+nms_values = [0.3, 0.5, 0.7]
+by_nms = [model_ap(nms_thresh=v) for v in nms_values]
+base_min, base_max = net.transform.min_size[0], net.transform.max_size
+scales = [0.5, 1.0, 2.0]
+by_scale = [by_nms[1] if s == 1.0 else model_ap(min_size=(int(base_min * s),), max_size=int(base_max * s))
+            for s in scales]
+
+fig, axes = plt.subplots(1, 3, figsize=(12, 3), layout="constrained")
+axes[0].plot(thresholds, [m["AP"] for m in by_threshold], "o-", color="black", label="mask AP")
+axes[0].plot(thresholds, [m["AP50"] for m in by_threshold], "s--", color="grey", label="mask AP50")
+axes[0].set_xlabel("score threshold applied before COCOeval")
+axes[0].set_title(detector, fontsize=8)
+axes[0].legend(fontsize=7)
+axes[1].bar_label(axes[1].bar([str(v) for v in nms_values], by_nms, color="#777777"), fmt="%.2f")
+axes[1].set_xlabel("box head NMS threshold (trained with 0.5)")
+axes[1].set_title(weights_title, fontsize=8)
+axes[2].bar_label(axes[2].bar([f"×{s:g} ({int(base_min * s)} px)" for s in scales], by_scale,
+                              color="#777777"), fmt="%.2f")
+axes[2].set_xlabel("short side the image is resized to (min_size)")
+axes[2].set_title(weights_title, fontsize=8)
+for ax in axes:
+    ax.set_ylabel("AP" if ax is axes[0] else "box AP50")
+    ax.set_ylim(0, 1)
 plt.show()
-assert counts["missed"] > 0 and counts["found"] > counts["missed"]
+for name in ("AP", "AP50"):
+    values = [m[name] for m in by_threshold]
+    assert all(a >= b - 1e-12 for a, b in zip(values, values[1:])), (name, values)   # never rises
+
+# which anchor and which FPN level the objects get at each scale
+sides = np.array([np.sqrt((b[2] - b[0]) * (b[3] - b[1])) for _, t in few for b in t["boxes"]])
+smallest_anchor = min(net.rpn.anchor_generator.sizes[0])
+for s in scales:
+    seen = sides * s * base_min / few[0][0].shape[1]
+    levels_used = np.clip(np.floor(4 + np.log2(seen / 224 + 1e-12)), 2, 5).astype(int)
+    print(f"scale ×{s:g}: objects {seen.min():5.1f}..{seen.max():5.1f} px, {int((seen < smallest_anchor).sum())} "
+          f"below the smallest anchor ({smallest_anchor} px), RoI levels {sorted(set(levels_used.tolist()))}")
+assert (sides * 0.5 * base_min / few[0][0].shape[1] < smallest_anchor).any()   # halved, some objects fit no anchor
+
+# InstanceNorm: the same features in both modes; a BatchNorm backbone's differ
+probe = tm.Tensor(((few[0][0] - np.array(net.transform.image_mean)[:, None, None]) /
+                   np.array(net.transform.image_std)[:, None, None])[None].astype(np.float32))
+with tm.no_grad():
+    net.train()
+    in_train = net.backbone(probe)["0"].data.copy()
+    net.eval()
+    in_eval = net.backbone(probe)["0"].data
+tm.random.manual_seed(0)
+batch_norm_net = engine.build_model("maskrcnn_resnet18_fpn", 4, {**engine.SHAPES_MODEL_DEFAULTS, "norm": "batch"})
+with tm.no_grad():
+    batch_norm_net.train()
+    bn_train = batch_norm_net.backbone(probe)["0"].data.copy()
+    batch_norm_net.eval()
+    bn_eval = batch_norm_net.backbone(probe)["0"].data
+change = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())   # noqa: E731
+print(f"P2 in train() vs eval(): InstanceNorm model {change(in_train, in_eval):.1e}, "
+      f"BatchNorm model (running averages at their initial 0 and 1) {change(bn_train, bn_eval):.1e}")
+assert change(in_train, in_eval) < 1e-5 < 0.1 < change(bn_train, bn_eval)
 
 # %% [markdown]
 # ## Exercises
@@ -415,3 +626,24 @@ def match_without_taking(iou, threshold):   # a plausible mistake: duplicates al
 
 assert check_match(solution_match)
 assert rejects(check_match, match_without_taking)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Evaluating with a score threshold of 0.05 instead of 0.5 adds many false positives, yet AP goes up. Why?
+#
+# <details><summary>Answer</summary>
+#
+# AP ranks detections by score. The low-scoring ones come after every high-scoring one, so they cannot lower the precision at recalls already reached (the envelope takes the best precision at any higher recall); they can only add recall. Cutting them off at 0.5 ends the curve early. (The section 'the loss falls but AP does not' asserts this.)
+#
+# </details>
+#
+# **Question 2.** Why can mask AP be lower than box AP for the same detections?
+#
+# <details><summary>Answer</summary>
+#
+# A mask must overlap the object pixel by pixel: for thin or irregular shapes a box can reach IoU 0.5 while its 28×28 mask, pasted and thresholded, misses more. Mask IoU also punishes a mask that leaks out of the object inside a good box.
+#
+# </details>

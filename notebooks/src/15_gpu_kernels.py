@@ -220,6 +220,8 @@ for dtype, rtol in [(np.float64, 1e-12), (np.float32, 1e-5)]:
 #    $Q$ and packs the answers into one 64-bit word,
 #    $$M_{i,Q} = \sum_{j=0}^{63} 2^j \,[\,\mathrm{IoU}(i, 64Q + j) > \tau \text{ and } 64Q + j > i\,].$$
 #    Blocks below the diagonal ($Q < R$) would only compare with earlier boxes, so they exit.
+#    (The kernel also takes each box's category and compares only boxes of the same one, so that
+#    one launch does batched NMS; plain NMS gives every box category 0, as below.)
 # 2. **Gather** (sequential): one block walks the boxes in order with a running word set
 #    `removed` (one bit per box): box $i$ is kept unless bit $i \bmod 64$ of `removed[i // 64]`
 #    is set, and a *kept* box ORs its row $M_{i,\cdot}$ into `removed`. One OR handles 64
@@ -245,7 +247,9 @@ boxes6 = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [3, 1, 13, 11],
 scores6 = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95])
 order6 = np.argsort(-scores6, kind="stable")  # score order: F A B C D E
 mask6 = np.zeros((6, 1), np.uint64)
-gpu_nms.nms_mask_kernel[(1, 1), gpu_nms.BLOCK](np.ascontiguousarray(boxes6[order6]), np.float64(0.5), mask6)
+one_category = np.zeros(6, np.int64)          # plain NMS: every box in category 0
+gpu_nms.nms_mask_kernel[(1, 1), gpu_nms.BLOCK](np.ascontiguousarray(boxes6[order6]), one_category, np.float64(0.5),
+                                               mask6)
 for i, word in enumerate(mask6[:, 0]):
     bits = "".join(str(int(word >> np.uint64(j)) & 1) for j in range(6))
     print(f"row {i} (box {names[order6[i]]}): word {int(word):2d} = bits {bits}  suppresses "
@@ -280,7 +284,8 @@ boxes, scores = clustered_boxes(n, seed=1)
 order = np.argsort(-scores, kind="stable")
 n_blocks = -(-n // gpu_nms.BLOCK)
 mask = np.zeros((n, n_blocks), np.uint64)
-gpu_nms.nms_mask_kernel[(n_blocks, n_blocks), gpu_nms.BLOCK](np.ascontiguousarray(boxes[order]), np.float64(0.5), mask)
+gpu_nms.nms_mask_kernel[(n_blocks, n_blocks), gpu_nms.BLOCK](np.ascontiguousarray(boxes[order]), np.zeros(n, np.int64),
+                                                             np.float64(0.5), mask)
 position = np.argsort(order)  # box index -> position in score order
 keep = gpu_nms.nms(boxes, scores, 0.5)
 
@@ -505,7 +510,7 @@ def check_gather(gather):
         order = np.argsort(-s, kind="stable")
         words = np.zeros((n, -(-n // 64)), np.uint64)
         gpu_nms.nms_mask_kernel[(words.shape[1], words.shape[1]), 64](np.ascontiguousarray(b[order]),
-                                                                      np.float64(0.5), words)
+                                                                      np.zeros(n, np.int64), np.float64(0.5), words)
         expected = cpu_nms.nms_twin(b, s, 0.5)
         mine = order[np.asarray(gather(words), dtype=np.int64)]
         assert list(mine) == list(expected), \
@@ -545,3 +550,24 @@ def wrong_gather(mask):  # ORs every row, suppressed boxes' too
 
 assert check_gather(solution_gather)
 assert rejects(check_gather, wrong_gather)
+
+# %% [markdown]
+# ## Questions to answer in words
+#
+# Answer each in a few sentences before opening the answer.
+#
+# **Question 1.** Why does RoIAlign's backward need atomic adds when its forward does not?
+#
+# <details><summary>Answer</summary>
+#
+# In the forward each thread computes one output bin and writes only that. In the backward each bin scatters its gradient to the four pixels around each of its sample points, and neighbouring bins (and overlapping RoIs) hit the same pixels: without atomics two threads would read, add and write the same value at once and lose one addition. Atomic float additions also make the order, and so the last bits, vary from run to run.
+#
+# </details>
+#
+# **Question 2.** Why is NMS on the GPU split into a parallel mask computation and a sequential gather?
+#
+# <details><summary>Answer</summary>
+#
+# Whether a box survives depends on whether the boxes above it survived, so the decisions are inherently sequential. The expensive part, N² IoU comparisons, does not depend on them: it runs in parallel and stores one bit per pair (64 boxes to a word); the sequential pass then only walks N boxes and ORs bit masks.
+#
+# </details>

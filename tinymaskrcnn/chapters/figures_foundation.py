@@ -1,5 +1,5 @@
-"""Figures of the foundation chapters: which input window becomes which im2col column (chapter
-2), what a normaliser leaves of each channel's statistics and where max pooling routes its
+"""Figures of the foundation chapters: the graph the tape recorded (chapter 1), which input
+window becomes which im2col column (chapter 2), what a normaliser leaves of each channel's statistics and where max pooling routes its
 gradient (chapter 3).
 
 As in ``tinymaskrcnn.visualize``, whose primitives draw them, each function takes optional Axes
@@ -31,6 +31,44 @@ def _grid_of_numbers(ax, values, title, shade=None, cmap="Greys", fmt="{:.1f}", 
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_title(title, fontsize=9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1: the tape's graph
+# ---------------------------------------------------------------------------------------------
+
+def draw_tape(order, names=None, ax=None, title=None):
+    """The graph a tape recorded, leaves on the left and the output on the right; returns the Axes.
+
+    ``order`` is ``topological_order(output._node)`` (every node after its inputs), ``names`` an
+    optional dict id(node) -> label for the leaves. A node's column is its depth (the longest
+    path from a leaf), so each arrow, input -> the Function that consumed it, points rightwards;
+    backward walks the same arrows from right to left.
+    """
+    names = {} if names is None else names
+    depth, rows = {}, {}
+    for node in order:
+        inputs = [i for i in (node.fn.inputs if node.fn is not None else ()) if i is not None]
+        depth[id(node)] = 1 + max((depth[id(i)] for i in inputs), default=-1)
+        rows.setdefault(depth[id(node)], []).append(node)
+    place = {id(n): (d, k - (len(column) - 1) / 2) for d, column in rows.items() for k, n in enumerate(column)}
+    heights = [len(c) for c in rows.values()]
+    ax = new_axes(ax, max(heights) + 0.6, 1.6 * len(rows), width_inches=1.8 * len(rows))
+    for node in order:
+        x, y = place[id(node)]
+        for i in (node.fn.inputs if node.fn is not None else ()):
+            if i is not None:
+                ax.annotate("", xy=(x - 0.3, y), xytext=(place[id(i)][0] + 0.3, place[id(i)][1]),
+                            arrowprops=dict(arrowstyle="->", color="#555555"))
+        is_leaf = node.fn is None
+        label = names.get(id(node), "leaf") if is_leaf else type(node.fn).__name__
+        ax.text(x, y, f"{label}\nshape {tuple(node.shape)}", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", facecolor=PALETTE[2 if is_leaf else 0], alpha=0.25))
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_ylim(max(heights) / 2 + 0.2, -max(heights) / 2 - 0.2)
+    ax.set_axis_off()
+    ax.set_title(title if title is not None else "the tape: leaves (green) to the output", fontsize=9)
+    return ax
 
 
 # ---------------------------------------------------------------------------------------------
