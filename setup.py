@@ -43,6 +43,11 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.60",
         "contourpy>=1.0",
+        # data-parallel training over every core and across machines (engine/data_parallel.py):
+        # mpi4py's wheels load the MPI library at run time, and the mpich wheel brings one with
+        # its mpiexec, so that `pip install .` alone trains on N processes
+        "mpi4py>=4.0",
+        "mpich>=4.1; sys_platform != 'win32'",
     ],
     extras_require={
         # numba-cuda with its NVRTC/NVVM wheels: the CUDA kernels run in the simulator and compile

@@ -35,12 +35,10 @@ def test_cli_device_cuda_fails_first_with_one_line(no_cuda, tmp_path, capsys, ar
     assert not (tmp_path / "out").exists()  # nothing was started
 
 
-def test_engine_refuses_data_parallel_on_the_gpu(monkeypatch):
+def test_engine_runs_one_process_on_the_gpu_by_default(monkeypatch):
     from tinymaskrcnn import engine
     monkeypatch.setattr(backend, "check_cuda", lambda: None)
     monkeypatch.setattr(engine.loop, "check_cuda", lambda: None)
-    with pytest.raises(ValueError, match="processes=1 with device='cuda'"):
-        engine.train(engine.TrainConfig(device="cuda", processes=2))
     with pytest.raises(ValueError, match="device='gpu'"):
         engine.train(engine.TrainConfig(device="gpu"))
     assert engine.processes(engine.TrainConfig(device="cuda", batch_size=4)) == 1

@@ -1,7 +1,8 @@
 """The package installs as the design says: kernels/ as tinymaskrcnn.kernels, the README's
 commands are the ones CI runs, the console script exists, and an installed package started from
 the repository root (where the source tree's tinymaskrcnn/ has no kernels) starts its
-data-parallel worker from the installed package too."""
+data-parallel MPI ranks from the installed package too."""
+import os
 import subprocess
 import sys
 import textwrap
@@ -66,7 +67,7 @@ def test_wheel_installs_kernels_under_tinymaskrcnn(wheel):
     assert "tinymaskrcnn = tinymaskrcnn.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-def test_installed_package_run_from_the_repository_root_starts_its_worker(wheel, tmp_path):
+def test_installed_package_run_from_the_repository_root_starts_its_ranks(wheel, tmp_path):
     """The README's first command: a non-editable install, run from the repository root. A fresh
     virtual environment holds the wheel's files and sees this one's dependencies through a .pth
     line (not its editable install of tinymaskrcnn, whose finder would hide the problem)."""
@@ -78,16 +79,21 @@ def test_installed_package_run_from_the_repository_root_starts_its_worker(wheel,
     outside = [p for p in sys.path if p and Path(p).is_dir() and ROOT.resolve() not in Path(p).resolve().parents
                and Path(p).resolve() != ROOT.resolve()]
     (purelib / "dependencies.pth").write_text("\n".join(outside) + "\n")
-    script = tmp_path / "start_worker.py"
+    script = tmp_path / "start_ranks.py"
     script.write_text(textwrap.dedent(f"""
         import tinymaskrcnn
-        from tinymaskrcnn import engine
-        from tinymaskrcnn.engine.data_parallel import DataParallel
+        from tinymaskrcnn.engine import data_parallel
 
         assert tinymaskrcnn.__file__.startswith({str(purelib)!r}), tinymaskrcnn.__file__
-        build = ("maskrcnn_resnet18_fpn", 3, dict(fpn_channels=8, representation_size=16, mask_channels=8))
-        with DataParallel(engine.build_model(*build), build):  # the worker imports and builds its replica
-            print("worker ready")
+        # two ranks import the package (from the repository root) and run a function of it
+        assert data_parallel.launch(data_parallel.launched_size, (), 2) == 2
+        print("ranks ran")
         """))
-    done = subprocess.run([str(env_dir / "bin" / "python"), str(script)], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and "worker ready" in done.stdout, done.stderr
+    # mpi4py looks for the MPI library (the mpich wheel's) under its environment's prefix: show it
+    # this environment's, and its mpiexec
+    (libmpi,) = sorted(Path(sys.prefix).glob("lib/libmpi.so.[0-9]*"))[:1]  # libmpi.so is a linker script
+    env = {**os.environ, "MPI4PY_LIBMPI": str(libmpi),
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    done = subprocess.run([str(env_dir / "bin" / "python"), str(script)], cwd=ROOT, capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0 and "ranks ran" in done.stdout, done.stderr

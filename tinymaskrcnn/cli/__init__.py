@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ from ..core.random import manual_seed
 from ..data import CocoDetection, coco_subset, ensure_shapes_dataset, image_paths, load_image
 from ..data.shapes import SHAPES, classification_set
 from ..engine import MODELS, OPTIMIZER_DEFAULTS, TrainConfig
-from ..engine.data_parallel import WorkerDiedError
+from ..engine import data_parallel
+from ..engine.data_parallel import MPIUnavailableError, RankFailedError
 from . import demo
 
 
@@ -132,6 +134,8 @@ def train_command(args):
     config.out_dir = config.out_dir or engine.default_out_dir()  # named now, for the resume command
     t0 = time.perf_counter()
     result = engine.train(config, resume_command=_resume_command(args, config.out_dir))
+    if result is None:  # a rank other than 0 under mpiexec: rank 0 reports
+        return 0
     minutes = (time.perf_counter() - t0) / 60
     print(f"\nreport ({config.iterations} iterations, {minutes:.1f} min)")
     if result["metrics"] is not None:
@@ -330,9 +334,12 @@ def build_parser():
     p.add_argument("--weights", help="start from a torchvision detector .pth (heads that do not fit stay as "
                                      "built), or an ImageNet ResNet .pth for the backbone")
     p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
-    p.add_argument("--batch-size", type=int, help=f"images per iteration (default {d.batch_size})")
-    p.add_argument("--processes", type=int, choices=(1, 2), help="2: each batch split between this process and a "
-                   "second one, one core each (data parallel); default: 2 on a machine with 2+ cores")
+    p.add_argument("--batch-size", type=int, help=f"images per iteration, all processes together (default "
+                   f"{d.batch_size})")
+    p.add_argument("--processes", type=int, metavar="N", help="split each batch over N single-threaded processes "
+                   "through MPI (data parallel; started here with mpiexec, or give the processes yourself: "
+                   "mpiexec -n N -hosts a,b tinymaskrcnn train ... runs on several machines); default: under mpiexec "
+                   "its number, else one per core up to --batch-size")
     p.add_argument("--optimizer", choices=tuple(OPTIMIZER_DEFAULTS), help=f"(default {d.optimizer})")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {per_optimizer('lr')})")
     p.add_argument("--momentum", type=float, help=f"SGD's momentum (default {d.momentum})")
@@ -384,8 +391,8 @@ def build_parser():
 
 # what to try when memory runs out, by command
 _MEMORY_ADVICE = {
-    "train": "try smaller images (--min-size/--max-size), a smaller --batch-size, or --processes 1 "
-             "(one copy of the model and its activations instead of two)",
+    "train": "try smaller images (--min-size/--max-size), a smaller --batch-size, or fewer --processes "
+             "(each holds a copy of the model and its activations)",
     "evaluate": "the model resizes images to the min_size/max_size it was trained with; close other programs "
                 "or evaluate on a machine with more memory",
     "predict": "try smaller images or close other programs",
@@ -405,12 +412,20 @@ def _terminated(signum, frame):
 def main(argv=None):
     args = build_parser().parse_args(argv)
 
+    size = data_parallel.launched_size()
+    # a rank of a job the user started with mpiexec: its messages say which, and its failure ends the job
+    rank = f" (rank {os.environ.get('PMI_RANK', os.environ.get('OMPI_COMM_WORLD_RANK', '?'))} of {size})" \
+        if size and size > 1 else ""
+
     def fail(message, error, code=2):
         # one line naming the file, key or flag and the fix (a traceback would only bury it), then
         # any notes (e.g. the checkpoint a stopped run can resume from)
-        print(f"tinymaskrcnn {args.command}: {message}", file=sys.stderr)
+        print(f"tinymaskrcnn {args.command}{rank}: {message}", file=sys.stderr)
         for note in getattr(error, "__notes__", ()):
             print(f"  {note}", file=sys.stderr)
+        if rank:  # the other ranks wait for this one in a collective: MPI_Abort ends them all
+            sys.stderr.flush()
+            data_parallel.communicator().Abort(code)
         return code
 
     # only the main thread may set a handler; the previous one is put back (None, one set outside Python: the default)
@@ -419,7 +434,7 @@ def main(argv=None):
     try:
         return args.func(args)
     # errors a user can cause; a TypeError or the like is a bug in tinymaskrcnn and keeps its traceback
-    except (ValueError, OSError, FloatingPointError, WorkerDiedError, CUDAUnavailableError) as e:
+    except (ValueError, OSError, FloatingPointError, RankFailedError, MPIUnavailableError, CUDAUnavailableError) as e:
         return fail(f"error: {e}", e)
     except MemoryError as e:
         what = str(e) or "an allocation did not fit"  # NumPy's says what: its size, shape and dtype
@@ -429,6 +444,12 @@ def main(argv=None):
         return fail("terminated (SIGTERM)", e, code=128 + signal.SIGTERM)
     except KeyboardInterrupt as e:
         return fail("interrupted", e, code=130)
+    except Exception:
+        if rank:  # a bug in one rank: its traceback, then the job ends rather than waits
+            traceback.print_exc()
+            sys.stderr.flush()
+            data_parallel.communicator().Abort(1)
+        raise
     finally:
         if handles:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -18,7 +18,7 @@ What a run folder holds when training ends::
     predictions/       a PNG and a JSON of the detections for a few val images
 
 Every setting is checked before any work, and the folder is made only once everything has
-loaded (data, model, weights, the checkpoint to resume, the data-parallel worker): a run that
+loaded (data, model, weights, the checkpoint to resume, the data-parallel ranks): a run that
 cannot start leaves nothing behind. A folder that holds a run is never reused silently: a new
 run there is refused unless it resumes the run (with the run's recorded settings: a resume
 that asks for others is refused, so config.json always says what ran) or overwrites it

@@ -1,6 +1,7 @@
 """What a training run is told: TrainConfig with its validation, the defaults it falls back to,
 and what it resolves to (the data's files, the lr and warmup, the number of processes, the run folder)."""
 import dataclasses
+import importlib.util
 import math
 import os
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from ..models.registry import MODELS, check_architecture, keywords
 from ..data import ensure_shapes_dataset, find_shapes_dataset
+from .data_parallel import launched_size
 
 # The shapes set has at most a handful of objects per image: 100 detections (COCO's setting)
 # would only make the mask head and evaluation slower, not the AP higher. The mask head trains
@@ -62,8 +64,8 @@ class TrainConfig:
     # optimisation
     iterations: int = 1900             # the main job: about 14 minutes on 2 cores
     batch_size: int = 2
-    processes: int = None              # 2: each batch split with a worker process (data_parallel.py); None: 2 where
-                                       # there are 2+ cores and batch_size >= 2, else 1
+    processes: int = None              # N > 1: each batch split over N MPI processes (data_parallel.py); None: under
+                                       # mpiexec its number, else one per core up to batch_size (1 without MPI)
     optimizer: str = "adamw"           # "adamw" or "sgd" (with momentum); see OPTIMIZER_DEFAULTS
     lr: float = None                   # None: the optimizer's default in OPTIMIZER_DEFAULTS
     momentum: float = 0.9              # SGD only
@@ -94,10 +96,12 @@ class TrainConfig:
             _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, "a positive integer")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device={self.device!r}: expected 'cpu' or 'cuda'")
-        if self.processes not in (None, 1, 2) or isinstance(self.processes, bool):
-            raise ValueError(f"processes={self.processes!r}: expected 1 or 2 (2 splits each batch with a worker process)")
-        if self.processes == 2 and self.batch_size < 2:
-            raise ValueError(f"processes=2 splits each batch in two: batch_size={self.batch_size} needs to be at least 2")
+        if self.processes is not None and not (_is_int(self.processes) and self.processes >= 1):
+            raise ValueError(f"processes={self.processes!r}: expected a positive integer (N > 1 splits each batch over "
+                             "N processes)")
+        if self.processes is not None and self.batch_size < self.processes:
+            raise ValueError(f"processes={self.processes} splits each batch over {self.processes} processes: "
+                             f"batch_size={self.batch_size} needs to be at least {self.processes}")
         for name in ("eval_period", "checkpoint_period", "num_predictions", "warmup_iters", "seed"):
             if name == "warmup_iters" and self.warmup_iters is None:
                 continue
@@ -169,15 +173,18 @@ def with_optimizer_defaults(config):
 
 
 def processes(config):
-    """How many processes share each batch: ``config.processes``, or when None 2 on a machine
-    with 2 or more cores and a batch to split: small ops parallelise better across images than
-    inside one (data_parallel.py)."""
+    """How many processes share each batch: ``config.processes``; when None, under mpiexec the
+    number it started, else one per core up to one image each (small ops parallelise better
+    across images than inside one: data_parallel.py), or 1 on one GPU or without mpi4py."""
     if config.processes is not None:
         return config.processes
-    if config.device == "cuda":
-        return 1  # one GPU, one process
+    size = launched_size()
+    if size is not None:
+        return size
+    if config.device == "cuda" or importlib.util.find_spec("mpi4py") is None:
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return 2 if cores >= 2 and config.batch_size >= 2 else 1
+    return max(1, min(cores, config.batch_size))
 
 
 def coco_layout(root):
