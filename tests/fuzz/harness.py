@@ -7,10 +7,10 @@
   whose message names the file (``Reader.names``).
 - ``other``: any other exception, or a ValueError that does not name the file.
 - ``memory``: it needed more memory than the bound, 10 x the file's size + 200 MB + what the
-  reader may decode (``Reader.allowance``): a MemoryError anywhere in the escaping exception's
-  chain (the child's address space is capped at the bound plus ``SLACK``, so an allocation past
-  it fails; whether the reader then turned the MemoryError into a clean error does not matter,
-  its sizes were not checked before allocating), or a peak resident size above the bound.
+  reader may decode (``Reader.allowance``): a peak resident size above the bound, or a
+  MemoryError anywhere in the escaping exception's chain (an allocation past the child's cap, a
+  safety net far above the bound; whether the reader then turned the MemoryError into a clean
+  error does not matter, its sizes were not checked before allocating).
 - ``timeout``: it ran past the time limit.
 - ``crash``: the child died by a signal (a segfault inside a C extension, say) or exited
   without a word.
@@ -28,11 +28,13 @@ function) so that one bug met a thousand times is one finding.
 child per case: the child starts with everything imported, so what it spends is the reading
 alone. In the child: stdout and stderr go to /dev/null; ``faulthandler`` writes the Python stack
 to a file on a fatal signal and at the time limit (and then ends the child), which gives a
-timeout or a crash its place in the code; the address space is capped (``RLIMIT_AS``) at what
-the child has plus the bound plus ``SLACK``; the peak resident size is reset
-(``/proc/self/clear_refs``) so that ``VmHWM`` measures the case. (The cap counts address space,
-and a process may hold some it never touched, a heap grown at import time, say; a reader can
-fill that without reaching the cap, which is why the peak resident size is checked too.) The
+timeout or a crash its place in the code; the peak resident size is reset
+(``/proc/self/clear_refs``) so that ``VmHWM`` measures the case, and that peak against the bound
+is what decides the class. The address space is capped too (``RLIMIT_AS``), but only as a
+safety net for the machine, at what the child has plus twice the bound plus ``SAFETY``:
+address space counts mappings never touched (the parent's heap, a thread's malloc arena), so a
+cap at the bound itself would fail allocations well under it, more often the more the parent
+holds, and a case's class would depend on the load. The
 parent reads the result from a pipe and kills the child (SIGKILL) if it outlives the limit by
 ``GRACE`` seconds (C code that holds the GIL still gets its stack dumped: faulthandler's
 watchdog does not need the GIL).
@@ -67,7 +69,7 @@ CLASSES = ("loaded", "clean", "other", "memory", "timeout", "crash", "code")
 CLEAN_ERRORS = (ValueError,)  # the project's kind of error (CheckpointError and the others subclass it)
 GOOD = ("loaded", "clean")
 MB = 2 ** 20
-SLACK = 64 * MB        # what the interpreter itself may allocate past the bound (a traceback...)
+SAFETY = 512 * MB      # the address-space cap's margin past twice the bound (a safety net, see above)
 GRACE = 5.0            # seconds past the limit before the parent kills a child faulthandler could not end
 # audit events that only code does (``code`` outcome): prefixes of the event names
 CODE_EVENTS = ("os.system", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.Popen", "ctypes.dlopen",
@@ -197,7 +199,7 @@ def _child(reader, path, limit, timeout, result_fd, trace_path):
             warnings.simplefilter("ignore")
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            cap = _status_kb("VmSize") + limit + SLACK
+            cap = _status_kb("VmSize") + 2 * limit + SAFETY
             resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
             try:
                 with open("/proc/self/clear_refs", "w") as f:

@@ -37,6 +37,7 @@ import numpy as np
 from . import mutators as m
 
 IMAGE_SIZE = (40, 56)  # (H, W) of every image seed: the size the ``image`` reader's annotation gives
+DECODE_BYTES = 16  # a decoded pixel's bytes at most: Pillow's 4 and the float32 RGB result's 12 (data/images.py)
 
 
 class SeedsUnavailable(RuntimeError):
@@ -478,7 +479,7 @@ class CocoReader(Reader):
     def allowance(self, path, size):
         # three items decoded: each image as float32 RGB plus a uint8 mask per annotation, of
         # which a file of this size holds at most one per 50 bytes
-        return 3 * int(self.max_pixels) * (12 + size // 50)
+        return 3 * int(self.max_pixels) * (DECODE_BYTES + size // 50)
 
     def mutate(self, data, rng):
         if rng.random() < 0.1:
@@ -545,7 +546,7 @@ class ImageReader(Reader):
         load_image(path, *IMAGE_SIZE)
 
     def allowance(self, path, size):
-        return IMAGE_SIZE[0] * IMAGE_SIZE[1] * 12  # the annotation's size, as float32 RGB
+        return IMAGE_SIZE[0] * IMAGE_SIZE[1] * DECODE_BYTES  # the annotation's size
 
     def mutate(self, data, rng):
         if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -557,8 +558,8 @@ class ImageReader(Reader):
 
 class PredictReader(ImageReader):
     """``predict``: the photo turned upright by its EXIF orientation, no size to compare with, so
-    the bound allows a decoded image of up to Pillow's bomb limit (``Image.MAX_IMAGE_PIXELS``),
-    the one documented pixel limit the project relies on today."""
+    the bound allows a decoded image of up to the project's documented pixel limit
+    (``data.images.MAX_PIXELS``)."""
     name = "predict"
 
     def run(self, path):
@@ -567,9 +568,9 @@ class PredictReader(ImageReader):
         load_image(path, upright=True)
 
     def allowance(self, path, size):
-        from PIL import Image
+        from tinymaskrcnn.data.images import MAX_PIXELS
 
-        return int(Image.MAX_IMAGE_PIXELS) * 12
+        return MAX_PIXELS * DECODE_BYTES
 
 
 # ---------------------------------------------------------------------------------------------

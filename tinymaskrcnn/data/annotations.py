@@ -18,6 +18,15 @@ import warnings
 
 import numpy as np
 
+# The longest outline pycocotools may trace for one annotation, summed over its polygons, in
+# pixels: it rasterises each edge at 5 points a pixel and keeps every run its outline crosses,
+# so a zigzag polygon of a few kilobytes inside an allowed image would take gigabytes. A real
+# outline runs a few thousand pixels.
+MAX_OUTLINE = 1_000_000
+# Characters of one number in a compressed RLE string: 5 bits each, so 7 hold any run of an
+# image of up to 2^34 pixels; pycocotools' C decoder keeps no more in its 64-bit integer.
+_MAX_RLE_CHARS = 7
+
 
 def _polygon_problem(polygon, height, width):
     """Why ``polygon`` (flat [x1, y1, x2, y2, ...]) is unusable in an HxW image, or None."""
@@ -78,12 +87,14 @@ def compressed_rle_runs(counts):
 
     Each run is a signed number written 5 bits per character (character = 48 + bits, bit 0x20:
     another character follows, bit 0x10 of the last one: negative); from the third run on the
-    number is the difference from the run two places back.
+    number is the difference from the run two places back. A number longer than
+    ``_MAX_RLE_CHARS`` characters is malformed (and refused at once: each character of a
+    longer one would shift an ever larger integer, quadratic time in the string's length).
     """
     runs, value, k = [], 0, 0
     for char in counts:
         c = ord(char) - 48
-        if not 0 <= c < 64:
+        if not 0 <= c < 64 or k == _MAX_RLE_CHARS:
             return None
         value |= (c & 0x1F) << (5 * k)
         k += 1
@@ -147,7 +158,18 @@ def segmentation_problems(segmentation, height, width):
             problems.append(f"polygon {n} {problem}")
         else:
             kept.append(polygon)
+    outline = sum(map(_outline, kept))
+    if outline > MAX_OUTLINE:
+        return problems + [f"its polygons' outlines run {outline:.0f} pixels, more than the {MAX_OUTLINE} an "
+                           "annotation may have (annotations.MAX_OUTLINE)"], None
     return problems, (kept or None)
+
+
+def _outline(polygon):
+    """The pixels pycocotools steps through to trace ``polygon`` (flat x, y, ...; closed):
+    each edge takes as many as its longer side."""
+    points = np.asarray(polygon, np.float64).reshape(-1, 2)
+    return float(np.abs(points - np.roll(points, 1, axis=0)).max(axis=1).sum())
 
 
 def _bbox_problem(bbox):

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.files import UnreadableFileError, brief
 from .annotations import mask_to_rle, usable_annotations
-from .images import IMAGE_READ_ERRORS, image_size, load_image
+from .images import IMAGE_READ_ERRORS, MAX_PIXELS, image_size, load_image
 
 REQUIRED_KEYS = {
     "file": ("images", "annotations", "categories"),
@@ -30,9 +31,11 @@ REQUIRED_KEYS = {
 def load_instances(ann_file):
     """Read and check a COCO instances file; returns the parsed dict.
 
-    Every error names the file and what is wrong: a missing file, text that is not JSON (or
-    nested too deeply to read), a missing top-level key or entry field, an id that is not an
-    integer, an image size that is not two positive integers, an annotation pointing at an
+    Every error names the file and what is wrong (an ``UnreadableFileError``, a ValueError; a
+    missing file is a FileNotFoundError): text that is not JSON (or nested too deeply, or with
+    an integer of thousands of digits), a missing top-level key or entry field, an id that is
+    not an integer, an image size that is not two positive integers or has more than
+    ``images.MAX_PIXELS`` pixels, a file name that is not one, an annotation pointing at an
     unknown image or category, a repeated id. Annotations that
     pycocotools cannot use (a polygon of fewer than three points, an RLE that does not fit its
     image, ...) are left out with a warning naming each; ``iscrowd`` and ``area``, which
@@ -43,35 +46,43 @@ def load_instances(ann_file):
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); expected a COCO instances file") from None
+    except ValueError as e:  # not UTF-8, not JSON, an integer past Python's 4300-digit limit
+        raise UnreadableFileError(f"{path} is not valid JSON ({str(e)[:200]}); expected a COCO instances "
+                                  "file") from None
     except RecursionError:
-        raise ValueError(f"{path} nests lists or objects too deeply to read (thousands of levels): it is not a COCO "
-                         "instances file") from None
+        raise UnreadableFileError(f"{path} nests lists or objects too deeply to read (thousands of levels): it is "
+                                  "not a COCO instances file") from None
     missing = [k for k in REQUIRED_KEYS["file"] if not isinstance(data, dict) or k not in data]
     if missing:
-        raise ValueError(f"{path} is not a COCO instances file: missing {missing} (a COCO instances file is "
-                         f"a JSON object with lists {list(REQUIRED_KEYS['file'])})")
+        raise UnreadableFileError(f"{path} is not a COCO instances file: missing {missing} (a COCO instances file "
+                                  f"is a JSON object with lists {list(REQUIRED_KEYS['file'])})")
     image_ids = _checked_ids(path, "image", data["images"])
     _checked_ids(path, "annotation", data["annotations"])
     category_ids = _checked_ids(path, "category", data["categories"])
     for image in data["images"]:
         size = (image["height"], image["width"])
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            raise ValueError(f"{path}: image {image['id']} has height, width {size}: both must be positive integers")
-        if not isinstance(image["file_name"], str) or not image["file_name"]:
-            raise ValueError(f"{path}: image {image['id']} has file_name {image['file_name']!r}: expected the "
-                             "image file's name (a path relative to the image folder)")
+            raise UnreadableFileError(f"{path}: image {image['id']} has height, width {brief(size)}: both must be "
+                                      "positive integers")
+        if size[0] * size[1] > MAX_PIXELS:  # before pycocotools rasterises a mask of that size
+            raise UnreadableFileError(f"{path}: image {image['id']} is {size[0]}x{size[1]} (HxW), more than the "
+                                      f"{MAX_PIXELS} pixels an image may have (images.MAX_PIXELS)")
+        name = image["file_name"]
+        if not (isinstance(name, str) and name and "\0" not in name and len(name) <= 4096
+                and all(len(part.encode("utf-8", "surrogatepass")) <= 255 for part in name.split("/"))):
+            raise UnreadableFileError(f"{path}: image {image['id']} has file_name {brief(name)}: expected the "
+                                      "image file's name (a path relative to the image folder)")
     for ann in data["annotations"]:
         for key in ("image_id", "category_id"):
             if not _is_id(ann[key]):
-                raise ValueError(f"{path}: annotation {ann['id']} has {key} {ann[key]!r:.60}: COCO ids are integers")
+                raise UnreadableFileError(f"{path}: annotation {ann['id']} has {key} {brief(ann[key])}: COCO ids are "
+                                          "integers")
         if ann["image_id"] not in image_ids:
-            raise ValueError(f"{path}: annotation {ann['id']} refers to image_id {ann['image_id']}, "
-                             "which is not in 'images'")
+            raise UnreadableFileError(f"{path}: annotation {ann['id']} refers to image_id {ann['image_id']}, "
+                                      "which is not in 'images'")
         if ann["category_id"] not in category_ids:
-            raise ValueError(f"{path}: annotation {ann['id']} has category_id {ann['category_id']}, which is "
-                             f"not in 'categories' (ids {sorted(category_ids)})")
+            raise UnreadableFileError(f"{path}: annotation {ann['id']} has category_id {ann['category_id']}, which "
+                                      f"is not in 'categories' (ids {brief(sorted(category_ids))})")
     data["annotations"] = usable_annotations(path, data)
     return data
 
@@ -80,17 +91,17 @@ def _checked_ids(path, kind, entries):
     """The ids of a list of COCO ``kind`` entries, each checked for the fields COCO requires."""
     if not isinstance(entries, list):
         key = REQUIRED_KEYS["file"][("image", "annotation", "category").index(kind)]
-        raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}")
+        raise UnreadableFileError(f"{path}: '{key}' must be a list, got {type(entries).__name__}")
     ids = set()
     for n, entry in enumerate(entries):
         lacking = [k for k in REQUIRED_KEYS[kind] if not isinstance(entry, dict) or k not in entry]
         if lacking:
-            raise ValueError(f"{path}: {kind} number {n} lacks {lacking} (a COCO {kind} has "
-                             f"{list(REQUIRED_KEYS[kind])})")
+            raise UnreadableFileError(f"{path}: {kind} number {n} lacks {lacking} (a COCO {kind} has "
+                                      f"{list(REQUIRED_KEYS[kind])})")
         if not _is_id(entry["id"]):
-            raise ValueError(f"{path}: {kind} number {n} has id {entry['id']!r:.60}: COCO ids are integers")
+            raise UnreadableFileError(f"{path}: {kind} number {n} has id {brief(entry['id'])}: COCO ids are integers")
         if entry["id"] in ids:
-            raise ValueError(f"{path}: {kind} id {entry['id']} appears more than once")
+            raise UnreadableFileError(f"{path}: {kind} id {entry['id']} appears more than once")
         ids.add(entry["id"])
     return ids
 
@@ -147,9 +158,9 @@ class CocoDetection:
                 (keep if x2 > x1 and y2 > y1 else degenerate).append(ann)
             self._targets[image_id] = keep
         if unmasked:
-            raise ValueError(f"{ann_file}: {len(unmasked)} of {len(self.coco.anns)} annotations have no 'segmentation' "
-                             f"(ids {sorted(unmasked)[:5]}{' ...' if len(unmasked) > 5 else ''}); instance masks "
-                             "need one (a polygon list or an RLE)")
+            raise UnreadableFileError(f"{ann_file}: {len(unmasked)} of {len(self.coco.anns)} annotations have no "
+                                      f"'segmentation' (ids {sorted(unmasked)[:5]}{' ...' if len(unmasked) > 5 else ''}"
+                                      "); instance masks need one (a polygon list or an RLE)")
         if degenerate:
             warnings.warn(f"{ann_file}: left out {len(degenerate)} annotation(s) whose box is empty inside the "
                           f"image (ids {[a['id'] for a in degenerate[:5]]}{' ...' if len(degenerate) > 5 else ''})")
@@ -189,13 +200,13 @@ class CocoDetection:
         for image_id in self.ids:
             info = self.coco.imgs[image_id]
             path = self.image_dir / info["file_name"]
-            if not path.is_file():
-                missing.append(info["file_name"])
-                continue
             try:
+                if not path.is_file():
+                    missing.append(info["file_name"])
+                    continue
                 height, width = image_size(path)
             except IMAGE_READ_ERRORS as e:
-                unreadable.append(f"{info['file_name']} ({e})")
+                unreadable.append(f"{info['file_name']} ({str(e)[:200]})")
                 continue
             if (height, width) != (info["height"], info["width"]):
                 misfit.append(f"{info['file_name']} is {height}x{width}, the file says {info['height']}x{info['width']}")
@@ -270,5 +281,5 @@ def check_datasets(datasets):
         if dataset is not None:
             report += [f"  {split} ({dataset.ann_file}): {line}" for line in dataset.image_problems()]
     if report:
-        raise ValueError("the data has problems (found before any work was done):\n" + "\n".join(report)
-                         + "\nFix the image folder or the annotation file's file_name/height/width entries")
+        raise UnreadableFileError("the data has problems (found before any work was done):\n" + "\n".join(report)
+                                  + "\nFix the image folder or the annotation file's file_name/height/width entries")

@@ -9,7 +9,7 @@ from ..core import random as tm_random
 from .. import weights
 from ..core.backend import check_cuda
 from ..models.registry import build_model, check_architecture
-from ..core.files import atomic_write
+from ..core.files import UnreadableFileError, atomic_write, brief, parse_json
 from .run_folder import CHECKPOINT
 
 CHECKPOINT_FORMAT = "tinymaskrcnn-train"
@@ -93,6 +93,33 @@ def restore(path, state, config, model, optimizer, scheduler, loader):
     return int(state["iteration"])
 
 
+def _metrics_records(path):
+    """The (line, record) pairs of the metrics log at ``path``, one at a time (a log's records
+    together take tens of times its size), each record a JSON object with a numeric
+    ``iteration`` (0 where absent). A last line cut short without its newline (a crash
+    while it was appended) is left out; any other line that is not such a record is an
+    UnreadableFileError naming the file and the line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnreadableFileError(f"{path} is not UTF-8 text ({e}): not a metrics log training wrote") from None
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = parse_json(line, path, f"line {number}")
+        except UnreadableFileError:
+            if number == len(lines):  # no newline after it: the append that a crash cut short
+                break
+            raise
+        step = record.get("iteration", 0) if isinstance(record, dict) else None
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            raise UnreadableFileError(f"{path}: line {number} is not a metrics record (a JSON object with a numeric "
+                                      "'iteration'): the file was edited or is not a metrics log training wrote")
+        yield line, record
+
+
 def truncate_metrics(path, iteration, final_iteration):
     """Keep the lines up to ``iteration``: a resumed run re-does (and re-logs) the iterations
     after its checkpoint, and always the final evaluation (logged at ``final_iteration``)."""
@@ -104,8 +131,7 @@ def truncate_metrics(path, iteration, final_iteration):
             return False
         return record.get("iteration", 0) <= iteration
 
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and kept(json.loads(line))]
-    text = "".join(line + "\n" for line in lines).encode("utf-8")
+    text = "".join(line + "\n" for line, record in _metrics_records(path) if kept(record)).encode("utf-8")
     atomic_write(path, lambda f: f.write(text))
 
 
@@ -118,36 +144,42 @@ def load_model(checkpoint, device="cpu"):
     if device == "cuda":
         check_cuda()
     state = weights.load(checkpoint)
+    error = weights.CheckpointError
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
-                         f"(no '{CHECKPOINT_FORMAT}' format tag): pass the checkpoint.npz of a run folder")
+        raise error(f"{checkpoint} is a tinymaskrcnn checkpoint but not one written by training "
+                    f"(no '{CHECKPOINT_FORMAT}' format tag): pass the checkpoint.npz of a run folder")
     missing = [key for key in ("model_name", "num_classes", "model_kwargs", "model", "class_names") if key not in state]
     if missing:
-        raise ValueError(f"{checkpoint} is a training checkpoint without {', '.join(missing)}: it was cut short "
-                         "or edited; use another checkpoint of the run")
+        raise error(f"{checkpoint} is a training checkpoint without {', '.join(missing)}: it was cut short "
+                    "or edited; use another checkpoint of the run")
     name, num_classes, kwargs, arrays = (state[k] for k in ("model_name", "num_classes", "model_kwargs", "model"))
+    # a checkpoint holds its own weights: a path or name to load others from is not read from a file
+    named = [k for k in ("weights", "weights_backbone") if isinstance(kwargs, dict) and kwargs.get(k) is not None]
+    if named:
+        raise error(f"{checkpoint} records model_kwargs {named} naming weights to load: a checkpoint carries its own "
+                    "weights and names no other file; the file was edited")
     try:
         check_architecture(name, num_classes, kwargs)
     except ValueError as e:
-        raise ValueError(f"{checkpoint} records an architecture that cannot be built: {e}") from None
+        raise error(f"{checkpoint} records an architecture that cannot be built: {e}") from None
     names, ids = state["class_names"], state.get("category_ids")  # ids: recorded since issue 22
     if not (isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)):
-        raise ValueError(f"{checkpoint}: class_names {names!r:.100} is not a list of {num_classes} names "
-                         "(background first), one per class of num_classes: the file was edited")
+        raise error(f"{checkpoint}: class_names {brief(names)} is not a list of {num_classes} names "
+                    "(background first), one per class of num_classes: the file was edited")
     if ids is not None and not (isinstance(ids, list) and len(ids) == num_classes - 1
                                 and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-        raise ValueError(f"{checkpoint}: category_ids {ids!r:.100} is not a list of {num_classes - 1} integer ids, one "
-                         "per class: the file was edited")
+        raise error(f"{checkpoint}: category_ids {brief(ids)} is not a list of {num_classes - 1} integer "
+                    "ids, one per class: the file was edited")
     # the class count fixes the predictors' shapes: a mismatch is refused before the heads are built
     scores = arrays.get("roi_heads.box_predictor.cls_score.weight") if isinstance(arrays, dict) else None
     if not hasattr(scores, "shape") or scores.shape[:1] != (num_classes,):
-        raise ValueError(f"{checkpoint} records num_classes={num_classes} but its box predictor "
+        raise error(f"{checkpoint} records num_classes={num_classes} but its box predictor "
                          f"(roi_heads.box_predictor.cls_score.weight) has shape {getattr(scores, 'shape', None)}: "
                          "the file was edited or cut short")
     model = build_model(name, num_classes, kwargs)
     try:
         model.load_state_dict(arrays)
     except ValueError as e:
-        raise ValueError(f"{checkpoint} does not fit {name}(num_classes={num_classes}, "
+        raise error(f"{checkpoint} does not fit {name}(num_classes={num_classes}, "
                          f"**{kwargs}): it holds another architecture\n{e}") from None
     return model.to(device=device).eval(), state

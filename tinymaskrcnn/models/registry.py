@@ -11,6 +11,8 @@ not after gigabytes of layers are allocated.
 import inspect
 import math
 
+from ..core.files import brief
+
 MODELS = ("maskrcnn_resnet18_fpn", "maskrcnn_resnet50_fpn")
 MAX_CLASSES = 10_000  # LVIS has 1,204 with background; 10,000 classes give the heads ~50M weights
 
@@ -29,6 +31,12 @@ _INT_RANGES = {
     "trainable_backbone_layers": (0, 5),
 }
 _LISTS = {"anchor_sizes", "box_head_convs", "fixed_size", "image_mean", "image_std", "bbox_reg_weights"}
+# how many entries a list setting has: one anchor size per FPN level, one mean and deviation per
+# RGB channel, a weight per box coordinate, (height, width); at most 8 convs in the box head
+_LENGTHS = {"anchor_sizes": (5, 5), "image_mean": (3, 3), "image_std": (3, 3), "bbox_reg_weights": (4, 4),
+            "fixed_size": (2, 2), "box_head_convs": (0, 8)}
+# string settings and the values the builders take
+_CHOICES = {"norm": ("batch", "instance")}
 _FRACTIONS = {"rpn_nms_thresh", "rpn_fg_iou_thresh", "rpn_bg_iou_thresh", "rpn_positive_fraction", "rpn_score_thresh",
               "box_score_thresh", "box_nms_thresh", "box_fg_iou_thresh", "box_bg_iou_thresh", "box_positive_fraction"}
 # what the builders take as modules: a model's settings are saved as JSON in every checkpoint
@@ -42,7 +50,7 @@ def keywords(name):
     from .. import models  # on first use: the detector's kernels are not needed before
 
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {MODELS}")
+        raise ValueError(f"unknown model {brief(name)}: choose one of {MODELS}")
     found = {}
     for function in (getattr(models, name), models.MaskRCNN):
         for p in inspect.signature(function).parameters.values():
@@ -69,8 +77,13 @@ def _problem(key, value, default):
         if not isinstance(value, (list, tuple)):
             return "expected a list of numbers"
         items = list(value)
+        shortest, longest = _LENGTHS.get(key, (1, 64))
+        if not shortest <= len(items) <= longest:
+            return f"expected {shortest}{'' if shortest == longest else f' to {longest}'} entries, got {len(items)}"
     else:
         items = [value]
+    if key in _CHOICES:
+        return None if value in _CHOICES[key] else f"expected one of {_CHOICES[key]}"
     if key in _INT_RANGES:
         low, high = _INT_RANGES[key]
         if not all(_is_int(v) and low <= v <= high for v in items):
@@ -79,8 +92,8 @@ def _problem(key, value, default):
         if not (_is_number(value) and 0 <= value <= 1):
             return "expected a number from 0 to 1"
     elif key in _LISTS:
-        if not all(_is_number(v) and v > 0 for v in items) or len(items) != len(default or items):
-            return f"expected {len(default) if default else 'a list of'} positive numbers"
+        if not all(_is_number(v) and v > 0 for v in items):
+            return "expected positive numbers"
     elif isinstance(default, bool):
         if not isinstance(value, bool):
             return "expected true or false"
@@ -99,12 +112,12 @@ def check_architecture(name, num_classes=None, model_kwargs=None):
     runs in. A ValueError names the first that is not."""
     known = keywords(name)
     if num_classes is not None and not (_is_int(num_classes) and 2 <= num_classes <= MAX_CLASSES):
-        raise ValueError(f"num_classes={num_classes!r}: expected an integer from 2 (background and one class) "
+        raise ValueError(f"num_classes={brief(num_classes)}: expected an integer from 2 (background and one class) "
                          f"to {MAX_CLASSES}")
     if model_kwargs is None:
         return
     if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
-        raise ValueError(f"model_kwargs must be a dict of keyword arguments, got {model_kwargs!r:.80}")
+        raise ValueError(f"model_kwargs must be a dict of keyword arguments, got {brief(model_kwargs)}")
     unknown = sorted(set(model_kwargs) - set(known))
     if unknown:
         raise ValueError(f"{name} takes no keyword argument {', '.join(map(repr, unknown))} "
@@ -112,7 +125,7 @@ def check_architecture(name, num_classes=None, model_kwargs=None):
     for key, value in model_kwargs.items():
         problem = _problem(key, value, known[key])
         if problem:
-            raise ValueError(f"{name}: {key}={value!r:.80} (model_kwargs / --model-kwargs): {problem}")
+            raise ValueError(f"{name}: {key}={brief(value)} (model_kwargs / --model-kwargs): {problem}")
 
 
 def build_model(name, num_classes, model_kwargs=None):

@@ -12,19 +12,28 @@ import collections.abc
 import json
 import math
 import os
+import tokenize
 import zipfile
 
 import numpy as np
 
 from ..core.backend import is_cupy, to_numpy
-from ..core.files import atomic_write
-from .pth import ZIP_DAMAGE, CheckpointError, check_stored_record, damage_message
+from ..core.files import atomic_write, parse_json
+from .pth import ZIP_DAMAGE, CheckpointError, check_disjoint_records, check_stored_record, damage_message
 
 __all__ = ["save", "load"]
 
 _FORMAT = "tinymaskrcnn-checkpoint"
 _FORMAT_VERSION = 1
 _META_ENTRY = "__tinymaskrcnn__"  # the JSON tree; every other entry is an array
+# An entry's shape, beyond the bytes it must hold: numpy refuses more than 64 dimensions, and a
+# shape with a zero and a huge dimension holds nothing yet overflows what numpy can index.
+_MAX_DIMS = 32
+_MAX_SPAN = 2 ** 40  # bytes, counting every dimension as at least 1
+# What numpy's .npy header parser raises for a header that is not one: its text goes through
+# tokenize and ast.literal_eval.
+_HEADER_ERRORS = (ValueError, KeyError, SyntaxError, TypeError, OverflowError, RecursionError, MemoryError,
+                  tokenize.TokenError)
 
 
 def _encode(obj, path, arrays):
@@ -106,9 +115,10 @@ def save(path, state):
 
 def _read_npz(path):
     """The arrays of an .npz (a zip of .npy files), name -> array, read as warily as a .pth:
-    every entry stored uncompressed inside the file (``check_stored_record``), holding
-    exactly the bytes its header's shape and dtype claim, and no object arrays (only pickle
-    reads those, and unpickling can run code). Checked on the header before any array is allocated."""
+    every entry stored uncompressed inside the file (``check_stored_record``), apart from the
+    others (``check_disjoint_records``), holding exactly the bytes its header's shape and dtype
+    claim, with a sane shape, and no object arrays (only pickle reads those, and unpickling can
+    run code). Checked on the header before any array is allocated."""
     file_size = os.path.getsize(path)
     arrays = {}
     with zipfile.ZipFile(path) as archive:
@@ -116,6 +126,7 @@ def _read_npz(path):
             raise CheckpointError(f"{path} is not a tinymaskrcnn checkpoint (written by tinymaskrcnn.weights.save): "
                                   f"the archive has no '{_META_ENTRY}' entry (a torch .pth? use read_pth or "
                                   "load_torchvision)")
+        check_disjoint_records(archive.infolist(), path)
         for info in archive.infolist():
             check_stored_record(info, path, file_size)
             name = info.filename.removesuffix(".npy")
@@ -125,14 +136,19 @@ def _read_npz(path):
                     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                                    (2, 0): np.lib.format.read_array_header_2_0}[version]
                     shape, _, dtype = read_header(f)
-                except (ValueError, KeyError, SyntaxError) as e:
+                except _HEADER_ERRORS as e:
                     raise CheckpointError(f"{path}: entry {info.filename!r} is not an .npy array this version reads "
-                                          f"({type(e).__name__}: {e}); the file is damaged or not a checkpoint") from e
+                                          f"({type(e).__name__}: {str(e)[:200]}); the file is damaged or not a "
+                                          "checkpoint") from None
                 if dtype.hasobject:
                     raise CheckpointError(f"{path}: entry {name!r} is an object array, which only pickle reads, and "
                                           "unpickling can run code: refused. tinymaskrcnn.weights.save never writes "
                                           "one; this file was written some other way")
                 held, claimed = info.file_size - f.tell(), math.prod(shape) * dtype.itemsize
+                if len(shape) > _MAX_DIMS or math.prod(max(n, 1) for n in shape) * dtype.itemsize > _MAX_SPAN:
+                    raise CheckpointError(f"{path}: entry {name!r} claims shape {shape[:_MAX_DIMS]}"
+                                          f"{'...' if len(shape) > _MAX_DIMS else ''}, beyond any saved array; the "
+                                          "file is damaged")
                 if held != claimed:
                     raise CheckpointError(f"{path}: entry {name!r} claims {shape} {dtype} ({claimed} bytes) but holds "
                                           f"{held}: the file is damaged")
@@ -157,13 +173,7 @@ def load(path):
         arrays = _read_npz(path)
     except ZIP_DAMAGE as e:  # the directory or an entry's header or CRC
         raise CheckpointError(damage_message(path, e)) from e
-    try:
-        meta = json.loads(str(arrays.pop(_META_ENTRY)))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: its '{_META_ENTRY}' entry is not JSON ({e}); the file is damaged") from e
-    except RecursionError:
-        raise CheckpointError(f"{path}: its '{_META_ENTRY}' entry nests too deeply to read (thousands of levels); "
-                              "the file is damaged or crafted") from None
+    meta = parse_json(str(arrays.pop(_META_ENTRY)), path, f"'{_META_ENTRY}' entry", CheckpointError)
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("version") != _FORMAT_VERSION:
         found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
         raise CheckpointError(f"{path} is not a tinymaskrcnn checkpoint this version reads: format {found[0]!r} "

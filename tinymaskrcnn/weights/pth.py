@@ -14,18 +14,21 @@ and the attacker may have written every byte of it. What such a file can try:
 **Guarantees** of ``read_pth`` against any file:
 
 1. Nothing in the file is called. ``SafeUnpickler.find_class`` is the only way from a pickle
-   to a callable (GLOBAL, STACK_GLOBAL, INST and the EXT opcodes all go through it); it
+   to a callable (GLOBAL, STACK_GLOBAL and INST go through it; the EXT opcodes, which can
+   reach a global past it, are refused when the pickle is read ahead); it
    resolves the few names a state_dict needs (``_ALLOWED_GLOBALS``), each to OrderedDict or
    to a harmless function of this file that builds a NumPy array, and torch's storage type
    names to dtypes. Any other name is refused before anything runs, and so is every
    persistent id but a tensor storage.
 2. Memory is bounded by the file. A storage is allocated only once its byte count is checked
    against the record that holds it (zip) or the bytes left in the file (legacy); every zip
-   record must be stored uncompressed and lie inside the file (``check_stored_record``); a
-   tensor's elements must lie inside its storage, with at most ``_MAX_DIMS`` dimensions and
-   ``_MAX_ELEMENTS`` elements; every memo index and length field of a pickle is read ahead
-   (``_check_memo``) before it is unpickled, as the unpickler's memo table alone could take
-   gigabytes. The reader so allocates at most the file's size (twice that for bfloat16
+   record must be stored uncompressed and lie inside the file (``check_stored_record``),
+   apart from every other (``check_disjoint_records``); a tensor's elements must lie inside
+   its storage, with at most ``_MAX_DIMS`` dimensions and ``_MAX_ELEMENTS`` elements; every
+   memo index, frame and length field of a pickle is read ahead (``_check_memo``) before it
+   is unpickled, as the unpickler's memo table alone could take gigabytes, and the unpickler
+   reads nothing past its record. Containers nest at most ``_MAX_NESTING`` deep and never in
+   a cycle. The reader so allocates at most the file's size (twice that for bfloat16
    storages, widened to float32 once per storage) plus views, and the objects and memo table
    of a pickle no longer than the file. A view may be larger than its storage (stride 0, as
    ``expand`` saves): it shares the storage's memory.
@@ -68,10 +71,13 @@ import zlib
 
 import numpy as np
 
-__all__ = ["CheckpointError", "SafeUnpickler", "read_pth", "ZIP_DAMAGE", "check_stored_record", "damage_message"]
+from ..core.files import UnreadableFileError, brief
+
+__all__ = ["CheckpointError", "SafeUnpickler", "read_pth", "ZIP_DAMAGE", "check_stored_record",
+           "check_disjoint_records", "damage_message"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnreadableFileError):
     """A weights or checkpoint file that cannot be read: damaged, truncated, hostile, or not
     what it claims to be. The message names the file, what is wrong and what to do. A
     ValueError, so the command line reports it in one line with exit code 2."""
@@ -93,6 +99,10 @@ _LEGACY_PROTOCOL = 1001
 # these a record is corrupt, not a tensor anyone saved.
 _MAX_DIMS = 32
 _MAX_ELEMENTS = 2 ** 40
+# Containers inside containers: a checkpoint nests a few levels; a pickle can nest a list in a
+# list a million times in two bytes a level, and whatever walks it recursively (repr, ==, a
+# state_dict search) then fails with a RecursionError.
+_MAX_NESTING = 100
 
 
 class _RecordError(pickle.UnpicklingError):
@@ -128,7 +138,7 @@ def _widened(array, kind):
 def _as_index_tuple(value, what):
     """``value`` as a tuple of non-negative ints, or a _RecordError naming ``what``."""
     if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) and v >= 0 for v in value):
-        raise _RecordError(f"corrupt tensor record: {what} must be non-negative integers, got {value!r}")
+        raise _RecordError(f"corrupt tensor record: {what} must be non-negative integers, got {brief(value)}")
     return tuple(value)
 
 
@@ -193,14 +203,25 @@ def _ascii(value):
 class SafeUnpickler(pickle.Unpickler):
     """An Unpickler that resolves only ``_ALLOWED_GLOBALS`` and torch storage types.
 
-    ``find_class`` is the only way a pickle reaches a callable (GLOBAL, STACK_GLOBAL, INST and
-    the EXT opcodes all go through it), so refusing there refuses before anything is called.
+    ``find_class`` is how GLOBAL, STACK_GLOBAL and INST reach a callable, so refusing there
+    refuses before anything is called. The EXT opcodes are the one other way: ``load`` reads the
+    pickle ahead first (``_check_memo``, which refuses them, and oversized memo indices and
+    frames), from the file's position to its end (``size`` bytes from its start, when given).
     ``load_storage(storage_type, key, numel, view)`` turns a persistent id into a ``_Storage``.
     """
 
-    def __init__(self, file, load_storage=None):
+    def __init__(self, file, load_storage=None, size=None):
         super().__init__(file, encoding="utf-8")
-        self._load_storage = load_storage
+        self._file, self._size, self._load_storage = file, size, load_storage
+
+    def load(self):
+        size = self._size
+        if size is None:
+            start = self._file.tell()
+            size = self._file.seek(0, os.SEEK_END)
+            self._file.seek(start)
+        _check_memo(self._file, size)
+        return super().load()
 
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_GLOBALS:
@@ -214,20 +235,24 @@ class SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or _ascii(pid[0]) != "storage" or self._load_storage is None:
-            kind = _ascii(pid[0]) if isinstance(pid, tuple) and pid else repr(pid)
-            raise _RecordError(f"unsupported persistent record {kind!r}: only tensor storages are read "
+            kind = _ascii(pid[0]) if isinstance(pid, tuple) and pid else pid
+            raise _RecordError(f"unsupported persistent record {brief(kind)}: only tensor storages are read "
                                "(a pickled nn.Module? save model.state_dict() instead)")
         if len(pid) not in (5, 6):  # zip format: 5 fields; legacy: a 6th, the storage view
-            raise _RecordError(f"corrupt storage record {pid!r}")
+            raise _RecordError(f"corrupt storage record {brief(pid)}")
         storage_type, key, _location, numel, *view = pid[1:]  # location ignored: all loads to CPU
         if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or numel < 0:
-            raise _RecordError(f"corrupt storage record {pid!r}")
-        return self._load_storage(storage_type, str(_ascii(key)), numel, view[0] if view else None)
+            raise _RecordError(f"corrupt storage record {brief(pid)}")
+        key = _ascii(key)
+        if not isinstance(key, (str, int)):
+            raise _RecordError(f"corrupt storage record {brief(pid)}: its key is not a name")
+        return self._load_storage(storage_type, str(key), numel, view[0] if view else None)
 
 
 # What zipfile raises for a damaged archive: a bad directory, header or CRC, a record cut short,
-# or header fields it cannot honour (a version, method or encryption flag flipped by damage).
-ZIP_DAMAGE = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError)
+# header fields it cannot honour (a version, method or encryption flag flipped by damage), or a
+# name flagged UTF-8 that is not.
+ZIP_DAMAGE = (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, UnicodeDecodeError)
 
 
 def damage_message(path, error):
@@ -242,14 +267,19 @@ class _Capped:
     def __init__(self, file, size):
         self.file, self.size = file, size
 
-    def read(self, n):
-        return self.file.read(max(min(n, self.size - self.file.tell()), 0))
+    def read(self, n=-1):
+        left = max(self.size - self.file.tell(), 0)
+        return self.file.read(left if n is None or n < 0 else min(n, left))
 
-    def readline(self):
-        return self.file.readline(max(self.size - self.file.tell(), 0))
+    def readline(self, n=-1):
+        left = max(self.size - self.file.tell(), 0)
+        return self.file.readline(left if n is None or n < 0 else min(n, left))
 
     def tell(self):
         return self.file.tell()
+
+    def seek(self, position, whence=os.SEEK_SET):
+        return self.file.seek(position, whence)
 
 
 def _check_memo(file, size):
@@ -259,13 +289,49 @@ def _check_memo(file, size):
     a PUT opcode names, 8 bytes an entry, so an index of 2^29 in a 900-byte file would take
     8.6 GB. A pickler numbers its memo entries 0, 1, 2, ... as it stores them, so an index
     beyond the number of opcodes before it is refused: the table then stays within 16 bytes
-    per opcode, and so within 16 times the file's size."""
+    per opcode, and so within 16 times the file's size. A FRAME's length is checked the same
+    way: the unpickler reads (and allocates) a whole frame at once. The EXT opcodes are refused
+    outright: the unpickler looks their code up in copyreg's cache of globals that earlier
+    pickles of the process resolved, without asking ``find_class``."""
     start = file.tell()
-    for count, (opcode, arg, _) in enumerate(pickletools.genops(_Capped(file, size))):
+    for count, (opcode, arg, position) in enumerate(pickletools.genops(_Capped(file, size))):
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > count:
             raise _RecordError(f"memo index {arg} at opcode {count}: no pickler numbers its memo so far ahead; "
                                "the file is damaged or crafted")
+        if opcode.name == "FRAME" and arg > size - position:
+            raise _RecordError(f"a frame of {arg} bytes at byte {position}, past the {size} bytes there are")
+        if opcode.name in ("EXT1", "EXT2", "EXT4"):
+            raise _RecordError(f"{opcode.name} at byte {position} names a global by an extension code, which torch "
+                               "never writes (and which the unpickler resolves from a cache of earlier loads, past "
+                               "find_class): refused")
     file.seek(start)
+
+
+def _check_nesting(obj):
+    """Refuse an unpickled object whose containers nest more than ``_MAX_NESTING`` deep or in a
+    cycle: the longest chain of containers, found depth-first without recursion, each container
+    once (a pickle may share one container on every branch)."""
+    def children(node):
+        if isinstance(node, dict):
+            return [*node.keys(), *node.values()]
+        return node if isinstance(node, (list, tuple, set, frozenset)) else ()
+
+    depth, open_ = {}, set()
+    stack = [(obj, False)]
+    while stack:
+        node, closing = stack.pop()
+        if closing:
+            open_.discard(id(node))
+            depth[id(node)] = 1 + max((depth.get(id(c), 0) for c in children(node)), default=0)
+            if depth[id(node)] > _MAX_NESTING:
+                raise _RecordError(f"containers nest more than {_MAX_NESTING} deep; no checkpoint does: the file "
+                                   "is damaged or crafted")
+        elif children(node) and id(node) not in depth:
+            if id(node) in open_:
+                raise _RecordError("a container holds itself; no checkpoint does: the file is damaged or crafted")
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children(node))
 
 
 def _unpickle(file, path, record, size, load_storage=None):
@@ -275,8 +341,9 @@ def _unpickle(file, path, record, size, load_storage=None):
     raise almost anything (a cut-off opcode, a bad memo index, a call with the wrong
     arguments); a length field no file could fill is found when the pickle is read ahead."""
     try:
-        _check_memo(file, size)
-        return SafeUnpickler(file, load_storage).load()
+        obj = SafeUnpickler(_Capped(file, size), load_storage, size).load()
+        _check_nesting(obj)
+        return obj
     except CheckpointError:
         raise
     except _RecordError as e:
@@ -287,9 +354,9 @@ def _unpickle(file, path, record, size, load_storage=None):
         raise CheckpointError(f"{path}: {record} claims more memory than there is: a corrupt length field; "
                               "download or copy the file again") from e
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            OverflowError) as e:
-        raise CheckpointError(f"{path}: {record} is not a readable pickle ({type(e).__name__}: {e}): the file is "
-                              "damaged or truncated; download or copy it again") from e
+            OverflowError, RecursionError) as e:
+        raise CheckpointError(f"{path}: {record} is not a readable pickle ({type(e).__name__}: {str(e)[:200]}): the "
+                              "file is damaged or truncated; download or copy it again") from e
 
 
 def _read_exactly(f, array, what):
@@ -321,12 +388,29 @@ def check_stored_record(info, path, file_size):
                               f"{file_size}: the file is damaged or truncated; download or copy it again")
 
 
+_LOCAL_HEADER = 30  # bytes of a zip record's local header before its name
+
+
+def check_disjoint_records(infos, path):
+    """Zip records must not overlap: each record's header and bytes end before the next one
+    begins. Records that overlap (each holding the next, say) would have a reader read the
+    same bytes of the file again for every record, hundreds of times the file's size in all;
+    after this check and ``check_stored_record``, the records' sizes sum to less than the file's."""
+    end, previous = 0, None
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.header_offset < end:
+            raise CheckpointError(f"{path}: records {previous!r} and {info.filename!r} overlap; no zip writer "
+                                  "overlaps records: the file is damaged or crafted")
+        end, previous = info.header_offset + _LOCAL_HEADER + info.compress_size, info.filename
+
+
 def _read_zip(path):
     """The PyTorch >= 1.6 format: a zip of data.pkl plus one uncompressed record per storage."""
     file_size = os.path.getsize(path)
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             check_stored_record(info, path, file_size)
+        check_disjoint_records(archive.infolist(), path)
         names = archive.namelist()
         if any(n.endswith("constants.pkl") for n in names):
             raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a torch.save file: "
@@ -412,12 +496,12 @@ def _read_legacy(path):
                                   "pickle stream)")
         protocol = _unpickle(f, path, "the protocol record", file_size)
         if protocol != _LEGACY_PROTOCOL:
-            raise CheckpointError(f"{path}: unknown legacy protocol version {protocol!r}")
+            raise CheckpointError(f"{path}: unknown legacy protocol version {brief(protocol)}")
         _unpickle(f, path, "the system record", file_size)  # the storages are little-endian regardless
         start = f.tell()
         _unpickle(f, path, "the object's pickle", file_size, load_storage)
         keys = _unpickle(f, path, "the storage key list", file_size)
-        if not isinstance(keys, list) or any(str(k) not in storages for k in keys):
+        if not isinstance(keys, list) or any(not isinstance(k, (str, int)) or str(k) not in storages for k in keys):
             raise CheckpointError(f"{path}: corrupt legacy file (storage key list does not match the object)")
         for key in map(str, keys):
             storage = storages[key]

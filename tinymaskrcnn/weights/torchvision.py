@@ -25,6 +25,7 @@ import numpy as np
 
 from ..core.autograd import Tensor
 from ..core.backend import is_cupy
+from ..core.files import brief
 from ..nn.module import format_state_mismatch, is_optional_state_key
 from .downloads import WEIGHT_URLS
 from .pth import CheckpointError, read_pth
@@ -49,18 +50,26 @@ def _as_array(value):
 
 
 def state_dict_from(obj):
-    """The state_dict inside ``obj``: ``obj`` itself when it maps names to arrays, else the
-    mapping under 'model', 'state_dict', 'model_state_dict', 'model_state' or 'net'
-    (searched in that order, recursively)."""
-    if isinstance(obj, collections.abc.Mapping):
+    """The state_dict inside ``obj``: ``obj`` itself when it maps names (strings) to arrays,
+    else the mapping under 'model', 'state_dict', 'model_state_dict', 'model_state' or 'net'
+    (searched in that order, level after level, each mapping once)."""
+    if not isinstance(obj, collections.abc.Mapping):
+        raise TypeError(f"expected a state_dict mapping of name -> array, got {type(obj).__name__}")
+    seen = set()
+    while id(obj) not in seen:
+        seen.add(id(obj))
         if all(_as_array(v) is not None for v in obj.values()):
+            odd = next((k for k in obj if not isinstance(k, str)), None)
+            if odd is not None:
+                raise ValueError(f"the state_dict's keys must be names (strings), found {type(odd).__name__} "
+                                 f"{brief(odd)}")
             return obj
-        for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), collections.abc.Mapping):
-                return state_dict_from(obj[key])
-        raise ValueError(f"no state_dict found: the mapping holds non-array values (keys {list(obj)[:10]}) and none "
-                         f"of {_WRAPPER_KEYS} holds one; pass the state_dict mapping itself")
-    raise TypeError(f"expected a state_dict mapping of name -> array, got {type(obj).__name__}")
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), collections.abc.Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    raise ValueError(f"no state_dict found: the mapping holds non-array values (keys {brief(list(obj)[:10])}) and "
+                     f"none of {_WRAPPER_KEYS} holds one; pass the state_dict mapping itself")
 
 
 LoadResult = collections.namedtuple("LoadResult", ["missing", "unexpected", "mismatched"])
@@ -122,6 +131,19 @@ def _match(module, state, prefix, exclude):
     return matched, LoadResult(missing, unexpected, mismatched)
 
 
+def _state_of(source):
+    """The state_dict in ``source``: a mapping, or a .pth file read without torch (a file
+    holding no state_dict is a CheckpointError naming it)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return state_dict_from(source)
+    try:
+        return state_dict_from(read_pth(source))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{os.fspath(source)}: {e}") from None
+
+
 def load_torchvision(module, source, strict=True, prefix="", exclude=()):
     """Load torchvision weights into ``module`` by name.
 
@@ -145,9 +167,7 @@ def load_torchvision(module, source, strict=True, prefix="", exclude=()):
 
     Returns a ``LoadResult(missing, unexpected, mismatched)`` (all empty after a strict load).
     """
-    if isinstance(source, (str, os.PathLike)):
-        source = read_pth(source)
-    matched, result = _match(module, state_dict_from(source), prefix, exclude)
+    matched, result = _match(module, _state_of(source), prefix, exclude)
     if strict and (result.missing or result.unexpected or result.mismatched):
         raise ValueError(format_state_mismatch(
             f"torchvision state does not match {type(module).__name__}"
@@ -187,7 +207,7 @@ def load_pretrained(model, source):
     """
     is_path = isinstance(source, (str, os.PathLike))
     name = os.fspath(source) if is_path else "the state"
-    state = state_dict_from(read_pth(source) if is_path else source)
+    state = _state_of(source)
     own = model.state_dict()
     body = [k for k in own if k.startswith(_BODY)]
     layouts = [("", ())] + ([(_BODY, ("fc.",))] if body else [])
