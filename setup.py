@@ -52,9 +52,10 @@ setup(
     extras_require={
         # numba-cuda with its NVRTC/NVVM wheels: the CUDA kernels run in the simulator and compile
         # to PTX without a GPU (tests/test_cuda_kernels.py); wheel: tests build one; scipy: an
-        # independent referee in the tests and chapter 2 (the package itself never imports it)
+        # independent referee in the tests and chapter 2 (the package itself never imports it);
+        # cupy-cuda13x imports without a GPU: every xp. call is checked against its namespace
         "dev": ["pytest>=7", "nbformat>=5.9", "nbclient>=0.9", "ipykernel>=6.25", "numba-cuda[cu13]>=0.30",
-                "wheel", "scipy>=1.10"],
+                "wheel", "scipy>=1.10", "cupy-cuda13x>=14"],
         "reference": ["torch==2.14.1", "torchvision==0.29.1"],
         # to open the chapters (scipy: chapter 2's referee); the tests run them with nbclient (dev)
         "notebooks": ["jupyterlab>=4", "scipy>=1.10"],

@@ -60,7 +60,7 @@ def gpu_tests(cpu, out_dir):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), REQUIRE_REFERENCE="1")
     if not cpu:
         env.update(REQUIRE_GPU="1", REQUIRE_CUPY="1")
-    files = ["tests/test_gpu.py", "tests/test_cuda_kernels.py",
+    files = ["tests/test_gpu.py", "tests/test_cuda_kernels.py", "tests/test_mpi_gpu.py",
              "tests/test_device_standin.py::test_every_xp_name_the_package_uses_exists_in_cupy_with_the_keywords_used"]
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *files], cwd=ROOT,

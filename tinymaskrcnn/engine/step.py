@@ -17,7 +17,7 @@ def trainable_parameters(model):
 def forward_backward(model, images, targets, seed=None):
     """Losses of ``images`` and their gradient in every ``.grad`` (cleared first): returns
     (loss values, training statistics) as Python numbers. ``seed``, when given, reseeds the
-    project's generator first (the worker's half of a batch)."""
+    project's generator first (a data-parallel rank's share of a batch)."""
     if seed is not None:
         tm_random.manual_seed(seed)
     for p in model.parameters():
