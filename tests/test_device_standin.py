@@ -76,8 +76,10 @@ def test_the_package_takes_the_standin_for_cupy(device_module):
 GPU_TESTS_ON_THE_STANDIN = [
     "test_roi_align_backward_on_cupy_equals_numpy", "test_conv_transpose2d_on_cupy_equals_numpy",
     "test_conv2d_dilation_groups_and_1x1_on_cupy_equal_numpy", "test_kernels_run_in_order_on_a_non_default_stream",
-    "test_batched_nms_per_class_on_cupy_equals_numpy",
-    "test_training_step_and_optimizer_step_on_cupy_equal_the_cpu_path"]
+    "test_batched_nms_per_class_on_cupy_equals_numpy"]
+# The training-step GPU test is left to a real GPU: its model's mask-head RoIAlign backward takes
+# over ten minutes in the simulator; tests/cuda_sim/standin_model.py runs the same comparison
+# (a training step, clipping, AdamW) on a smaller model in seconds.
 
 
 def test_the_model_and_the_gpu_tests_on_the_standin_equal_the_cpu_path_with_few_host_reads():
