@@ -287,11 +287,12 @@ def main():
         from tinymaskrcnn.core.backend import check_cuda
         check_cuda()  # one clear error before anything else when there is no GPU
     from tinymaskrcnn.chapters.reference_models import save_state_dict, torchvision_maskrcnn
-    pth = save_state_dict(torchvision_maskrcnn(), tempfile.mkdtemp())
-    section("tests", gpu_tests, args.cpu, args.out_dir)
-    section("parity", parity, args.cpu, pth, (96, 128) if args.cpu else (320, 416))
-    if not args.quick:
-        section("speed", speed, args.cpu, pth, 1 if args.cpu else args.repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        pth = save_state_dict(torchvision_maskrcnn(), folder)
+        section("tests", gpu_tests, args.cpu, args.out_dir)
+        section("parity", parity, args.cpu, pth, (96, 128) if args.cpu else (320, 416))
+        if not args.quick:
+            section("speed", speed, args.cpu, pth, 1 if args.cpu else args.repeats)
     text = summary(result)
     (args.out_dir / "summary.txt").write_text(text + "\n")
     print(text)

@@ -19,7 +19,9 @@ fi
 out="$(mkdir -p "$1" && cd "$1" && pwd)"
 shift
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-stage="$(mktemp -d)/tree"
+scratch="$(mktemp -d)"  # the staged tree and the reference weights; removed on any exit
+trap 'rm -rf "$scratch"' EXIT
+stage="$scratch/tree"
 mkdir -p "$stage"
 (cd "$repo" && tar --exclude=./.git --exclude=./data_cache --exclude=./runs -cf - .) | tar -xf - -C "$stage"
 rm -rf "$stage/tinymaskrcnn/kernels"

@@ -12,6 +12,7 @@ from tinymaskrcnn.kernels.cuda import im2col, nms, paste_masks, pool, roi_align
 from tinymaskrcnn.models.anchors import AnchorGenerator
 from tinymaskrcnn.models.backbone import BackboneWithFPN
 from tinymaskrcnn.models.mask_rcnn import MaskRCNN
+from tinymaskrcnn.ops.poolers import MultiScaleRoIAlign
 from tinymaskrcnn.models.roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
 
 LAUNCHERS = [(im2col, "im2col"), (im2col, "col2im"), (roi_align, "roi_align_forward"),
@@ -31,7 +32,9 @@ class TinyBody(nn.Module):
             setattr(self, f"layer{i}", nn.Conv2d(4, 4, 3, stride=1 if i == 1 else 2, padding=1))
 
 
-def tiny_model():
+def tiny_model(box_pool=7, mask_pool=14, sampling_ratio=2):
+    """torchvision's RoI patch sizes and sampling by default; smaller ones where the simulator
+    runs a whole training step many times (its atomic adds in RoIAlign's backward are slow)."""
     tm.random.manual_seed(0)
     backbone = BackboneWithFPN(TinyBody(), {f"layer{i}": str(i - 1) for i in range(1, 5)}, [4] * 4, 4)
     model = MaskRCNN(
@@ -40,7 +43,9 @@ def tiny_model():
         rpn_pre_nms_top_n_train=40, rpn_post_nms_top_n_train=12, rpn_pre_nms_top_n_test=40,
         rpn_post_nms_top_n_test=8, rpn_batch_size_per_image=10 ** 7, box_batch_size_per_image=10 ** 7,
         box_score_thresh=0.0, box_detections_per_img=4,
-        box_head=TwoMLPHead(4 * 7 * 7, 8), box_predictor=FastRCNNPredictor(8, 3),
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], box_pool, sampling_ratio),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], mask_pool, sampling_ratio),
+        box_head=TwoMLPHead(4 * box_pool * box_pool, 8), box_predictor=FastRCNNPredictor(8, 3),
         mask_head=MaskRCNNHeads(4, (4,), 1), mask_predictor=MaskRCNNPredictor(4, 4, 3))
     return model.to(dtype=np.float64)
 
