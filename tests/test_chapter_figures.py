@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tinymaskrcnn.chapters import figures_detector as detector, figures_foundation as foundation, figures_gpu as gpu
-from tinymaskrcnn.visualize import PALETTE
+from tinymaskrcnn.visualize import PALETTE, class_colour
 # the shapes sample, a prediction made from it, and pyplot's figures closed after each test
 from test_visualize import close_figures, png_size, prediction_from, sample  # noqa: F401
 
@@ -217,6 +217,7 @@ def test_draw_mask_rows_one_row_per_roi():
 def test_draw_failure_gallery_crops_each_object(sample):
     image, target, _ = sample
     prediction = prediction_from(target)
+    prediction["labels"] = prediction["labels"] % 3 + 1   # every detection of another class than its object
     failures = [{"image": image, "target": target, "gt": g, "prediction": prediction, "det": None if g == 0 else g,
                  "kind": "missed" if g == 0 else "bad mask", "score": 0.1} for g in range(len(target["boxes"]))]
     fig = detector.draw_failure_gallery(failures, columns=2)
@@ -228,6 +229,11 @@ def test_draw_failure_gallery_crops_each_object(sample):
         assert left <= x1 and right >= x2 and top <= y1 and bottom >= y2   # the object is inside its crop
         assert right - left < image.shape[2] or x2 - x1 > image.shape[2] / 2   # and the panel is a crop
     assert "missed" in axes[0].get_title()
+    # outlines in the class's colour: the truth solid, the detection (said another class) dashed
+    truth_box, said_box = axes[1].patches
+    assert matplotlib.colors.same_color(truth_box.get_edgecolor(), class_colour(target["labels"][1]))
+    assert matplotlib.colors.same_color(said_box.get_edgecolor(), class_colour(prediction["labels"][1]))
+    assert truth_box.get_linestyle() == "solid" and said_box.get_linestyle() == "--"
     with pytest.raises(ValueError, match="empty"):
         detector.draw_failure_gallery([])
 

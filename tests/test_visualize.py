@@ -90,10 +90,10 @@ def test_draw_detections_tints_masks_in_place(sample, tmp_path):
     assert far.sum() > 100
     np.testing.assert_allclose(drawn[far], rgb[far], atol=1.5 / 255)
     checked = 0
-    for k, mask in enumerate(target["masks"].astype(bool)):
+    for mask in target["masks"].astype(bool):
         # the visible mask's inside, 3 pixels clear of its outline and of every box's
         inside = ndimage.binary_erosion(mask, iterations=3) & ~on_an_outline
-        expected = (1 - alpha) * rgb[inside] + alpha * V.PALETTE[k % len(V.PALETTE)]
+        expected = (1 - alpha) * rgb[inside] + alpha * V.class_colour(None)  # no labels, no captions: gold
         np.testing.assert_allclose(drawn[inside], expected, atol=1.5 / 255)
         checked += inside.sum()
     assert checked > 100
@@ -111,6 +111,33 @@ def test_draw_detections_captions_and_threshold(sample):
     assert len(ax.patches) == shown.sum()
     fig = ax.figure
     assert fig.get_size_inches()[0] == pytest.approx(6.0)
+
+
+def test_colour_is_the_class_not_the_instance(sample):
+    """Two instances of one class share a colour, in the ground truth and in the prediction
+    alike, and two classes differ; each instance keeps its own box and caption."""
+    image, target, names = sample
+    boxes = np.array([[5., 5., 30., 30.], [40., 5., 70., 30.], [5., 40., 30., 70.], [40., 40., 70., 70.]])
+    truth = {"boxes": boxes[:3], "labels": np.array([2, 2, 1])}
+    prediction = {"boxes": boxes[::-1] + 1, "labels": np.array([1, 3, 2, 2]), "scores": np.full(4, 0.9)}
+    axes = V.draw_ground_truth_and_prediction(image, truth, prediction, names)
+
+    def colour_of(ax):
+        """{caption's class name: [edge colours of its boxes]} of one picture."""
+        found = {}
+        for patch, text in zip(ax.patches, ax.texts):
+            assert matplotlib.colors.same_color(patch.get_edgecolor(), text.get_bbox_patch().get_facecolor()[:3])
+            found.setdefault(text.get_text().split()[0], []).append(tuple(patch.get_edgecolor()[:3]))
+        return found
+
+    truth_colours, predicted_colours = colour_of(axes[0]), colour_of(axes[1])
+    assert len(axes[0].patches) == 3 and len(axes[1].patches) == 4
+    for found in (truth_colours, predicted_colours):
+        assert len(set(found[names[2]])) == 1  # one class, one colour
+        assert len({colours[0] for colours in found.values()}) == len(found)  # classes differ
+    for name in (names[1], names[2]):
+        assert truth_colours[name][0] == predicted_colours[name][0]  # the same class on either side
+    np.testing.assert_allclose(truth_colours[names[1]][0], V.class_colour(1))
 
 
 def test_draw_ground_truth_and_prediction_side_by_side(sample, tmp_path):

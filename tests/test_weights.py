@@ -459,6 +459,26 @@ def test_detector_checkpoint_keeps_heads_of_another_shape():
         assert np.array_equal(value, before[key] if key in heads else coco[key]), key
 
 
+def test_our_own_checkpoint_starts_a_model_of_other_classes(tmp_path):
+    """A run's checkpoint.npz (the model state under 'model', beside the optimizer's and the
+    rest) starts a model for another set of classes: everything but the predictors loaded."""
+    from tinymaskrcnn.models.mask_rcnn import maskrcnn_resnet18_fpn
+
+    tm.manual_seed(0)
+    trained = maskrcnn_resnet18_fpn(num_classes=4, norm="instance", fpn_channels=16).state_dict()
+    path = tmp_path / "checkpoint.npz"
+    weights.save(path, {"model": trained, "optimizer": {"state": {"0": np.ones(3)}}, "iteration": 7})
+    tm.manual_seed(1)
+    model = maskrcnn_resnet18_fpn(num_classes=3, norm="instance", fpn_channels=16)
+    before = _snapshot(model)
+    lines = weights.load_pretrained(model, path)
+    assert lines[0] == f"weights {path} (a detector's checkpoint): loaded {len(before) - 6} of {len(before)} " \
+                       "arrays, the backbone's 60 of 60"
+    predictors = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key] if key.startswith(predictors) else trained[key]), key
+
+
 def test_pretrained_that_fits_nothing_or_part_of_the_backbone_is_refused(torch, imagenet_resnet18):
     """Today's silent 'loaded 0 of 102 arrays' and a resnet50 file for a resnet18 model: errors
     with the counts and example keys, and the model untouched."""

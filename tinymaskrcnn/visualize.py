@@ -14,7 +14,8 @@ drawn over ``extent=(0, W, H, 0)`` and a tight box hugs its mask exactly.
 
 The chapters' teaching figures (im2col windows, RoIAlign's samples, GPU thread layouts, ...)
 live in ``tinymaskrcnn.chapters.figures_*``, drawn with the primitives here: ``as_rgb``,
-``as_boxes``, ``class_name``, ``new_axes``, ``show_image``, ``box_outlines`` and ``PALETTE``.
+``as_boxes``, ``class_name``, ``class_colour``, ``new_axes``, ``show_image``, ``box_outlines``
+and ``PALETTE``.
 """
 import json
 from pathlib import Path
@@ -34,6 +35,7 @@ PALETTE = np.array([[0.122, 0.467, 0.706], [1.000, 0.498, 0.055], [0.173, 0.627,
                     [0.839, 0.153, 0.157], [0.580, 0.404, 0.741], [0.549, 0.337, 0.294],
                     [0.890, 0.467, 0.761], [0.498, 0.498, 0.498], [0.737, 0.741, 0.133],
                     [0.090, 0.745, 0.812]])
+UNLABELLED = np.array([1.000, 0.843, 0.000])  # gold: instances drawn without labels
 # sampling labels of anchors and RoIs: > 0 positive (a class), 0 negative, -1 ignored
 MATCH_COLOURS = {"positive": "#2ca02c", "negative": "#d62728", "ignored": "#b0b0b0"}
 
@@ -111,6 +113,16 @@ def class_name(label, class_names):
                          "CocoDetection.category_names has '__background__' at 0)") from None
 
 
+def class_colour(label):
+    """A class's RGB colour, the same in every picture: ``PALETTE[(label - 1) % 10]`` for a class,
+    grey for the background (label 0 or less), gold for an instance without a label (None).
+    Keyed by the label, not by the instance's place in a list, so that a prediction and its
+    ground truth, or one class across chapters, always match."""
+    if label is None:
+        return UNLABELLED
+    return np.array([0.6, 0.6, 0.6]) if label <= 0 else PALETTE[(int(label) - 1) % len(PALETTE)]
+
+
 def _caption(label, score, class_names):
     """ "name score", or whichever of the two is known."""
     name = None if label is None else class_name(int(label), class_names)
@@ -172,8 +184,10 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
                     ax=None, mask_threshold=0.5, alpha=0.45, fontsize=8, title=None):
     """Draw detections (or ground truth) over an image; returns the Axes.
 
-    Each instance gets its own colour: its mask (binarised at ``mask_threshold``) tinted with
-    opacity ``alpha`` and outlined, its box, and a caption "name score". Detections scoring
+    Each instance takes its class's colour (``class_colour``, gold for all without ``labels``):
+    its mask (binarised at ``mask_threshold``) tinted with opacity ``alpha``, its box, and a
+    caption "name score"; each mask is also outlined in a darker shade, so two touching
+    instances of one class still show where one ends. Detections scoring
     below ``score_threshold`` are left out. ``class_names[label]`` names a label
     (``CocoDetection.category_names``); masks are (N, 1, H, W) probabilities or (N, H, W).
     """
@@ -181,7 +195,7 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
     height, width = rgb.shape[:2]
     boxes, labels, scores, masks = select_detections(boxes, labels, scores, masks, (height, width), score_threshold)
     ax = new_axes(ax, height, width)
-    colours = PALETTE[np.arange(len(boxes)) % len(PALETTE)]
+    colours = [class_colour(label) for label in ([None] * len(boxes) if labels is None else labels)]
     outlines = [None] * len(boxes)
     if masks is not None:
         for k, (mask, colour) in enumerate(zip(binary_masks(masks, mask_threshold), colours)):
@@ -192,7 +206,8 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
     for k, ((x1, y1, x2, y2), colour) in enumerate(zip(boxes, colours)):
         if outlines[k] is not None:
             rows, cols, window = outlines[k]
-            ax.contour(centres_x[cols], centres_y[rows], window, levels=[0.5], colors=[colour], linewidths=1.0)
+            ax.contour(centres_x[cols], centres_y[rows], window, levels=[0.5], colors=[0.55 * colour],
+                       linewidths=1.0)
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
         caption = _caption(None if labels is None else labels[k], None if scores is None else scores[k],
                            class_names)

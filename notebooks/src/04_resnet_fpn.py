@@ -192,7 +192,8 @@ with tm.no_grad():
 fig, axes = plt.subplots(1, 6, figsize=(13, 2.4), layout="constrained")
 axes[0].imshow(V.as_rgb(image[0]))
 axes[0].set_axis_off()
-axes[0].set_title(trained.title, fontsize=8)
+axes[0].set_title("the image", fontsize=8)
+fig.suptitle(trained.title, fontsize=9)   # too long for one panel's title
 for ax, (k, (key, level)) in zip(axes[1:], enumerate(levels.items())):
     maps = tm.backend.to_numpy(level.data)[0]
     channel = int(np.argmax(maps.std(axis=(1, 2))))

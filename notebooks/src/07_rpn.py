@@ -23,7 +23,7 @@ import tinymaskrcnn as tm
 from tinymaskrcnn import visualize as V
 from tinymaskrcnn.chapters import figures_detector as figures
 from tinymaskrcnn.ops.boxes import box_iou
-from tinymaskrcnn.chapters import exercise, quick, reference, rejects
+from tinymaskrcnn.chapters import exercise, quick, reference, rejects, scratch
 from tinymaskrcnn.data.shapes import scene
 from tinymaskrcnn.core.gradcheck import gradcheck, rel_error
 from tinymaskrcnn.models.rpn import RegionProposalNetwork, RPNHead, flatten_head_outputs
@@ -276,7 +276,7 @@ if torch is not None:
     theirs = theirs.double().eval()
     ours = tm.models.MaskRCNN(tm.models.resnet_fpn_backbone("resnet18"),
                               rpn_anchor_generator=tm.models.AnchorGenerator(sizes, ratios), **settings)
-    tm.weights.load_torchvision(ours, save_state_dict(theirs))
+    tm.weights.load_torchvision(ours, save_state_dict(theirs, scratch()))
     ours.to(dtype=np.float64).eval()
 
     picture = image.astype(np.float64)

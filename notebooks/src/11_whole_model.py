@@ -9,8 +9,6 @@
 
 # %%
 import inspect
-import tempfile
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,7 +16,7 @@ from IPython.display import Markdown, display
 
 import tinymaskrcnn as tm
 from tinymaskrcnn import engine, visualize
-from tinymaskrcnn.chapters import exercise, reference, rejects
+from tinymaskrcnn.chapters import exercise, reference, rejects, scratch
 from tinymaskrcnn.chapters.trained import departures_markdown, trained_model
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
@@ -26,7 +24,7 @@ from tinymaskrcnn.core.gradcheck import rel_error
 from tinymaskrcnn.models.mask_rcnn import MaskRCNN
 
 plt.rcParams["figure.dpi"] = 72
-work = Path(tempfile.mkdtemp())
+work = scratch()  # removed when the chapter ends
 
 # %%
 print(inspect.getsource(MaskRCNN.forward))
@@ -37,7 +35,7 @@ print(inspect.getsource(MaskRCNN.forward))
 # The model of the main job: a ResNet-18-FPN Mask R-CNN for the shapes set's three classes
 # (`num_classes=4`: **the background counts as class 0**). `trained_model()`
 # (`tinymaskrcnn/chapters/trained.py`) loads the main job's run folder when there is one
-# (`tinymaskrcnn train`, about 14 minutes on two cores, writes `runs/<date-time>-<pid>/`;
+# (`tinymaskrcnn train`, about 16 minutes on two cores, writes `runs/<date-time>-<pid>/`;
 # `TINYMASKRCNN_TRAINED_RUN` may name another), and every picture's title says what it shows. With
 # random weights (quick mode, or before you have trained) only the stages driven by the ground
 # truth — anchor labels, sampled RoIs, targets — look meaningful.

@@ -13,8 +13,6 @@
 import inspect
 import json
 import math
-import tempfile
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -22,13 +20,13 @@ import numpy as np
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import engine, optim, visualize
-from tinymaskrcnn.chapters import exercise, quick, reference, rejects
+from tinymaskrcnn.chapters import exercise, quick, reference, rejects, scratch
 from tinymaskrcnn.chapters.trained import MAIN_JOB, run_summary, shown_run
 from tinymaskrcnn.data import coco as coco_data
 from tinymaskrcnn.data.shapes import make_shapes_dataset
 
 plt.rcParams["figure.dpi"] = 72
-work = Path(tempfile.mkdtemp())
+work = scratch()  # removed when the chapter ends
 
 # %% [markdown]
 # ## The five losses
@@ -73,7 +71,7 @@ for name, value in expected.items():
 # AdamW step. Do not expect every loss to fall from the first step, nor to reach zero in a few
 # dozen: the objectness loss falls fastest, while `loss_box_reg` often *rises* first — as the RPN
 # learns, its proposals change, and so do the RoIs the box head is asked to regress (the stored
-# quick run: total 3.2 → 0.85 in 30 steps, its box loss 0.36 → 1.2 before falling back). The cell
+# quick run: total 3.2 → 0.85 in 30 steps, its box loss 0.36 → 1.3 before falling back). The cell
 # prints which losses rose above their start and asserts the total at least halved.
 
 # %%
@@ -219,7 +217,7 @@ if torch is not None:
 # ## A longer run
 #
 # The main job (`tinymaskrcnn train`) trains this model on 256 shapes images, 1900 iterations,
-# about 14 minutes on two cores; its `metrics.jsonl` has a record per iteration. When its run folder
+# about 16 minutes on two cores; its `metrics.jsonl` has a record per iteration. When its run folder
 # is there (`tinymaskrcnn/chapters/trained.py` says where the chapters look), its five losses are
 # drawn here: unlike the single image above, the losses of a real run are noisy from batch to batch
 # and level off above zero (new images every step); the printout compares each loss over the first
@@ -340,11 +338,11 @@ assert rejects(check_clip, clip_each_separately)
 #
 # Answer each in a few sentences before opening the answer.
 #
-# **Question 1.** On a real data set the total loss levels off around 0.8 and stays there. A bug?
+# **Question 1.** On a real data set the total loss levels off (the main job's above at about 0.4) and stays there. A bug?
 #
 # <details><summary>Answer</summary>
 #
-# Not by itself: with new images at every step the losses keep a floor (ambiguous boxes, hard masks, noise), unlike the single image overfitted above. The test for a bug is that overfit: if the model cannot bring one image's loss well down, something is wrong; if it can, look at AP on validation data, not at the loss, to decide whether to train longer.
+# Not by itself: with new images at every step the losses keep a floor (ambiguous boxes, hard masks, noise), unlike the single image overfitted above. The test for a bug is that overfit: if the model cannot bring one image's loss well down, something is wrong; if it can, look at AP on validation data, not at the loss, to decide whether to train longer (chapter 13 sets it beside AP on training images).
 #
 # </details>
 #

@@ -14,10 +14,8 @@
 import inspect
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,12 +23,12 @@ import numpy as np
 import tinymaskrcnn as tm
 import tinymaskrcnn.functional as F
 from tinymaskrcnn import engine, nn
-from tinymaskrcnn.chapters import exercise, quick, rejects
+from tinymaskrcnn.chapters import exercise, quick, rejects, scratch
 from tinymaskrcnn.engine import data_parallel
 from tinymaskrcnn.engine.step import forward_backward, trainable_parameters
 
 plt.rcParams["figure.dpi"] = 72
-work = Path(tempfile.mkdtemp())
+work = scratch()  # removed when the chapter ends
 
 # %% [markdown]
 # ## Why summed gradients are the whole batch's gradient
@@ -330,8 +328,8 @@ assert rejects(check_ring_values_sent, everyone_to_everyone)
 # shares in turn (tests/test_mpi.py), not bit for bit one forward pass over the whole batch.
 #
 # **When does adding processes stop paying?** When the step's computation per process falls to
-# the order of the Allreduce. On one machine the Allreduce is a few milliseconds against a step
-# of a few hundred: many cores pay. Across machines on a 1 GB/s network the main job's gradient
-# costs about as much as a tenth of its step, so a handful of machines pays and dozens would not,
-# unless the Allreduce overlaps the backward pass (DDP starts summing a bucket as soon as its
+# the order of the Allreduce. On one machine the Allreduce takes milliseconds to tens of them
+# against a step of a few hundred: more cores pay. Across machines on a 1 GB/s network the main
+# job's gradient costs about half of a one-image step (the bars above), so a second machine buys
+# much less than a second core, unless the Allreduce overlaps the backward pass (DDP starts summing a bucket as soon as its
 # gradients are ready) or the step grows (larger images, larger batches per process).

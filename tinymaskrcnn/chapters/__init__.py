@@ -9,10 +9,16 @@ Every chapter in `notebooks/` imports this module, so that
   torch is an error;
 * `exercise` turns a `check_...` function into one a learner can call on an unfinished answer:
   a stub that raises NotImplementedError is reported as "not attempted", a wrong answer fails
-  with the check's own message, and `rejects` shows in each solution that the check can fail.
+  with the check's own message, and `rejects` shows in each solution that the check can fail;
+* `scratch()` gives a chapter a folder for its files (data sets, checkpoints of hundreds of MB,
+  run folders) that is removed when the chapter's Python exits.
 """
+import atexit
 import functools
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 QUICK = os.environ.get("TINYMASKRCNN_QUICK") == "1"
 
@@ -20,6 +26,13 @@ QUICK = os.environ.get("TINYMASKRCNN_QUICK") == "1"
 def quick(small, full):
     """``small`` in quick mode (tests, stored outputs), ``full`` when a learner runs the chapter."""
     return small if QUICK else full
+
+
+def scratch():
+    """A new folder for a chapter's files, removed when the chapter's kernel exits."""
+    folder = tempfile.mkdtemp(prefix="tinymaskrcnn-chapter-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder)
 
 
 def reference():

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from ..core.backend import to_numpy
 from ..ops.roi_align import sample_coordinates
-from ..visualize import PALETTE, as_boxes, as_rgb, box_outlines, class_name, new_axes, show_image
+from ..visualize import PALETTE, as_boxes, as_rgb, box_outlines, class_colour, class_name, new_axes, show_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,11 +176,6 @@ def draw_roi_pool(feature, box, output_size, spatial_scale=1.0, ax=None, values=
 # Chapters 9-10: the box head, the mask head
 # ---------------------------------------------------------------------------------------------
 
-def _class_colour(label):
-    """A class's colour (background, label 0, grey), the same in every chapter's picture."""
-    return np.array([0.6, 0.6, 0.6]) if label <= 0 else PALETTE[(int(label) - 1) % len(PALETTE)]
-
-
 def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
     """Batched NMS's offset trick: the boxes as they are (left) and shifted by class (right).
 
@@ -201,9 +196,9 @@ def draw_batched_nms(boxes, scores, idxs, keep, axes=None):
     for ax, shifted, title in ((axes[0], boxes, "the boxes: classes overlap"),
                                (axes[1], boxes + offsets[:, None], "shifted by class · (max coordinate + 1)")):
         for (x1, y1, x2, y2), c, s, k in zip(shifted, idxs, scores, kept):
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=_class_colour(c + 1),
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=class_colour(c + 1),
                                    linestyle="-" if k else "--", linewidth=2 if k else 1))
-            ax.text(x1, y1, f"{s:.2f}", fontsize=7, color=_class_colour(c + 1), va="bottom")
+            ax.text(x1, y1, f"{s:.2f}", fontsize=7, color=class_colour(c + 1), va="bottom")
         ax.set_xlim(shifted[:, 0].min() - 2, shifted[:, 2].max() + 2)
         ax.set_ylim(shifted[:, 3].max() + 2, shifted[:, 1].min() - 4)
         ax.set_aspect("equal")
@@ -234,12 +229,12 @@ def draw_roi_refinement(image, rois, labels, refined=None, class_names=None, ax=
         idx = np.flatnonzero(labels == label)
         name = "background" if label == 0 else (class_name(label, class_names) or str(label))
         ax.add_collection(PolyCollection(box_outlines(rois[idx]), facecolors="none",
-                                         edgecolors=[_class_colour(label)], linewidths=0.5 if label == 0 else 1.2,
+                                         edgecolors=[class_colour(label)], linewidths=0.5 if label == 0 else 1.2,
                                          label=f"{name} ({len(idx)})"))
         if refined is None or label == 0:
             continue
         for (a1, b1, a2, b2), (c1, d1, c2, d2) in zip(rois[idx], refined[idx]):
-            ax.add_patch(Rectangle((c1, d1), c2 - c1, d2 - d1, fill=False, edgecolor=_class_colour(label),
+            ax.add_patch(Rectangle((c1, d1), c2 - c1, d2 - d1, fill=False, edgecolor=class_colour(label),
                                    linestyle="--", linewidth=1.0))
             ax.annotate("", xy=((c1 + c2) / 2, (d1 + d2) / 2), xytext=((a1 + a2) / 2, (b1 + b2) / 2),
                         arrowprops=dict(arrowstyle="->", color="white", linewidth=1.0))
@@ -276,7 +271,7 @@ def draw_mask_rows(image, boxes, targets, predictions, pasted, labels=None, clas
     for k, ((x1, y1, x2, y2), row) in enumerate(zip(boxes, axes)):
         margin = 0.15 * max(x2 - x1, y2 - y1)
         view = (max(x1 - margin, 0), min(x2 + margin, width), min(y2 + margin, height), max(y1 - margin, 0))
-        colour = _class_colour(labels[k])
+        colour = class_colour(labels[k])
         row[0].imshow(rgb, extent=(0, width, height, 0), interpolation="nearest")
         row[0].add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
         for ax, grid in ((row[1], targets[k]), (row[2], predictions[k])):
@@ -309,8 +304,9 @@ def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, pane
     Each failure is a dict with ``image`` (3, H, W), ``target`` (boxes, labels, masks), ``gt``
     (the object's index), ``prediction`` (boxes, labels, masks), ``det`` (the index of the
     detection that overlaps it best, or None), ``kind`` (e.g. "missed") and ``score`` (the
-    number the failure was ranked by). The object's mask is outlined and its box drawn in green,
-    the detection in red with its class; the crop adds ``margin`` times the box's size around it.
+    number the failure was ranked by). Each outline takes its class's colour (``class_colour``):
+    the object's mask and box solid, the detection's dashed, so a wrong class shows as two
+    colours; the crop adds ``margin`` times the box's size around it.
     """
     import matplotlib.pyplot as plt
 
@@ -330,18 +326,22 @@ def draw_failure_gallery(failures, class_names=None, columns=3, margin=0.5, pane
         ax.set_ylim(min(y2 + pad_y, height), max(y1 - pad_y, 0))
         centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
         gt_mask = to_numpy(target["masks"])[g].astype(np.float32)
-        ax.contour(centres_x, centres_y, gt_mask, levels=[0.5], colors=["#2ca02c"], linewidths=1.2)
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#2ca02c", linewidth=1.5))
-        title = f"{failure['kind']} ({failure['score']:.2f})\ntruth: {class_name(to_numpy(target['labels'])[g], class_names)}"
+        truth = to_numpy(target["labels"])[g]
+        ax.contour(centres_x, centres_y, gt_mask, levels=[0.5], colors=[class_colour(truth)], linewidths=1.2)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=class_colour(truth), linewidth=1.5))
+        title = f"{failure['kind']} ({failure['score']:.2f})\ntruth (solid): {class_name(truth, class_names)}"
         if d is not None:
             prediction = failure["prediction"]
+            said = to_numpy(prediction["labels"])[d]
             bx1, by1, bx2, by2 = as_boxes(prediction["boxes"])[d]
-            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="#d62728", linewidth=1.5))
+            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor=class_colour(said),
+                                   linewidth=1.5, linestyle="--"))
             if prediction.get("masks") is not None:
                 mask = to_numpy(prediction["masks"])[d].reshape(height, width).astype(np.float32)
                 if 0 < (mask > 0.5).sum() < mask.size:
-                    ax.contour(centres_x, centres_y, mask, levels=[0.5], colors=["#d62728"], linewidths=1.0)
-            title += f", said: {class_name(to_numpy(prediction['labels'])[d], class_names)}"
+                    ax.contour(centres_x, centres_y, mask, levels=[0.5], colors=[class_colour(said)], linewidths=1.0,
+                               linestyles="--")
+            title += f", said: {class_name(said, class_names)}"
         ax.set_title(title, fontsize=8)
     for ax in axes.flat[len(failures):]:
         ax.set_axis_off()

@@ -331,8 +331,8 @@ def build_parser():
     p.add_argument("--max-size", type=int, help="long side limit of the resize (model default if unset)")
     p.add_argument("--model-kwargs", help="more keyword arguments of the model builder, as a JSON object "
                                           "(e.g. '{\"fpn_channels\": 64, \"anchor_sizes\": [8, 16, 32, 64, 128]}')")
-    p.add_argument("--weights", help="start from a torchvision detector .pth (heads that do not fit stay as "
-                                     "built), or an ImageNet ResNet .pth for the backbone")
+    p.add_argument("--weights", help="start from a torchvision detector .pth or a run's checkpoint.npz (heads "
+                                     "that do not fit stay as built), or an ImageNet ResNet .pth for the backbone")
     p.add_argument("--iterations", type=int, help=f"training iterations (default {d.iterations})")
     p.add_argument("--batch-size", type=int, help=f"images per iteration, all processes together (default "
                    f"{d.batch_size})")

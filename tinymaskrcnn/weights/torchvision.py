@@ -28,6 +28,7 @@ from ..core.backend import is_cupy
 from ..core.files import brief
 from ..nn.module import format_state_mismatch, is_optional_state_key
 from .downloads import WEIGHT_URLS
+from .npz import load as npz_load
 from .pth import CheckpointError, read_pth
 
 __all__ = ["state_dict_from", "LoadResult", "load_torchvision", "load_pretrained", "TORCHVISION_WEIGHTS",
@@ -132,12 +133,15 @@ def _match(module, state, prefix, exclude):
 
 
 def _state_of(source):
-    """The state_dict in ``source``: a mapping, or a .pth file read without torch (a file
-    holding no state_dict is a CheckpointError naming it)."""
+    """The state_dict in ``source``: a mapping, a .pth file read without torch, or one of our
+    own checkpoints (a path ending in .npz, ``npz.load``; its model state sits under 'model'),
+    so a run's checkpoint.npz can start another training. A file holding no state_dict is a
+    CheckpointError naming it."""
     if not isinstance(source, (str, os.PathLike)):
         return state_dict_from(source)
+    read = npz_load if os.fspath(source).endswith(".npz") else read_pth
     try:
-        return state_dict_from(read_pth(source))
+        return state_dict_from(read(source))
     except (TypeError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
@@ -194,8 +198,9 @@ def load_pretrained(model, source):
     Two kinds of checkpoint are told apart by their keys:
 
     * a detector's (torchvision's ``maskrcnn_resnet50_fpn_coco``, or one of the same
-      architecture): keys as the model's. Every array whose name and shape fit is loaded;
-      heads shaped for another number of classes stay as built.
+      architecture, such as our own run's ``checkpoint.npz``): keys as the model's. Every array
+      whose name and shape fit is loaded; heads shaped for another number of classes stay as
+      built, which is fine-tuning's new predictor.
     * an ImageNet classifier's (torchvision's ``resnet18``, ``resnet50``: ``conv1.weight``,
       ``layer1.0.conv1.weight``, ..., ``fc.weight``): loaded into the model's ResNet under
       ``backbone.body.``, the classifier ``fc.`` left out. Running statistics a model has no
