@@ -145,6 +145,8 @@ for level, (count, ax) in enumerate(zip(inter["num_anchors_per_level"], axes.fla
     figures.draw_matrix(probs, ax=ax, vmin=0, vmax=1, colorbar=level == 4,
                         title=f"P{level + 2}: {h}×{w} cells, max {probs.max():.2f}")
     start += count
+fig.suptitle(f"objectness (max over the 3 anchors of a cell) of the RPN head trained {len(history)} steps on this image",
+             fontsize=9)
 plt.show()
 plt.close(fig)
 
@@ -174,6 +176,7 @@ fig, axes = plt.subplots(1, 3, figsize=(10, 2.6), layout="constrained")
 V.draw_boxes(image, inter["anchors"][0][top], ax=axes[0], title="top 10 anchors", colour="#d62728", linewidth=1.2)
 V.draw_boxes(image, refined, ax=axes[1], title="their decoded boxes", colour="#d62728", linewidth=1.2)
 V.draw_boxes(image, proposals[:10], ax=axes[2], title="top 10 proposals after NMS", colour="#d62728", linewidth=1.2)
+fig.suptitle(f"the RPN head trained {len(history)} steps on this image", fontsize=9)
 plt.show()
 plt.close(fig)
 best_anchor_iou = box_iou(gt, inter["anchors"][0][top]).max(axis=0)
@@ -201,6 +204,7 @@ for name, outputs in (("untrained", untrained), ("trained", inter)):
         ax.semilogx(np.arange(1, len(curve) + 1), curve, style, label=f"{name}, IoU ≥ {threshold}")
 ax.set_xlabel("number of proposals k")
 ax.set_ylabel("recall")
+ax.set_title(f"top-k proposals' recall: RPN head untrained / trained {len(history)} steps on this image", fontsize=9)
 ax.legend(fontsize=8)
 plt.show()
 plt.close(fig)

@@ -274,7 +274,8 @@ with tm.no_grad():
     all_logits, all_deltas = predictor(heads.box_head(heads.box_roi_pool(features, [proposals], batch.image_sizes)))
 detections = heads.postprocess_detections(all_logits.data, all_deltas.data, [proposals], batch.image_sizes)[0]
 V.draw_detections(image, detections["boxes"], detections["labels"], detections["scores"], class_names=names,
-                  score_threshold=0.5, title=f"{len(proposals)} proposals → {len(detections['boxes'])} detections")
+                  score_threshold=0.5, title=f"predictor trained {len(history)} steps on this image (backbone and box "
+                                             f"head random): {len(proposals)} proposals → {len(detections['boxes'])} detections")
 plt.show()
 plt.close("all")
 strong = detections["scores"] > 0.5

@@ -92,7 +92,8 @@ for step in range(quick(30, 150)):
     norm = optim.clip_grad_norm_(params, 10.0)
     optimizer.step()
     records.append({"iteration": step, **{k: float(v.data) for k, v in losses.items()}, "grad_norm": float(norm)})
-visualize.plot_losses(records, log_scale=True, smoothing=0.0)
+ax = visualize.plot_losses(records, log_scale=True, smoothing=0.0)
+ax.set_title(f"a model from random weights overfitting one image: {len(records)} AdamW steps", fontsize=9)
 plt.show()
 start, end = sum(v for k, v in records[0].items() if k.startswith("loss")), \
     sum(v for k, v in records[-1].items() if k.startswith("loss"))
