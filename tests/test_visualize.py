@@ -113,6 +113,22 @@ def test_draw_detections_captions_and_threshold(sample):
     assert fig.get_size_inches()[0] == pytest.approx(6.0)
 
 
+def test_captions_of_detections_at_one_corner_do_not_overlap(sample):
+    """Two detections of one object (a square also called a circle) start at nearly the same
+    corner: their captions, as drawn, cover no part of each other; a lone caption sits above
+    its box."""
+    image, _, names = sample
+    boxes = np.array([[20., 30., 80., 90.], [21., 31., 79., 88.], [100., 30., 140., 70.]])
+    ax = V.draw_detections(image, boxes, np.array([1, 2, 1]), np.array([0.9, 0.6, 0.8]), class_names=names)
+    ax.figure.canvas.draw()
+    extents = [t.get_window_extent() for t in ax.texts]
+    assert len(extents) == 3
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not extents[i].overlaps(extents[j]), (ax.texts[i].get_text(), ax.texts[j].get_text())
+    assert ax.texts[2].get_position()[1] < boxes[2, 1]   # above its box: image rows grow downward
+
+
 def test_colour_is_the_class_not_the_instance(sample):
     """Two instances of one class share a colour, in the ground truth and in the prediction
     alike, and two classes differ; each instance keeps its own box and caption."""

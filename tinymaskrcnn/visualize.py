@@ -203,22 +203,42 @@ def draw_detections(image, boxes, labels=None, scores=None, masks=None, class_na
             outlines[k] = _outline_window(mask)
     show_image(ax, rgb)
     centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    captions = [_caption(None if labels is None else labels[k], None if scores is None else scores[k], class_names)
+                for k in range(len(boxes))]
+    tops = _caption_tops(ax, boxes, captions, fontsize, height, width)
     for k, ((x1, y1, x2, y2), colour) in enumerate(zip(boxes, colours)):
         if outlines[k] is not None:
             rows, cols, window = outlines[k]
             ax.contour(centres_x[cols], centres_y[rows], window, levels=[0.5], colors=[0.55 * colour],
                        linewidths=1.0)
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))
-        caption = _caption(None if labels is None else labels[k], None if scores is None else scores[k],
-                           class_names)
-        if caption:
-            # above the box when there is room, else just inside its top edge
-            above = y1 > 0.06 * height
-            ax.text(x1, y1, caption, fontsize=fontsize, color="white", va="bottom" if above else "top",
-                    clip_on=True, bbox=dict(facecolor=colour, alpha=0.8, pad=1.0, edgecolor="none"))
+        if captions[k]:
+            ax.text(x1, tops[k], captions[k], fontsize=fontsize, color="white", va="top", clip_on=True,
+                    bbox=dict(facecolor=colour, alpha=0.8, pad=1.0, edgecolor="none"))
     if title is not None:
         ax.set_title(title, fontsize=fontsize + 2)
     return ax
+
+
+def _caption_tops(ax, boxes, captions, fontsize, height, width):
+    """The image row of each caption's top edge: a line above its box when there is room, else
+    just inside the box's top edge, then moved down a line at a time while it would cover a
+    caption placed before it (two detections of one object start at nearly the same corner).
+    A caption's size in image pixels is estimated from the font size and the Axes' size."""
+    extent = ax.get_window_extent()   # the Axes in display pixels, as laid out so far
+    per_point = ax.figure.dpi / 72.0
+    line = (fontsize + 3.0) * per_point * height / max(extent.height, 1.0)
+    char = 0.62 * fontsize * per_point * width / max(extent.width, 1.0)
+    placed, tops = [], []
+    for (x1, y1, _, _), caption in zip(boxes, captions):
+        top = y1 - line if y1 > line else y1
+        right = x1 + char * len(caption)
+        while caption and any(x1 < r and x < right and top < t + line and t < top + line for x, r, t in placed):
+            top += line
+        if caption:
+            placed.append((x1, right, top))
+        tops.append(top)
+    return tops
 
 
 def _outline_window(mask):
