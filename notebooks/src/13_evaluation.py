@@ -217,7 +217,8 @@ def model_prediction(model, image):
         return {k: tm.backend.to_numpy(getattr(v, "data", v)) for k, v in model([image])[0].items()}
 
 
-if shown_run() is not None:
+main_run = shown_run()   # the main job's run folder, or None (random weights)
+if main_run is not None:
     trained = trained_model()
     detector = trained.title
 
@@ -443,8 +444,8 @@ for t in thresholds:
     kept = {i: {k: v[p["scores"] >= t] for k, v in p.items()} for i, p in predictions.items()}
     by_threshold.append(ap_of(kept, image_ids)["segm"])
 
-net = trained.model if shown_run() is not None else trained_model().model
-weights_title = trained.title if shown_run() is not None else "random weights (quick mode)" if QUICK else \
+net = trained.model if main_run is not None else trained_model().model
+weights_title = trained.title if main_run is not None else "random weights (quick mode)" if QUICK else \
     f"random weights (no trained run: `{MAIN_JOB}` makes one)"
 few = samples[:quick(3, 16)]
 few_ids = [t["image_id"] for _, t in few]
@@ -536,7 +537,7 @@ assert change(in_train, in_eval) < 1e-5 < 0.1 < change(bn_train, bn_eval)
 # run's own validation AP, on all its validation images.
 
 # %%
-run_config = json.loads((trained.run / "config.json").read_text()) if shown_run() is not None else \
+run_config = json.loads((trained.run / "config.json").read_text()) if main_run is not None else \
     dataclasses.asdict(engine.TrainConfig())
 count = quick(16, 64)
 run_sets = make_shapes_dataset(scratch() / "run_shapes", num_train=count, num_val=count,
@@ -549,7 +550,7 @@ for split in ("train", "val"):
         warnings.simplefilter("ignore")          # random weights may detect nothing at all
         split_ap[f"{split} ({count} images)"] = evaluation.evaluate_coco(
             evaluation.coco_results(found, images), images, verbose=False)["segm"]["AP50"]
-if shown_run() is not None:
+if main_run is not None:
     split_ap[f"val (all {run_config['shapes_val']}, metrics.json)"] = trained.mask_ap50()
 fig, ax = plt.subplots(figsize=(5.5, 2.8), layout="constrained")
 ax.bar_label(ax.bar(list(split_ap), list(split_ap.values()), color=["#555555", "#999999", "#cccccc"][:len(split_ap)]),
@@ -564,7 +565,7 @@ print(f"mask AP50: training images {train_ap:.3f}, validation images {val_ap:.3f
 # on 16, 0.95 against 0.89 on 32. On a few images chance moves either bar by a tenth, so only a
 # validation AP clearly above the training one would be suspect
 assert train_ap >= val_ap - 0.1, split_ap
-if shown_run() is None:
+if main_run is None:
     print("random weights: both near 0, nothing learned to compare (run with the trained model to see the gap)")
 
 # %% [markdown]
