@@ -6,6 +6,8 @@ A ``Reader`` is one way the project reads a file from outside:
 ``pth``         ``weights.read_pth`` then ``weights.load_pretrained`` into a tiny detector
                 (``train --weights``): torch's zip and legacy formats
 ``npz``         ``weights.load``: the project's checkpoints
+``pretrained``  ``weights.load_pretrained`` of a run's ``checkpoint.npz`` into a tiny
+                detector (``train --weights``)
 ``checkpoint``  ``engine.load_model`` (``evaluate``, ``predict``): a training checkpoint whose
                 fields name the architecture to build
 ``coco``        ``data.CocoDetection``, its image check (``check_datasets``) and 3 items
@@ -276,6 +278,34 @@ class NpzReader(Reader):
                 raise m.NotApplicable("no meta entry")
             return npz_overlap(meta, rng)
         return _pick_weighted(rng, ZIP_RECORD_MUTATIONS)(data, rng)
+
+
+class PretrainedReader(NpzReader):
+    """``weights.load_pretrained`` given a run's ``checkpoint.npz`` (``train --weights``):
+    the same archive as ``npz``, then the state_dict found in whatever tree it holds and
+    matched against a model's names and shapes."""
+    name, suffix = "pretrained", ".npz"
+
+    def prepare(self, workdir):
+        super().prepare(workdir)
+        self.model = tiny_detector()
+
+    def seeds(self, workdir):
+        from tinymaskrcnn import weights
+
+        state = {k: np.asarray(v) for k, v in tiny_detector().state_dict().items()}
+        seeds = []
+        for name, tree in {"run": {"model": state, "iteration": 7, "format": "tinymaskrcnn-train"},
+                           "flat": state}.items():
+            path = Path(workdir) / f"{name}.npz"
+            weights.save(path, tree)
+            seeds.append((path.name, path.read_bytes()))
+        return seeds
+
+    def run(self, path):
+        from tinymaskrcnn import weights
+
+        weights.load_pretrained(self.model, path)
 
 
 # A training checkpoint's fields that load_model trusts, and values a file may give them.
@@ -610,5 +640,5 @@ class MetricsReader(Reader):
         return b"\n".join(lines)
 
 
-READERS = {reader.name: reader for reader in (PthReader, NpzReader, CheckpointReader, CocoReader, ImageReader,
-                                              PredictReader, MetricsReader)}
+READERS = {reader.name: reader for reader in (PthReader, NpzReader, PretrainedReader, CheckpointReader, CocoReader,
+                                              ImageReader, PredictReader, MetricsReader)}
