@@ -126,20 +126,23 @@ def _band_converter(im, path):
                                            "save 8 or 16 bits per channel")
             return grey
         return floats
+    def converted(band, mode):
+        try:
+            return band if band.mode == mode else band.convert(mode)
+        # a mode Pillow cannot turn into RGB (e.g. LAB), a palette index past its end, or a
+        # transparency entry of the wrong kind for the mode (TypeError)
+        except (ValueError, TypeError) as e:
+            kind = f"mode {im.mode}" + (", with a transparency entry" if "transparency" in im.info else "")
+            raise UnreadableImageError(f"{path}: its pixels ({kind}) cannot be shown as RGB ({e}); save it as "
+                                       "an RGB or greyscale image") from None
+
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
         def over_white(band):
-            rgba = np.asarray(band.convert("RGBA"), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
+            rgba = np.asarray(converted(band, "RGBA"), dtype=np.float32).transpose(2, 0, 1) / np.float32(255)
             return rgba[:3] * rgba[3:] + (1 - rgba[3:])
         return over_white
 
-    def rgb(band):
-        try:
-            band = band if band.mode == "RGB" else band.convert("RGB")
-        except ValueError as e:  # a mode Pillow cannot turn into RGB (e.g. LAB), or a palette index past its end
-            raise UnreadableImageError(f"{path}: its pixels (mode {im.mode}) cannot be shown as RGB ({e}); "
-                                       "save it as an RGB or greyscale image") from None
-        return np.asarray(band).transpose(2, 0, 1) / np.float32(255)
-    return rgb
+    return lambda band: np.asarray(converted(band, "RGB")).transpose(2, 0, 1) / np.float32(255)
 
 
 def image_size(path):
