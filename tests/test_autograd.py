@@ -43,6 +43,9 @@ UNARY = [
     ("transpose", lambda x: x.transpose(2, 0, 1), lambda x: x.permute(2, 0, 1)),
     ("slice", lambda x: x[1:, ::2, -3:], lambda x: x[1:, ::2, -3:]),
     ("gather_repeats", lambda x: x[np.array([0, 1, 0, 0])], lambda x: x[[0, 1, 0, 0]]),
+    # basic indexing's backward assigns, advanced indexing's adds: both kinds inside one tuple
+    ("basic_int_none_ellipsis", lambda x: x[np.int64(1), None, ..., 2:4], lambda x: x[1, None, ..., 2:4]),
+    ("slice_then_repeats", lambda x: x[:, np.array([0, 2, 0])], lambda x: x[:, [0, 2, 0]]),
     ("mask", lambda x: x[x.data > 0], lambda x: x[x > 0]),
     ("matmul", lambda x: x.reshape(6, 5) @ x.reshape(5, 6), lambda x: x.reshape(6, 5) @ x.reshape(5, 6)),
 ]

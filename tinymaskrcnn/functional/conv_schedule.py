@@ -310,15 +310,39 @@ def _weight_grad(g, x, geom, groups):
     shape = (groups, cout // groups, tiles.k // groups)
 
     def work(share):  # each share sums its own tiles; the shares' sums are added at the end
-        dw, term = xp.zeros(shape, g.dtype), xp.empty(shape, g.dtype)
-        for tile in share:
-            cols = _grouped(tiles.im2col(q, tile), groups)
-            xp.matmul(_grouped(tiles.wide(g, tile), groups), cols.transpose(0, 2, 1), out=term)
-            dw += term
-        return dw
+        return _sum_of_products(xp, ((_grouped(tiles.wide(g, tile), groups),
+                                      _grouped(tiles.im2col(q, tile), groups).transpose(0, 2, 1)) for tile in share))
 
-    dw = sum(map_shares(work, tiles.tiles, tiles.parallel), xp.zeros(shape, g.dtype))
+    dw = _sum_of_sums(xp, map_shares(work, tiles.tiles, tiles.parallel), shape, g.dtype)
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
+
+
+def _sum_of_products(xp, pairs):
+    """The sum of a @ b over the (a, b) pairs, or None for none. The first product starts the
+    sum and each later one goes through one scratch array: a weight gradient of few positions
+    (ResNet's last stage: 512 x 4608 from 30 positions) is as large as the product's inputs
+    together, and a zero-filled start and a fresh array per product cost more than the product.
+    ``pairs`` may be a generator reusing one buffer: each product is taken before the next pair."""
+    total = term = None
+    for a, b in pairs:
+        if total is None:
+            total = xp.matmul(a, b)
+            continue
+        if term is None:
+            term = xp.empty_like(total)
+        xp.matmul(a, b, out=term)
+        total += term
+    return total
+
+
+def _sum_of_sums(xp, sums, shape, dtype):
+    """The shares' sums added into the first (zeros when no share had any work: an empty batch)."""
+    sums = [s for s in sums if s is not None]
+    if not sums:
+        return xp.zeros(shape, dtype)
+    for other in sums[1:]:
+        sums[0] += other
+    return sums[0]
 
 
 # ----- Winograd F(2x2, 3x3): the 3x3 stride-1 convolutions ----------------------------------
@@ -335,6 +359,12 @@ WINOGRAD = True
 # larger, which made a training step on small images slower (docs/benchmarks.md).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_FLOPS = PARALLEL_MIN_FLOPS
+# With a single worker (a data-parallel rank, NUMBA_NUM_THREADS=1) BLAS has no threads to
+# starve, and what decides is the positions: the weights' transform costs the same however
+# few there are. From WINOGRAD_MIN_POSITIONS output positions on (a 20x24 map, eight 14x14 RoIs)
+# the algorithm won on the main job's convs, below it lost (ResNet's last stage, 5x6: 3x
+# slower) (docs/benchmarks.md).
+WINOGRAD_MIN_POSITIONS = 400
 # A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
 # per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
 # the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
@@ -359,7 +389,11 @@ def _winograd_applies(geom, groups, x_shape, c_out):
         return False
     n_img, c_in, h, w = x_shape
     ho, wo = geom.output_hw(h, w)
-    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
+    if min(c_in, c_out) < WINOGRAD_MIN_CHANNELS:
+        return False
+    if num_workers() == 1:
+        return n_img * ho * wo >= WINOGRAD_MIN_POSITIONS
+    return _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
 
 
 class _WinogradTiles:
@@ -427,15 +461,12 @@ def _winograd_weight_grad(g, x, ph, pw):
     tiles = _WinogradTiles(n_img, ho, wo, c_in, c_out, g.dtype, WINOGRAD_WEIGHT_GRAD_COLUMNS)
 
     def work(share):  # each share sums its own pieces; the shares' sums are added at the end
-        du, term = np.zeros((16, c_out, c_in), g.dtype), np.empty((16, c_out, c_in), g.dtype)
-        for piece in share:
-            v = winograd_input(x, ph, pw, *piece, tiles.tw, out=tiles.buffer("winograd_v", c_in, piece))
-            dm = winograd_output_adjoint(g, *piece, out=tiles.buffer("winograd_m", c_out, piece))
-            np.matmul(dm, v.transpose(0, 2, 1), out=term)
-            du += term
-        return du
+        return _sum_of_products(np, ((winograd_output_adjoint(g, *piece, out=tiles.buffer("winograd_m", c_out, piece)),
+                                      winograd_input(x, ph, pw, *piece, tiles.tw,
+                                                     out=tiles.buffer("winograd_v", c_in, piece)).transpose(0, 2, 1))
+                                     for piece in share))
 
-    du = sum(map_shares(work, tiles.pieces, tiles.parallel), np.zeros((16, c_out, c_in), g.dtype))
+    du = _sum_of_sums(np, map_shares(work, tiles.pieces, tiles.parallel), (16, c_out, c_in), g.dtype)
     return weight_transform_adjoint(du)
 
 
