@@ -130,7 +130,6 @@ def conv_algorithms(request, monkeypatch):
     max pooling and frozen batch norm."""
     if request.param == "winograd_everywhere":
         monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
-        monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_POSITIONS", 0)
     with tm.use_kernels("twins" if request.param == "twins" else "fast"):
         yield request.param
 

@@ -159,7 +159,6 @@ def winograd_spy(monkeypatch):
     transformed."""
     monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
-    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_POSITIONS", 0)
     calls = []
     real = conv_schedule.winograd_input
 
@@ -208,10 +207,7 @@ def test_winograd_tilings_and_threads_match_torch(torch, rng, monkeypatch, winog
 
 def test_winograd_is_used_where_it_applies(rng, monkeypatch):
     """With the default settings a large 3x3 stride-1 conv goes through Winograd's algorithm, a
-    small one does not; nor do strided, dilated, grouped, 1x1, too-thin or switched-off convs.
-    With several workers "large" is counted in multiplications, with one (a data-parallel
-    rank) in output positions."""
-    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 2)
+    small one does not; nor do strided, dilated, grouped, 1x1, too-thin or switched-off convs."""
     calls = []
     real = conv_schedule.winograd_input
     monkeypatch.setattr(conv_schedule, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -224,13 +220,6 @@ def test_winograd_is_used_where_it_applies(rng, monkeypatch):
 
     assert used((1, 128, 100, 136), (128, 128, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
-    assert not used((1, 64, 20, 24), (64, 64, 3, 3), padding=1)
-    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 1)
-    assert used((1, 64, 20, 24), (64, 64, 3, 3), padding=1)
-    assert used((8, 64, 14, 14), (64, 64, 3, 3), padding=1)
-    assert not used((1, 512, 5, 6), (512, 512, 3, 3), padding=1)
-    assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
-    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 2)
     monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
     assert used((1, 16, 8, 8), (32, 16, 3, 3), padding=1)
     assert not used((1, 16, 8, 8), (32, 16, 3, 3), padding=1, stride=2)

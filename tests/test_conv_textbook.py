@@ -101,7 +101,6 @@ def test_fast_winograd_equals_textbook_in_float64(rng, monkeypatch):
     monkeypatch.setattr(conv_schedule, "winograd_input", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_FLOPS", 0)
-    monkeypatch.setattr(conv_schedule, "WINOGRAD_MIN_POSITIONS", 0)
     for _, shape_x, shape_w, kwargs in WINOGRAD_CASES:
         arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(shape_w[0])]
         _assert_paths_agree("conv2d", arrays, kwargs)

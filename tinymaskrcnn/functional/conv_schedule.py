@@ -359,12 +359,6 @@ WINOGRAD = True
 # larger, which made a training step on small images slower (docs/benchmarks.md).
 WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_FLOPS = PARALLEL_MIN_FLOPS
-# With a single worker (a data-parallel rank, NUMBA_NUM_THREADS=1) BLAS has no threads to
-# starve, and what decides is the positions: the weights' transform costs the same however
-# few there are. From WINOGRAD_MIN_POSITIONS output positions on (a 20x24 map, eight 14x14 RoIs)
-# the algorithm won on the main job's convs, below it lost (ResNet's last stage, 5x6: 3x
-# slower) (docs/benchmarks.md).
-WINOGRAD_MIN_POSITIONS = 400
 # A piece of tiles holds about WINOGRAD_PIECE_BYTES of transformed input and output (16 values
 # per tile and channel), but at least WINOGRAD_MIN_COLUMNS tiles (narrower products are slow);
 # the weight gradient adds each piece's (16, Cout, C) product into the sum, so its pieces are
@@ -389,11 +383,7 @@ def _winograd_applies(geom, groups, x_shape, c_out):
         return False
     n_img, c_in, h, w = x_shape
     ho, wo = geom.output_hw(h, w)
-    if min(c_in, c_out) < WINOGRAD_MIN_CHANNELS:
-        return False
-    if num_workers() == 1:
-        return n_img * ho * wo >= WINOGRAD_MIN_POSITIONS
-    return _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
+    return min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and _direct_flops(c_in, c_out, n_img, ho, wo) >= WINOGRAD_MIN_FLOPS
 
 
 class _WinogradTiles:
