@@ -1,7 +1,7 @@
 """The trained Mask R-CNN that the whole-model chapters (4, 11-14) show, and where it comes from.
 
 The main job, `tinymaskrcnn train` with no arguments, trains `maskrcnn_resnet18_fpn` on the
-shapes set (1900 iterations, about 16 minutes on two cores) and leaves a run folder
+shapes set (1900 iterations, about 12 minutes on two cores) and leaves a run folder
 `runs/<date-time>-<pid>/` with `checkpoint.npz`, `metrics.jsonl` (one record per iteration)
 and `metrics.json` (the final COCOeval summary). `trained_model()` loads the newest such
 folder of a shapes run, or the one `TINYMASKRCNN_TRAINED_RUN` names; in quick mode (the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]   # the checkout: runs/ and data_cach
 RUN_VARIABLE = "TINYMASKRCNN_TRAINED_RUN"
 MODEL = "maskrcnn_resnet18_fpn"
 MAIN_JOB = "tinymaskrcnn train"
-MAIN_JOB_MINUTES = 16      # docs/benchmarks.md: the default 1900 iterations, 2 MPI processes, 2-core VM (15.8 min)
+MAIN_JOB_MINUTES = 12      # docs/benchmarks.md: the default 1900 iterations, 2 MPI processes, 2-core VM (12.1 min)
 
 
 @dataclass
