@@ -18,8 +18,9 @@ from ..core.files import UnreadableFileError
 
 # What Pillow raises for a file it cannot read: damaged, truncated, not an image, or so large
 # that decoding it would be a decompression bomb; its plugins also raise ValueError (a chunk cut
-# short, a palette index out of range, a tile outside the image) and IndexError.
-IMAGE_READ_ERRORS = (OSError, SyntaxError, EOFError, struct.error, ValueError, IndexError,
+# short, a palette index out of range, a tile outside the image), IndexError, and TypeError
+# (a TIFF tag of the wrong type: a fraction where a count belongs).
+IMAGE_READ_ERRORS = (OSError, SyntaxError, EOFError, struct.error, ValueError, IndexError, TypeError,
                      Image.DecompressionBombError)
 # The most pixels an image may have, and the longest side, read from its header and refused
 # before anything is decoded: 64 megapixels (8192 x 8192), 65,535 pixels a side (JPEG's own
