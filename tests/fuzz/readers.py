@@ -224,8 +224,17 @@ class NpzReader(Reader):
     def seeds(self, workdir):
         from tinymaskrcnn import weights
 
+        seeds = []
+        for name, state in self.states().items():
+            path = Path(workdir) / f"{name}.npz"
+            weights.save(path, state)
+            seeds.append((path.name, path.read_bytes()))
+        return seeds
+
+    def states(self):
+        """{seed name: the tree ``weights.save`` writes}."""
         rng = np.random.default_rng(0)
-        states = {
+        return {
             "nested": {"model": {"conv.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
                                  "conv.bias": np.zeros(4, np.float32), "bn.num_batches_tracked": np.int64(3)},
                        "optimizer": {"state": {0: {"momentum_buffer": np.ones(5, np.float16)}},
@@ -236,16 +245,6 @@ class NpzReader(Reader):
             "small": {"a": np.arange(6, dtype=np.int32).reshape(2, 3), "t": (1, 2.5, "x"), "fortran":
                       np.asfortranarray(np.arange(6.0).reshape(2, 3)), "complex": np.array([1 + 2j])},
         }
-        states.update(self.extra_states())
-        seeds = []
-        for name, state in states.items():
-            path = Path(workdir) / f"{name}.npz"
-            weights.save(path, state)
-            seeds.append((path.name, path.read_bytes()))
-        return seeds
-
-    def extra_states(self):
-        return {}
 
     def run(self, path):
         from tinymaskrcnn import weights
@@ -290,17 +289,9 @@ class PretrainedReader(NpzReader):
         super().prepare(workdir)
         self.model = tiny_detector()
 
-    def seeds(self, workdir):
-        from tinymaskrcnn import weights
-
+    def states(self):
         state = {k: np.asarray(v) for k, v in tiny_detector().state_dict().items()}
-        seeds = []
-        for name, tree in {"run": {"model": state, "iteration": 7, "format": "tinymaskrcnn-train"},
-                           "flat": state}.items():
-            path = Path(workdir) / f"{name}.npz"
-            weights.save(path, tree)
-            seeds.append((path.name, path.read_bytes()))
-        return seeds
+        return {"run": {"model": state, "iteration": 7, "format": "tinymaskrcnn-train"}, "flat": state}
 
     def run(self, path):
         from tinymaskrcnn import weights
@@ -334,7 +325,7 @@ class CheckpointReader(NpzReader):
     name, suffix = "checkpoint", ".npz"
     imports = ("tinymaskrcnn.engine.checkpoint", "tinymaskrcnn.models")
 
-    def extra_states(self):
+    def states(self):
         from tinymaskrcnn.engine import TrainConfig
         from tinymaskrcnn.models.registry import build_model
 
@@ -348,9 +339,6 @@ class CheckpointReader(NpzReader):
                              "class_names": ["__background__", "circle", "square", "triangle"],
                              "model": predictor, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
                              "iteration": 7, "config": config}}
-
-    def seeds(self, workdir):
-        return [seed for seed in super().seeds(workdir) if seed[0] == "training.npz"]
 
     def run(self, path):
         from tinymaskrcnn.engine.checkpoint import load_model

@@ -127,6 +127,7 @@ def _band_converter(im, path):
                                            "save 8 or 16 bits per channel")
             return grey
         return floats
+
     def converted(band, mode):
         try:
             return band if band.mode == mode else band.convert(mode)

@@ -216,11 +216,10 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if norm_type == math.inf:
         terms = xp.stack([xp.abs(g).max() if g.size else xp.zeros((), g.dtype) for g in grads])
         total_array = terms.astype(np.float64).max()
-    elif norm_type == 2.0:  # the same sums without |g| (one temporary array, not two: half the time)
-        terms = xp.stack([xp.sum(xp.square(g)).astype(np.float64) for g in grads])
-        total_array = terms.sum() ** 0.5
     else:
-        terms = xp.stack([xp.sum(xp.abs(g) ** norm_type).astype(np.float64) for g in grads])
+        # |g|^2 is g^2: squaring alone makes one temporary array, not two (half the time)
+        powered = xp.square if norm_type == 2.0 else (lambda g: xp.abs(g) ** norm_type)
+        terms = xp.stack([xp.sum(powered(g)).astype(np.float64) for g in grads])
         total_array = terms.sum() ** (1.0 / norm_type)
     total = float(total_array)
     if error_if_nonfinite and not math.isfinite(total):
