@@ -143,6 +143,29 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
                              arrays, np.float64)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
+def test_both_weight_gradient_products_match_torch(torch, rng, monkeypatch, table, name, transposed):
+    """dW as dY X^T, or as (X^ dY^T)^T (conv_schedule._transposed_weight_grad), in row bands
+    shared among 3 threads: torch's gradients either way."""
+    monkeypatch.setattr(conv_schedule, "TRANSPOSED_WEIGHT_GRAD_MIN_POSITIONS", 0 if transposed else 1 << 62)
+    monkeypatch.setattr(conv_schedule, "TILE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "MIN_WEIGHT_GRAD_POSITIONS", 1)
+    monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(parallel, "num_workers", lambda: 3)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
+    calls = []
+    spy = conv_schedule._transposed_weight_grad
+    monkeypatch.setattr(conv_schedule, "_transposed_weight_grad", lambda *a: calls.append(spy(*a)) or calls[-1])
+    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
+    for _, shape_x, shape_w, kwargs in table:
+        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
+                             arrays, np.float64)
+    assert calls and set(calls) == {transposed}
+
+
 # 3x3 stride-1 convs that go through Winograd's algorithm (once its channel minimum is lifted):
 # odd and even outputs, paddings 0, 1, 2 and per axis, a single output pixel, no bias
 WINOGRAD_CASES = [

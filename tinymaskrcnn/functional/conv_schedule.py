@@ -307,14 +307,32 @@ def _weight_grad(g, x, geom, groups):
     c = x.shape[1]
     tiles = _Tiles(xp, n_img, x.shape[1:], geom, g.dtype, cout, MIN_WEIGHT_GRAD_POSITIONS)
     q = tiles.phase_split(x)
-    shape = (groups, cout // groups, tiles.k // groups)
+    # dW = dY X^T, or, where its transposing copy is cheap, (X^ dY^T)^T: the same values bit for
+    # bit (each is the same sum in the same order), which OpenBLAS computes 10-20% faster when
+    # the product is long and dW small, as in the 64-channel convs of small images
+    transposed = _transposed_weight_grad(tiles.k, cout, n_img * tiles.ho * tiles.wq, g.dtype)
 
     def work(share):  # each share sums its own tiles; the shares' sums are added at the end
-        return _sum_of_products(xp, ((_grouped(tiles.wide(g, tile), groups),
-                                      _grouped(tiles.im2col(q, tile), groups).transpose(0, 2, 1)) for tile in share))
+        pairs = ((_grouped(tiles.wide(g, tile), groups), _grouped(tiles.im2col(q, tile), groups)) for tile in share)
+        return _sum_of_products(xp, ((x_hat, dy.transpose(0, 2, 1)) if transposed else (dy, x_hat.transpose(0, 2, 1))
+                                     for dy, x_hat in pairs))
 
+    shape = (groups, tiles.k // groups, cout // groups) if transposed else (groups, cout // groups, tiles.k // groups)
     dw = _sum_of_sums(xp, map_shares(work, tiles.tiles, tiles.parallel), shape, g.dtype)
+    if transposed:
+        dw = xp.ascontiguousarray(dw.transpose(0, 2, 1))
     return dw.reshape(cout, c // groups, geom.kh, geom.kw)
+
+
+# The transposed weight gradient (above) when dW takes at most this many bytes (its transposing
+# copy then runs in the cache) and the product sums over at least this many positions.
+TRANSPOSED_WEIGHT_GRAD_MAX_BYTES = 1 << 18
+TRANSPOSED_WEIGHT_GRAD_MIN_POSITIONS = 1024
+
+
+def _transposed_weight_grad(k, cout, positions, dtype):
+    return (k * cout * np.dtype(dtype).itemsize <= TRANSPOSED_WEIGHT_GRAD_MAX_BYTES
+            and positions >= TRANSPOSED_WEIGHT_GRAD_MIN_POSITIONS)
 
 
 def _sum_of_products(xp, pairs):

@@ -217,15 +217,32 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         terms = xp.stack([xp.abs(g).max() if g.size else xp.zeros((), g.dtype) for g in grads])
         total_array = terms.astype(np.float64).max()
     else:
-        # |g|^2 is g^2: squaring alone makes one temporary array, not two (half the time)
-        powered = xp.square if norm_type == 2.0 else (lambda g: xp.abs(g) ** norm_type)
-        terms = xp.stack([xp.sum(powered(g)).astype(np.float64) for g in grads])
+        terms = xp.stack([xp.sum(powered).astype(np.float64) for powered in _powers(xp, grads, norm_type)])
         total_array = terms.sum() ** (1.0 / norm_type)
     total = float(total_array)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"the total norm of order {norm_type} of the gradients is {total}, so they cannot be "
                            "clipped; pass error_if_nonfinite=False to skip this check")
+    if max_norm / (total + 1e-6) >= 1.0:
+        # the scale would be exactly 1 (the same float64 sum on the host): multiplying every
+        # gradient by it would change nothing and cost a pass over all of them
+        return total
     scale = xp.minimum(max_norm / (total_array + 1e-6), 1.0)
     for g in grads:
         g *= scale.astype(g.dtype)
     return total
+
+
+def _powers(xp, grads, norm_type):
+    """|g|^p of each gradient in turn, each written over the last in one scratch array per
+    dtype (a fresh array per gradient would be page-faulted in anew each time); |g|^2 is g^2,
+    one pass instead of two."""
+    scratch = {}
+    for g in grads:
+        if g.dtype not in scratch:
+            scratch[g.dtype] = xp.empty(max(h.size for h in grads if h.dtype == g.dtype), g.dtype)
+        out = scratch[g.dtype][:g.size].reshape(g.shape)
+        if norm_type == 2.0:
+            yield xp.square(g, out=out)
+        else:
+            yield xp.power(xp.abs(g, out=out), norm_type, out=out)
