@@ -10,7 +10,7 @@ stored collapsed so the learner reveals it when ready. Sources review and diff a
 script turns each into `notebooks/NN_name.ipynb`, runs it top to bottom in a fresh kernel with
 `TINYMASKRCNN_QUICK=1` (the tiny settings the tests use) and stores it with its outputs, so the
 pictures show on a repository page before anyone runs anything. `--full` runs the learner's
-settings instead, and first trains the main job (`tinymaskrcnn train`, about 12 minutes on two
+settings instead, and first trains the main job (`tinymaskrcnn train`, 10 to 12 minutes on two
 cores) into runs/chapters when no finished shapes run is under runs/: chapters 4 and 11-14 show
 that trained model (tinymaskrcnn/chapters/trained.py). Quick mode shows random weights, unless
 `TINYMASKRCNN_TRAINED_RUN=runs/<run>` names a run to show; every picture's title says which.

@@ -35,7 +35,7 @@ print(inspect.getsource(MaskRCNN.forward))
 # The model of the main job: a ResNet-18-FPN Mask R-CNN for the shapes set's three classes
 # (`num_classes=4`: **the background counts as class 0**). `trained_model()`
 # (`tinymaskrcnn/chapters/trained.py`) loads the main job's run folder when there is one
-# (`tinymaskrcnn train`, about 12 minutes on two cores, writes `runs/<date-time>-<pid>/`;
+# (`tinymaskrcnn train`, 10 to 12 minutes on two cores, writes `runs/<date-time>-<pid>/`;
 # `TINYMASKRCNN_TRAINED_RUN` may name another), and every picture's title says what it shows. With
 # random weights (quick mode, or before you have trained) only the stages driven by the ground
 # truth — anchor labels, sampled RoIs, targets — look meaningful.

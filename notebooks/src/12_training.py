@@ -218,7 +218,7 @@ if torch is not None:
 # ## A longer run
 #
 # The main job (`tinymaskrcnn train`) trains this model on 256 shapes images, 1900 iterations,
-# about 12 minutes on two cores; its `metrics.jsonl` has a record per iteration. When its run folder
+# 10 to 12 minutes on two cores; its `metrics.jsonl` has a record per iteration. When its run folder
 # is there (`tinymaskrcnn/chapters/trained.py` says where the chapters look), its five losses are
 # drawn here: unlike the single image above, the losses of a real run are noisy from batch to batch
 # and level off above zero (new images every step); the printout compares each loss over the first

@@ -1,7 +1,7 @@
 """The trained Mask R-CNN that the whole-model chapters (4, 11-14) show, and where it comes from.
 
 The main job, `tinymaskrcnn train` with no arguments, trains `maskrcnn_resnet18_fpn` on the
-shapes set (1900 iterations, about 12 minutes on two cores) and leaves a run folder
+shapes set (1900 iterations, 10 to 12 minutes on two cores) and leaves a run folder
 `runs/<date-time>-<pid>/` with `checkpoint.npz`, `metrics.jsonl` (one record per iteration)
 and `metrics.json` (the final COCOeval summary). `trained_model()` loads the newest such
 folder of a shapes run, or the one `TINYMASKRCNN_TRAINED_RUN` names; in quick mode (the

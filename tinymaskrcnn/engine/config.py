@@ -62,7 +62,7 @@ class TrainConfig:
     weights: str = None                # a torchvision .pth or a run's checkpoint.npz to start from (mismatched heads stay as built)
     device: str = "cpu"                # "cuda": the model's arrays in CuPy, the kernels kernels/cuda (one process)
     # optimisation
-    iterations: int = 1900             # the main job: about 12 minutes on 2 cores
+    iterations: int = 1900             # the main job: 10 to 12 minutes on 2 cores
     batch_size: int = 2
     processes: int = None              # N > 1: each batch split over N MPI processes (data_parallel.py); None: under
                                        # mpiexec its number, else one per core up to batch_size (1 without MPI)
