@@ -143,6 +143,29 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
                              arrays, np.float64)
 
 
+@pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
+def test_one_worker_cuts_the_forward_into_cache_sized_tiles(torch, rng, monkeypatch, table, name):
+    """With one worker (a data-parallel rank) a conv too small to share out still runs its
+    forward product tile by tile, each tile's im2col matrix at most TILE_BYTES: torch's results."""
+    monkeypatch.setattr(conv_schedule, "TILE_BYTES", 1)
+    monkeypatch.setattr(conv_schedule, "MIN_TILE_POSITIONS", 1)
+    monkeypatch.setattr(conv_schedule, "num_workers", lambda: 1)
+    products = []
+    im2col = conv_schedule._Tiles.im2col
+    monkeypatch.setattr(conv_schedule._Tiles, "im2col", lambda self, q, tile: products.append(tile) or im2col(self, q, tile))
+    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
+    banded = 0
+    for _, shape_x, shape_w, kwargs in table:
+        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+        products.clear()
+        y = ours(*arrays, **kwargs)
+        banded += any(stop - start < y.shape[2] for _, _, start, stop in products)  # not whole images
+        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
+                             arrays, np.float64)
+    assert banded >= len(table) // 2 if name == "conv2d" else banded == 0  # conv_transpose2d's forward: col2im
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
 def test_both_weight_gradient_products_match_torch(torch, rng, monkeypatch, table, name, transposed):

@@ -120,14 +120,15 @@ class _Tiles:
     add into the same rows of the phase images (see ``_correlate_transpose``).
     """
 
-    def __init__(self, xp, n_img, in_chw, geom, dtype, out_channels, min_positions=MIN_TILE_POSITIONS):
+    def __init__(self, xp, n_img, in_chw, geom, dtype, out_channels, min_positions=None, cache_sized=False):
         self.xp, self.geom, self.dtype = xp, geom, xp.dtype(dtype)
         self.c, self.h, self.w = in_chw
         self.ho, self.wo, self.hq, self.wq = phase_grid(self.h, self.w, *geom)
         self.k = self.c * geom.kh * geom.kw
         per_image = self.ho * self.wq
         self.parallel = 2.0 * out_channels * self.k * n_img * per_image >= PARALLEL_MIN_FLOPS
-        tile_bytes = TILE_BYTES if self.parallel else SERIAL_TILE_BYTES
+        tile_bytes = TILE_BYTES if self.parallel or cache_sized else SERIAL_TILE_BYTES
+        min_positions = min_positions or MIN_TILE_POSITIONS  # read now: tests change it
         if geom.pointwise:  # nothing to keep in the cache: a product per image, or a few per worker
             positions = max(min_positions, per_image // (2 * num_workers()) + 1 if self.parallel else per_image)
         else:
@@ -245,7 +246,9 @@ def _correlate(x, weight, geom, groups):
     n_img = x.shape[0]
     cout = weight.shape[0]
     w_groups = weight.reshape(groups, cout // groups, -1)
-    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype, cout)
+    # one worker: cache-sized tiles even in the calling thread (no BLAS threads to feed larger
+    # products, and each output column is its own product: the tiling changes no value)
+    tiles = _Tiles(xp, n_img, x.shape[1:], geom, x.dtype, cout, cache_sized=num_workers() == 1)
     y = xp.empty((n_img, cout, tiles.ho, tiles.wo), x.dtype)
     q = tiles.phase_split(x)
 
