@@ -110,16 +110,30 @@ def test_frozen_weight_gives_only_the_input_gradient(conv_path, rng):
     assert x.grad is not None and w.grad is None and b.grad is None
 
 
+def _out_channels(name, shape_w, kwargs):
+    """The output channels (the bias's length): conv2d's weight is (Cout, ...), conv_transpose2d's (Cin, Cout/G, ...)."""
+    return shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
+
+
+def _random_case(rng, name, shape_x, shape_w, kwargs):
+    """Input, weight and bias of a table row, drawn from ``rng``."""
+    return [rng.standard_normal(shape_x), rng.standard_normal(shape_w),
+            rng.standard_normal(_out_channels(name, shape_w, kwargs))]
+
+
+def _case_matches_torch(torch, name, arrays, kwargs):
+    """conv2d or conv_transpose2d (``name``) on ``arrays`` gives torch's outputs and gradients in float64."""
+    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
+    assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
+                         arrays, np.float64)
+
+
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
 def test_empty_batch_matches_torch(conv_path, torch, rng, table, name):
     """No images (the mask head when nothing was detected): empty outputs and input gradients,
     zero weight and bias gradients, as torch."""
-    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
-        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
-        arrays = [rng.standard_normal((0,) + shape_x[1:]), rng.standard_normal(shape_w), rng.standard_normal(cout)]
-        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
-                             arrays, np.float64)
+        _case_matches_torch(torch, name, _random_case(rng, name, (0,) + shape_x[1:], shape_w, kwargs), kwargs)
 
 
 @pytest.mark.parametrize("tiling", ["row_bands", "image_groups"])
@@ -133,14 +147,10 @@ def test_tilings_and_threads_match_torch(torch, rng, monkeypatch, table, name, t
     monkeypatch.setattr(conv_schedule, "PARALLEL_MIN_FLOPS", 0)  # share out even these tiny convs
     monkeypatch.setattr(parallel, "num_workers", lambda: 3)
     monkeypatch.setattr(conv_schedule, "num_workers", lambda: 3)
-    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
         if tiling == "image_groups":
             shape_x = (5,) + shape_x[1:]
-        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
-        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
-        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
-                             arrays, np.float64)
+        _case_matches_torch(torch, name, _random_case(rng, name, shape_x, shape_w, kwargs), kwargs)
 
 
 @pytest.mark.parametrize("table,name", [(CONV2D, "conv2d"), (CONV_TRANSPOSE2D, "conv_transpose2d")])
@@ -153,16 +163,13 @@ def test_one_worker_cuts_the_forward_into_cache_sized_tiles(torch, rng, monkeypa
     products = []
     im2col = conv_schedule._Tiles.im2col
     monkeypatch.setattr(conv_schedule._Tiles, "im2col", lambda self, q, tile: products.append(tile) or im2col(self, q, tile))
-    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     banded = 0
     for _, shape_x, shape_w, kwargs in table:
-        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
-        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
+        arrays = _random_case(rng, name, shape_x, shape_w, kwargs)
         products.clear()
-        y = ours(*arrays, **kwargs)
+        y = getattr(F, name)(*arrays, **kwargs)
         banded += any(stop - start < y.shape[2] for _, _, start, stop in products)  # not whole images
-        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
-                             arrays, np.float64)
+        _case_matches_torch(torch, name, arrays, kwargs)
     assert banded >= len(table) // 2 if name == "conv2d" else banded == 0  # conv_transpose2d's forward: col2im
 
 
@@ -180,12 +187,8 @@ def test_both_weight_gradient_products_match_torch(torch, rng, monkeypatch, tabl
     calls = []
     spy = conv_schedule._transposed_weight_grad
     monkeypatch.setattr(conv_schedule, "_transposed_weight_grad", lambda *a: calls.append(spy(*a)) or calls[-1])
-    ours, theirs = getattr(F, name), getattr(torch.nn.functional, name)
     for _, shape_x, shape_w, kwargs in table:
-        cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
-        arrays = [rng.standard_normal(shape_x), rng.standard_normal(shape_w), rng.standard_normal(cout)]
-        assert_matches_torch(lambda x, w, b: ours(x, w, b, **kwargs), lambda x, w, b: theirs(x, w, b, **kwargs),
-                             arrays, np.float64)
+        _case_matches_torch(torch, name, _random_case(rng, name, shape_x, shape_w, kwargs), kwargs)
     assert calls and set(calls) == {transposed}
 
 
@@ -290,8 +293,7 @@ GRADCHECK = [
 @pytest.mark.parametrize("name,shape_x,shape_w,kwargs", GRADCHECK,
                          ids=[f"{g[0]}-{i}" for i, g in enumerate(GRADCHECK)])
 def test_gradcheck(conv_path, rng, name, shape_x, shape_w, kwargs):
-    cout = shape_w[0] if name == "conv2d" else shape_w[1] * kwargs.get("groups", 1)
-    inputs = [tm.Tensor(rng.standard_normal(s), requires_grad=True) for s in (shape_x, shape_w, (cout,))]
+    inputs = [tm.Tensor(a, requires_grad=True) for a in _random_case(rng, name, shape_x, shape_w, kwargs)]
     op = getattr(F, name)
     for err in gradcheck(lambda x, w, b: op(x, w, b, **kwargs), inputs):
         assert err < 1e-8
